@@ -1,0 +1,1 @@
+"""The driver side: CLI, Optuna space, Ray Tune assembly, schedulers, results, TensorBoard, export."""

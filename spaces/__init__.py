@@ -1,0 +1,1 @@
+"""Search spaces shipped with gce-search (YAML files) and their schema/loader."""

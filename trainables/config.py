@@ -1,0 +1,273 @@
+"""The resolved trial config: every key, its default and unit, and the validation that names bad input.
+
+A trial config is a plain nested dict (YAML/JSON-serialisable). The same dict drives a search trial and
+`gce-search train`, and is what `gce-search export` writes, so it must hold everything a run depends on.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from typing import Any
+
+from trainables.registry import ConfigError, Param
+
+# Every default in one place, with its unit. Sections mirror docs/architecture.md.
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,  # model init, batch order, augmentation
+    "data": {
+        "name": "digits",  # trainables.data.DATASETS key
+        "root": None,  # directory of the on-disk files; null: the dataset's usual place
+        "subset": None,  # MedMNIST subset name, e.g. "pathmnist"
+        "download": False,  # CIFAR only: fetch through torchvision when the machine has network
+        "imbalance": None,  # long-tail ratio rho >= 1, training split only (Cao et al. 2019 profile)
+        "split_seed": 0,  # seeds the four disjoint splits
+        "calib": 0.15,  # calibration split: fraction (< 1) or count (>= 1) of the train/calib/val pool
+        "val": 0.15,  # validation split, same convention
+        "test": None,  # null: the dataset's own test split where it has one, else 0.2 of the data
+        "augment": {"crop": False, "pad": 4, "flip": False},  # on-device, in batch
+        "max_train": None,  # cap on training samples, for quick runs
+    },
+    "model": {"name": "mlp"},  # other keys go to the model builder
+    "loss": {"name": "cross_entropy"},  # other keys are the loss's parameters
+    "train": {
+        "epochs": 10,  # full budget, epochs (ASHA's max_t)
+        "batch_size": 128,  # global batch, samples
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 5.0e-4,
+        "schedule": "cosine",  # per-epoch LR schedule
+        "milestones": [],  # multistep: epochs at which lr *= gamma
+        "gamma": 0.1,
+        "reduction": "mean",  # mean | sum over the batch (the calibration papers sum and clip at 2)
+        "grad_clip": None,  # max global gradient norm
+        "bf16": False,  # bf16 autocast for the forward pass
+        "channels_last": False,
+        "device": "auto",  # auto: cuda when visible, else cpu
+        "workers": 1,  # DDP processes: GPUs on a GPU node, gloo processes on CPU
+        "eval_batch_size": 1024,
+    },
+    "calibration": {
+        "method": "ats",  # trainables.calibration.CALIBRATORS key
+        "breakpoints": [0.5, 0.8, 0.95],  # ATS: confidence breakpoints, strictly increasing in (0, 1)
+        "min_samples": 50,  # ATS: pieces with fewer calibration samples use the global temperature
+    },
+    "objective": {
+        "w_acc": 1.0,  # score = w_acc * val/acc - w_ece * val/ece
+        "w_ece": 1.0,
+        "n_bins": 15,  # ECE bins
+    },
+}
+
+_FRACTION_OR_COUNT = "a fraction in (0, 1) or a count >= 1"
+
+# Fixed-key checks; loss, model and dataset parameters are checked against their registries.
+SCHEMA: dict[str, Param] = {
+    "seed": Param(0, low=0, kind="int"),
+    "data.name": Param("digits", kind="str"),
+    "data.root": Param(None, kind="str"),
+    "data.subset": Param(None, kind="str"),
+    "data.download": Param(False, kind="bool"),
+    "data.imbalance": Param(None, low=1.0),
+    "data.split_seed": Param(0, low=0, kind="int"),
+    "data.calib": Param(0.15, low=0.0, low_inclusive=False),
+    "data.val": Param(0.15, low=0.0, low_inclusive=False),
+    "data.test": Param(None, low=0.0, low_inclusive=False),
+    "data.augment.crop": Param(False, kind="bool"),
+    "data.augment.pad": Param(4, low=0, kind="int"),
+    "data.augment.flip": Param(False, kind="bool"),
+    "data.max_train": Param(None, low=1, kind="int"),
+    "train.epochs": Param(10, low=1, kind="int"),
+    "train.batch_size": Param(128, low=1, kind="int"),
+    "train.optimizer": Param("sgd", choices=("sgd", "adamw")),
+    "train.lr": Param(0.1, low=0.0, low_inclusive=False),
+    "train.momentum": Param(0.9, low=0.0, high=1.0, high_inclusive=False),
+    "train.nesterov": Param(False, kind="bool"),
+    "train.weight_decay": Param(5e-4, low=0.0),
+    "train.schedule": Param("cosine", choices=("constant", "cosine", "multistep", "onecycle")),
+    "train.milestones": Param([], kind="list"),
+    "train.gamma": Param(0.1, low=0.0, low_inclusive=False),
+    "train.reduction": Param("mean", choices=("mean", "sum")),
+    "train.grad_clip": Param(None, low=0.0, low_inclusive=False),
+    "train.bf16": Param(False, kind="bool"),
+    "train.channels_last": Param(False, kind="bool"),
+    "train.device": Param("auto", choices=("auto", "cpu", "cuda")),
+    "train.workers": Param(1, low=1, kind="int"),
+    "train.eval_batch_size": Param(1024, low=1, kind="int"),
+    "calibration.method": Param("ats", kind="str"),
+    "calibration.breakpoints": Param([0.5, 0.8, 0.95], kind="list"),
+    "calibration.min_samples": Param(50, low=1, kind="int"),
+    "objective.w_acc": Param(1.0, low=0.0),
+    "objective.w_ece": Param(1.0, low=0.0),
+    "objective.n_bins": Param(15, low=1, kind="int"),
+}
+
+# Keys whose value may be null (then the documented default behaviour applies).
+NULLABLE = {k for k, p in SCHEMA.items() if p.default is None}
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """A copy of `base` with `override` merged in, recursively for dicts."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def get_path(cfg: dict, path: str) -> Any:
+    node: Any = cfg
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def set_path(cfg: dict, path: str, value: Any) -> None:
+    parts = path.split(".")
+    node = cfg
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _walk_unknown(cfg: dict, defaults: dict, prefix: str, problems: list[str], open_sections: set[str]) -> None:
+    for key, value in cfg.items():
+        path = f"{prefix}{key}"
+        if prefix.rstrip(".") in open_sections:
+            continue  # parameters of a registry entry: checked against the registry
+        if key not in defaults:
+            problems.append(
+                f"{path}: unknown key{_suggest(str(key), list(defaults))}; valid: {', '.join(defaults)}"
+            )
+        elif isinstance(defaults[key], dict):
+            if not isinstance(value, dict):
+                problems.append(f"{path}: expected a mapping; valid keys: {', '.join(defaults[key])}")
+            else:
+                _walk_unknown(value, defaults[key], path + ".", problems, open_sections)
+
+
+def _registry_params(kind: str, section: dict, path: str, problems: list[str]) -> None:
+    """Check a `{name: ..., **params}` section against its registry entry's declared parameters."""
+    if kind == "loss":
+        from trainables.losses import LOSSES as reg
+    elif kind == "model":
+        from trainables.models import MODELS as reg
+    else:  # pragma: no cover - internal
+        raise AssertionError(kind)
+    name = section.get("name")
+    if name not in reg:
+        problems.append(f"{path}.name: unknown {kind} {name!r}{_suggest(str(name), reg.names())}; "
+                        f"valid: {', '.join(reg.names())}")
+        return
+    params: dict[str, Param] = reg[name].params
+    for key, value in section.items():
+        if key == "name":
+            continue
+        if key not in params:
+            valid = ", ".join(params) if params else "none"
+            problems.append(f"{path}.{key}: not a parameter of {kind} {name!r}{_suggest(key, list(params))}; "
+                            f"valid: {valid}")
+            continue
+        p = params[key].problem(value)
+        if p is not None:
+            problems.append(f"{path}.{key}: {p}; valid: {params[key].describe()}")
+
+
+def check_breakpoints(value: Any) -> str | None:
+    """None if `value` is a strictly increasing list of numbers inside (0, 1), else what is wrong."""
+    if not isinstance(value, (list, tuple)):
+        return f"got {value!r}"
+    for b in value:
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 < float(b) < 1.0:
+            return f"got {list(value)!r}: every breakpoint must be a number inside (0, 1)"
+    if any(float(a) >= float(b) for a, b in zip(value, value[1:])):
+        return f"got {list(value)!r}: breakpoints must be strictly increasing"
+    return None
+
+
+def problems_of(cfg: dict) -> list[str]:
+    """Every problem of a full (merged) trial config, one line each."""
+    problems: list[str] = []
+    _walk_unknown(cfg, DEFAULTS, "", problems, open_sections={"model", "loss"})
+    for path, param in SCHEMA.items():
+        try:
+            value = get_path(cfg, path)
+        except (KeyError, TypeError):
+            continue  # reported as a structural problem above
+        if value is None and path in NULLABLE:
+            continue
+        p = param.problem(value)
+        if p is not None:
+            problems.append(f"{path}: {p}; valid: {param.describe()}")
+    for frac_key in ("data.calib", "data.val", "data.test"):
+        v = get_path(cfg, frac_key) if isinstance(cfg.get("data"), dict) else None
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1 and not float(v).is_integer():
+            problems.append(f"{frac_key}: got {v!r}; valid: {_FRACTION_OR_COUNT}")
+    if isinstance(cfg.get("loss"), dict):
+        _registry_params("loss", cfg["loss"], "loss", problems)
+    elif "loss" in cfg:
+        problems.append("loss: expected a mapping with a 'name' key")
+    if isinstance(cfg.get("model"), dict):
+        _registry_params("model", cfg["model"], "model", problems)
+    elif "model" in cfg:
+        problems.append("model: expected a mapping with a 'name' key")
+    if isinstance(cfg.get("data"), dict):
+        from trainables.data import DATASETS
+
+        name = cfg["data"].get("name")
+        if name not in DATASETS:
+            problems.append(f"data.name: unknown dataset {name!r}{_suggest(str(name), DATASETS.names())}; "
+                            f"valid: {', '.join(DATASETS.names())}")
+    if isinstance(cfg.get("calibration"), dict):
+        from trainables.calibration import CALIBRATORS
+
+        method = cfg["calibration"].get("method")
+        if method not in CALIBRATORS:
+            problems.append(f"calibration.method: unknown calibrator {method!r}; "
+                            f"valid: {', '.join(CALIBRATORS.names())}")
+        bp = check_breakpoints(cfg["calibration"].get("breakpoints"))
+        if bp is not None:
+            problems.append(f"calibration.breakpoints: {bp}; valid: a strictly increasing list inside (0, 1)")
+    if isinstance(cfg.get("train"), dict):
+        ms = cfg["train"].get("milestones")
+        if isinstance(ms, (list, tuple)) and not all(isinstance(m, int) and m >= 1 for m in ms):
+            problems.append(f"train.milestones: got {ms!r}; valid: a list of epochs (integers >= 1)")
+    return problems
+
+
+def resolve(partial: dict | None = None, source: str = "") -> dict:
+    """Fill defaults into a partial trial config and validate it; raise ConfigError listing every problem."""
+    if partial is None:
+        partial = {}
+    if not isinstance(partial, dict):
+        raise ConfigError([f"(top level): expected a mapping, got {type(partial).__name__}"], source)
+    cfg = deep_merge(DEFAULTS, partial)
+    problems = problems_of(cfg)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.epochs=5' -> ('train.epochs', 5). The value is parsed as YAML (numbers, bools, lists, null)."""
+    import yaml
+
+    if "=" not in text:
+        raise ValueError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. train.epochs=5")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ValueError(f"--set {text!r}: the key before '=' is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ValueError(f"--set {text!r}: the value is not valid YAML ({err.problem})") from None
+    return key, value
