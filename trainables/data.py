@@ -1,0 +1,687 @@
+"""Datasets as whole tensors on the trial's device: registry, four disjoint seeded splits, long-tail, augmentation.
+
+Small-image datasets fit in device memory, so a trial indexes batches out of one tensor and augments them in batch
+on the device (airbench, Jordan 2024) instead of running a DataLoader with per-sample Python transforms.
+
+Each dataset's loader decodes its on-disk format into a `RawData` (uint8 or float32 arrays, N×C×H×W) once per process
+(`raw_data`, cached); `load_splits` then carves train / calib / val / test from it by the trial config's `data:`
+section, applies the long-tail profile and the training cap to the training split only, and normalises every split
+with the training split's per-channel mean and std.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainables.registry import Param, Registry
+
+# Where dataset files are looked for when data.root is null (except fashion_mnist, which has its Debian location).
+DEFAULT_ROOT = "~/.cache/gce-search/data"
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+
+# Official download names, quoted in the errors that say how to obtain a missing dataset.
+CIFAR10_ARCHIVE = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR100_ARCHIVE = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+TINY_IMAGENET_ARCHIVE = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+MEDMNIST_HOME = "https://zenodo.org/records/10519652 (or `pip install medmnist` and its download=True)"
+
+
+@dataclass(frozen=True)
+class RawData:
+    """A decoded dataset: images N×C×H×W (uint8, or float32 for digits/synthetic), labels int64 in [0, K)."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray | None  # None: the dataset has no test split of its own
+    test_y: np.ndarray | None
+    num_classes: int
+    class_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One registered dataset.
+
+    `loader(root, subset, download, options) -> RawData`; `options` are the dataset's own settings declared in
+    `options` (name -> Param), given in the trial config as `data.subset: "key=value,key=value"` (only `synthetic`
+    declares any).
+    """
+
+    name: str
+    loader: Callable[..., RawData]
+    description: str
+    options: dict[str, Param] = field(default_factory=dict)
+
+
+DATASETS: Registry[DatasetInfo] = Registry("dataset")
+
+
+def _register(name: str, description: str, options: dict[str, Param] | None = None):
+    def deco(fn):
+        DATASETS.register(name, DatasetInfo(name, fn, description, dict(options or {})))
+        return fn
+
+    return deco
+
+
+def _root(root: str | None, default: str) -> Path:
+    return Path(os.path.expanduser(root if root is not None else default))
+
+
+def _check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"{where}: labels must lie in [0, {num_classes}), found [{y.min()}, {y.max()}]")
+
+
+# --------------------------------------------------------------------------------------------------------- digits
+
+
+@_register("digits", "scikit-learn's bundled handwritten digits: 1,797 images, 1×8×8, 10 classes, no test split")
+def load_digits(root: str | None, subset: str | None, download: bool, options: dict) -> RawData:
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x = bunch.images.astype(np.float32)[:, None, :, :]  # pixel values 0..16
+    y = bunch.target.astype(np.int64)
+    return RawData(x, y, None, None, 10, tuple(str(i) for i in range(10)))
+
+
+# --------------------------------------------------------------------------------------------------- fashion_mnist
+
+_IDX_DTYPES = {0x08: np.uint8}
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot")
+_FASHION_HOWTO = ("install it with `apt-get install dataset-fashion-mnist` (files go to "
+                  f"{FASHION_MNIST_ROOT}), or put the four idx files from "
+                  "https://github.com/zalandoresearch/fashion-mnist (data/fashion) under data.root")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (LeCun's MNIST format; gzip-compressed when the name ends in .gz) of unsigned bytes."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{path}: cannot read this idx file ({err}); re-fetch it: {_FASHION_HOWTO}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{path}: not an idx file (the first two bytes of the magic number must be 0); "
+                         f"re-fetch it: {_FASHION_HOWTO}")
+    type_code, ndim = data[2], data[3]
+    if type_code not in _IDX_DTYPES:
+        raise ValueError(f"{path}: idx element type 0x{type_code:02x} is not supported; valid: 0x08 (unsigned byte)")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path}: truncated idx header; re-fetch it: {_FASHION_HOWTO}")
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape)) if shape else 0
+    if len(data) - header != expected:
+        raise ValueError(f"{path}: idx header says shape {shape} ({expected} bytes) but the file holds "
+                         f"{len(data) - header} bytes of data; the file is truncated or corrupt: {_FASHION_HOWTO}")
+    return np.frombuffer(data, dtype=_IDX_DTYPES[type_code], offset=header).reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    # The Debian package and the Zalando repository ship .gz; extracted copies keep the bare name; the original
+    # MNIST mirrors also used a dot before "idx".
+    candidates = [stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"]
+    for name in candidates:
+        if (root / name).is_file():
+            return root / name
+    raise FileNotFoundError(f"fashion_mnist: expected {root / (stem + '.gz')} (or the uncompressed {stem}) "
+                            f"and found neither; {_FASHION_HOWTO}")
+
+
+@_register("fashion_mnist", "Fashion-MNIST (Xiao et al. 2017): 60k + 10k images, 1×28×28, 10 classes; idx files")
+def load_fashion_mnist(root: str | None, subset: str | None, download: bool, options: dict) -> RawData:
+    base = _root(root, FASHION_MNIST_ROOT)
+    if not base.is_dir():
+        raise FileNotFoundError(f"fashion_mnist: directory {base} does not exist; {_FASHION_HOWTO}")
+    arrays = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        img_path = _find_idx(base, f"{prefix}-images-idx3-ubyte")
+        lab_path = _find_idx(base, f"{prefix}-labels-idx1-ubyte")
+        images, labels = read_idx(img_path), read_idx(lab_path)
+        if images.ndim != 3:
+            raise ValueError(f"{img_path}: expected 3-D images (N, 28, 28), got shape {images.shape}; "
+                             f"{_FASHION_HOWTO}")
+        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+            raise ValueError(f"{lab_path}: expected {images.shape[0]} labels to match {img_path.name}, "
+                             f"got shape {labels.shape}; {_FASHION_HOWTO}")
+        labels = labels.astype(np.int64)
+        _check_labels(labels, 10, str(lab_path))
+        arrays[split] = (images[:, None, :, :], labels)
+    return RawData(*arrays["train"], *arrays["test"], 10, FASHION_MNIST_CLASSES)
+
+
+# ------------------------------------------------------------------------------------------------------------ cifar
+
+
+def _unpickle(path: Path, howto: str) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"expected the CIFAR batch file {path}; {howto}")
+    try:
+        with open(path, "rb") as f:
+            # The official batches are Python 2 pickles of byte-string keys; torchvision reads them the same way.
+            obj = pickle.load(f, encoding="bytes")
+    except Exception as err:  # any unpickling failure means a corrupt or foreign file
+        raise ValueError(f"{path}: not a CIFAR python-pickle batch ({type(err).__name__}: {err}); {howto}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}; {howto}")
+    return obj
+
+
+def _cifar_batch(path: Path, label_key: bytes, howto: str) -> tuple[np.ndarray, np.ndarray]:
+    batch = _unpickle(path, howto)
+    for key in (b"data", label_key):
+        if key not in batch:
+            found = ", ".join(repr(k) for k in batch)
+            raise ValueError(f"{path}: missing key {key!r} (found {found}); {howto}")
+    data = np.asarray(batch[b"data"])
+    labels = np.asarray(batch[label_key], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{path}: b'data' must be uint8 of shape (N, 3072), got {data.dtype} {data.shape}; {howto}")
+    if labels.shape != (data.shape[0],):
+        raise ValueError(f"{path}: {label_key!r} must hold {data.shape[0]} labels, got shape {labels.shape}; {howto}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _cifar_download(torchvision_name: str, base: Path, download: bool) -> None:
+    if not download:
+        return
+    import torchvision.datasets as tvd
+
+    try:
+        for train in (True, False):
+            getattr(tvd, torchvision_name)(str(base), train=train, download=True)
+    except Exception as err:  # network errors come in many types (URLError, socket timeouts, checksum failures)
+        raise FileNotFoundError(f"data.download: true could not fetch {torchvision_name} into {base} "
+                                f"({type(err).__name__}: {err}); download it by hand and extract it under "
+                                f"data.root") from None
+
+
+def _load_cifar(root: str | None, download: bool, *, folder: str, archive: str, torchvision_name: str,
+                train_files: list[str], test_file: str, meta_file: str, label_key: bytes, names_key: bytes,
+                num_classes: int) -> RawData:
+    base = _root(root, DEFAULT_ROOT)
+    folder_path = base / folder
+    howto = (f"extract {archive.rsplit('/', 1)[-1]} ({archive}) under data.root so that {folder_path} holds "
+             f"{', '.join(train_files)}, {test_file} and {meta_file}, or set data.download: true on a machine "
+             f"with network")
+    needed = [folder_path / n for n in (*train_files, test_file, meta_file)]
+    if download and not all(p.is_file() for p in needed):
+        _cifar_download(torchvision_name, base, download)
+    missing = [p for p in needed if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{torchvision_name.lower()}: expected {missing[0]}"
+                                f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; {howto}")
+    parts = [_cifar_batch(folder_path / n, label_key, howto) for n in train_files]
+    train_x = np.concatenate([p[0] for p in parts])
+    train_y = np.concatenate([p[1] for p in parts])
+    test_x, test_y = _cifar_batch(folder_path / test_file, label_key, howto)
+    meta = _unpickle(folder_path / meta_file, howto)
+    if names_key not in meta:
+        raise ValueError(f"{folder_path / meta_file}: missing key {names_key!r}; {howto}")
+    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key])
+    if len(names) != num_classes:
+        raise ValueError(f"{folder_path / meta_file}: {names_key!r} lists {len(names)} classes, expected "
+                         f"{num_classes}; {howto}")
+    _check_labels(train_y, num_classes, str(folder_path / train_files[0]))
+    _check_labels(test_y, num_classes, str(folder_path / test_file))
+    return RawData(train_x, train_y, test_x, test_y, num_classes, names)
+
+
+@_register("cifar10", "CIFAR-10: 50k + 10k images, 3×32×32, 10 classes; the python-pickle batches "
+                      "(cifar-10-batches-py) under data.root")
+def load_cifar10(root: str | None, subset: str | None, download: bool, options: dict) -> RawData:
+    return _load_cifar(root, download, folder="cifar-10-batches-py", archive=CIFAR10_ARCHIVE,
+                       torchvision_name="CIFAR10", train_files=[f"data_batch_{i}" for i in range(1, 6)],
+                       test_file="test_batch", meta_file="batches.meta", label_key=b"labels",
+                       names_key=b"label_names", num_classes=10)
+
+
+@_register("cifar100", "CIFAR-100 (fine labels): 50k + 10k images, 3×32×32, 100 classes; the python-pickle "
+                       "files (cifar-100-python) under data.root")
+def load_cifar100(root: str | None, subset: str | None, download: bool, options: dict) -> RawData:
+    return _load_cifar(root, download, folder="cifar-100-python", archive=CIFAR100_ARCHIVE,
+                       torchvision_name="CIFAR100", train_files=["train"], test_file="test", meta_file="meta",
+                       label_key=b"fine_labels", names_key=b"fine_label_names", num_classes=100)
+
+
+# ---------------------------------------------------------------------------------------------------- tiny_imagenet
+
+
+def _read_jpegs(paths: list[Path], howto: str) -> np.ndarray:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    def read(path: Path) -> np.ndarray:
+        try:
+            with Image.open(path) as im:
+                # About 2% of Tiny-ImageNet images are grayscale JPEGs: promote to RGB like torchvision's loader.
+                return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except Exception as err:  # PIL raises several types for unreadable images
+            raise ValueError(f"{path}: cannot decode this image ({type(err).__name__}: {err}); {howto}") from None
+
+    # PIL releases the GIL while decoding, so threads give a real speed-up on 100k small JPEGs.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        images = list(pool.map(read, paths, chunksize=256))
+    if not images:
+        return np.zeros((0, 3, 64, 64), np.uint8)
+    shape = images[0].shape
+    for path, im in zip(paths, images):
+        if im.shape != shape:
+            raise ValueError(f"{path}: image size {im.shape[:2]} differs from {paths[0]} {shape[:2]}; "
+                             f"every image must have the same size; {howto}")
+    return np.stack(images).transpose(0, 3, 1, 2).copy()
+
+
+@_register("tiny_imagenet", "Tiny-ImageNet: 100k train + 10k val images, 3×64×64, 200 classes; the "
+                            "tiny-imagenet-200 folder under data.root (val serves as the test split)")
+def load_tiny_imagenet(root: str | None, subset: str | None, download: bool, options: dict) -> RawData:
+    base = _root(root, DEFAULT_ROOT) / "tiny-imagenet-200"
+    howto = (f"unzip {TINY_IMAGENET_ARCHIVE.rsplit('/', 1)[-1]} ({TINY_IMAGENET_ARCHIVE}) under data.root so that "
+             f"{base} holds wnids.txt, train/<wnid>/images/*.JPEG, val/images/ and val/val_annotations.txt")
+    wnids_path = base / "wnids.txt"
+    if not wnids_path.is_file():
+        raise FileNotFoundError(f"tiny_imagenet: expected {wnids_path}; {howto}")
+    wnids = [w.strip() for w in wnids_path.read_text().splitlines() if w.strip()]
+    if not wnids or len(set(wnids)) != len(wnids):
+        raise ValueError(f"{wnids_path}: expected one distinct WordNet id per line, got {len(wnids)} lines "
+                         f"({len(set(wnids))} distinct); {howto}")
+    index = {w: i for i, w in enumerate(wnids)}
+    train_paths: list[Path] = []
+    train_labels: list[int] = []
+    for wnid in wnids:
+        folder = base / "train" / wnid / "images"
+        if not folder.is_dir():
+            raise FileNotFoundError(f"tiny_imagenet: expected the folder {folder} for class {wnid} listed in "
+                                    f"wnids.txt; {howto}")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
+        if not files:
+            raise FileNotFoundError(f"tiny_imagenet: {folder} holds no .JPEG images; {howto}")
+        train_paths += files
+        train_labels += [index[wnid]] * len(files)
+    annotations = base / "val" / "val_annotations.txt"
+    if not annotations.is_file():
+        raise FileNotFoundError(f"tiny_imagenet: expected {annotations}; {howto}")
+    val_paths: list[Path] = []
+    val_labels: list[int] = []
+    for lineno, line in enumerate(annotations.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise ValueError(f"{annotations}:{lineno}: expected tab-separated 'filename<TAB>wnid<TAB>bbox...', "
+                             f"got {line!r}; {howto}")
+        filename, wnid = fields[0].strip(), fields[1].strip()
+        if wnid not in index:
+            raise ValueError(f"{annotations}:{lineno}: class {wnid!r} is not listed in {wnids_path}; {howto}")
+        path = base / "val" / "images" / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"tiny_imagenet: {annotations}:{lineno} names {path}, which does not exist; "
+                                    f"{howto}")
+        val_paths.append(path)
+        val_labels.append(index[wnid])
+    train_x = _read_jpegs(train_paths, howto)
+    test_x = _read_jpegs(val_paths, howto)
+    if test_x.shape[1:] != train_x.shape[1:] and len(val_paths):
+        raise ValueError(f"tiny_imagenet: val images are {test_x.shape[2:]} but train images are "
+                         f"{train_x.shape[2:]}; {howto}")
+    return RawData(train_x, np.asarray(train_labels, np.int64), test_x, np.asarray(val_labels, np.int64),
+                   len(wnids), tuple(wnids))
+
+
+# --------------------------------------------------------------------------------------------------------- medmnist
+
+_MEDMNIST_KEYS = ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels")
+
+
+def _medmnist_images(arr: np.ndarray, path: Path, key: str, howto: str) -> np.ndarray:
+    if arr.ndim == 3:
+        arr = arr[:, None, :, :]
+    elif arr.ndim == 4 and arr.shape[-1] in (1, 3):
+        arr = arr.transpose(0, 3, 1, 2)
+    else:
+        raise ValueError(f"{path}: {key} must be N×H×W (grayscale) or N×H×W×3 (RGB), got shape {arr.shape}; "
+                         f"{howto}")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"{path}: {key} must be uint8, got {arr.dtype}; {howto}")
+    return np.ascontiguousarray(arr)
+
+
+def _medmnist_labels(arr: np.ndarray, n: int, path: Path, key: str, howto: str) -> np.ndarray:
+    if arr.ndim == 2 and arr.shape[1] > 1:
+        raise ValueError(f"{path}: {key} has {arr.shape[1]} columns: this is a multi-label subset (such as "
+                         f"chestmnist), which single-label classification cannot use; valid: a multi-class "
+                         f"subset whose labels are N×1, e.g. pathmnist, dermamnist, bloodmnist, organamnist")
+    arr = arr.reshape(-1)
+    if arr.shape[0] != n:
+        raise ValueError(f"{path}: {key} holds {arr.shape[0]} labels for {n} images; {howto}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{path}: {key} must be integers, got {arr.dtype}; {howto}")
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"{path}: {key} holds negative labels; {howto}")
+    return arr.astype(np.int64)
+
+
+@_register("medmnist", "a MedMNIST subset (Yang et al. 2023): <data.root>/<data.subset>.npz with train_/val_/"
+                       "test_images and _labels; the official val split joins the train/calib/val pool")
+def load_medmnist(root: str | None, subset: str | None, download: bool, options: dict) -> RawData:
+    base = _root(root, DEFAULT_ROOT)
+    if not subset:
+        raise ValueError("data.subset: medmnist needs a subset name, the stem of <data.root>/<subset>.npz; "
+                         "valid: e.g. pathmnist, dermamnist, bloodmnist, organamnist, pathmnist_64")
+    path = base / f"{subset}.npz"
+    howto = (f"download {subset}.npz from MedMNIST ({MEDMNIST_HOME}) into {base}")
+    if not path.is_file():
+        raise FileNotFoundError(f"medmnist: expected {path}; {howto}")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as err:  # zipfile and numpy raise several types for a corrupt archive
+        raise ValueError(f"{path}: not a readable .npz archive ({type(err).__name__}: {err}); {howto}") from None
+    with npz:
+        missing = [k for k in _MEDMNIST_KEYS if k not in npz.files]
+        if missing:
+            raise ValueError(f"{path}: missing array(s) {', '.join(missing)} (found {', '.join(npz.files)}); "
+                             f"valid: an archive with {', '.join(_MEDMNIST_KEYS)}; {howto}")
+        arrays = {k: npz[k] for k in _MEDMNIST_KEYS}
+    split = {}
+    for s in ("train", "val", "test"):
+        x = _medmnist_images(arrays[f"{s}_images"], path, f"{s}_images", howto)
+        y = _medmnist_labels(arrays[f"{s}_labels"], x.shape[0], path, f"{s}_labels", howto)
+        split[s] = (x, y)
+    shapes = {s: split[s][0].shape[1:] for s in split}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"{path}: image shapes differ between splits {shapes}; {howto}")
+    num_classes = int(max(split[s][1].max(initial=-1) for s in split)) + 1
+    if num_classes < 2:
+        raise ValueError(f"{path}: the labels name fewer than 2 classes; {howto}")
+    train_x = np.concatenate([split["train"][0], split["val"][0]])
+    train_y = np.concatenate([split["train"][1], split["val"][1]])
+    return RawData(train_x, train_y, split["test"][0], split["test"][1], num_classes)
+
+
+# -------------------------------------------------------------------------------------------------------- synthetic
+
+SYNTHETIC_OPTIONS = {
+    "classes": Param(4, low=2, kind="int", doc="number of classes"),
+    "size": Param(8, low=1, kind="int", doc="image height and width, pixels"),
+    "channels": Param(1, low=1, kind="int", doc="image channels"),
+    "train": Param(512, low=1, kind="int", doc="images in the train/calib/val pool"),
+    "test": Param(256, low=1, kind="int", doc="images in the test split"),
+    "noise": Param(1.0, low=0.0, doc="per-pixel noise std; class prototypes have unit std"),
+    "seed": Param(0, low=0, kind="int", doc="seeds prototypes and samples"),
+}
+
+
+@_register("synthetic", "seeded class prototypes plus Gaussian noise, for tests; options in data.subset as "
+                        "'classes=4,size=8,channels=1,train=512,test=256,noise=1.0,seed=0'", SYNTHETIC_OPTIONS)
+def load_synthetic(root: str | None, subset: str | None, download: bool, options: dict) -> RawData:
+    o = {k: p.default for k, p in SYNTHETIC_OPTIONS.items()} | options
+    rng = np.random.default_rng(o["seed"])
+    k, c, s = o["classes"], o["channels"], o["size"]
+    # Smooth prototypes (a 3×3 box blur of white noise) so a conv net has spatial structure to pick up.
+    proto = rng.standard_normal((k, c, s + 2, s + 2))
+    proto = sum(proto[:, :, i:i + s, j:j + s] for i in range(3) for j in range(3)) / 3.0
+
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.arange(n) % k
+        rng.shuffle(y)
+        x = proto[y] + o["noise"] * rng.standard_normal((n, c, s, s))
+        return x.astype(np.float32), y.astype(np.int64)
+
+    train_x, train_y = sample(o["train"])
+    test_x, test_y = sample(o["test"])
+    return RawData(train_x, train_y, test_x, test_y, k, tuple(f"class{i}" for i in range(k)))
+
+
+# ---------------------------------------------------------------------------------------------------- decoding cache
+
+
+def parse_options(name: str, subset: str | None) -> dict[str, Any]:
+    """Parse a dataset's 'key=value,key=value' options from data.subset, checked against its declared options."""
+    declared = DATASETS.get(name).options
+    if not declared or not subset:
+        return {}
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in subset.split(","):
+        if not item.strip():
+            continue
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or key not in declared:
+            valid = ", ".join(f"{k} ({p.describe()})" for k, p in declared.items())
+            raise ValueError(f"data.subset: {item.strip()!r} is not an option of dataset {name!r}; "
+                             f"valid: comma-separated key=value with keys {valid}")
+        out[key] = declared[key].check(f"data.subset: {name} option {key}", yaml.safe_load(raw))
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _raw_cached(name: str, root: str | None, subset: str | None, download: bool) -> RawData:
+    info = DATASETS.get(name)
+    raw = info.loader(root, subset, download, parse_options(name, subset))
+    for arr in (raw.train_x, raw.train_y, raw.test_x, raw.test_y):
+        if arr is not None:
+            arr.setflags(write=False)  # shared by every trial of this process: must never change
+    return raw
+
+
+def raw_data(name: str, root: str | None = None, subset: str | None = None, download: bool = False) -> RawData:
+    """The decoded dataset, decoded once per process (repeated trials in one Ray worker reuse it)."""
+    return _raw_cached(name, root, subset, bool(download))
+
+
+# ------------------------------------------------------------------------------------------------------------ splits
+
+
+def long_tail_counts(n_max: int, num_classes: int, imbalance: float) -> list[int]:
+    """Per-class training counts of the exponential long-tail profile (Cao et al. 2019, LDAM-DRW).
+
+    n_i = int(n_max · ρ^(−i/(K−1))), i = 0 … K−1; written as n_max · (1/ρ)^(i/(K−1)) like LDAM's code so the
+    rounding matches its published sizes (CIFAR-10-LT ρ=100: 12,406; CIFAR-100-LT ρ=100: 10,847).
+    """
+    if imbalance < 1:
+        raise ValueError(f"data.imbalance: got {imbalance!r}; valid: a ratio >= 1")
+    if num_classes == 1:
+        return [int(n_max)]
+    factor = 1.0 / imbalance
+    return [int(n_max * factor ** (i / (num_classes - 1.0))) for i in range(num_classes)]
+
+
+def _stratified_order(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation of indices in which every prefix holds each class in proportion (within one sample).
+
+    Each sample's key is (its random rank within its class + U(0,1)) / class size; sorting the keys interleaves
+    the classes evenly, so the first n indices are a stratified random sample of size n.
+    """
+    if y.size == 0:
+        return np.zeros(0, np.int64)
+    perm = rng.permutation(y.size)
+    ys = y[perm]
+    counts = np.bincount(ys)
+    order_by_class = np.argsort(ys, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(y.size, np.int64)
+    rank[order_by_class] = np.arange(y.size) - np.repeat(starts, counts)
+    key = (rank + rng.random(y.size)) / counts[ys]
+    return perm[np.argsort(key, kind="stable")]
+
+
+def _size(value: float | int | None, total: int, path: str, default: float | None = None) -> int:
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{path}: got {value!r}; valid: a fraction in (0, 1) or a count >= 1")
+    if value < 1:
+        n = int(round(value * total))
+    else:
+        if not float(value).is_integer():
+            raise ValueError(f"{path}: got {value!r}; valid: a fraction in (0, 1) or a count >= 1")
+        n = int(value)
+    if n < 1 or n > total:
+        raise ValueError(f"{path}: {value!r} of {total} samples gives {n}; valid: at least 1 and at most {total}")
+    return n
+
+
+@dataclass
+class DataSplits:
+    """Four disjoint splits as tensors on one device: images float32 N×C×H×W (normalised), labels int64."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    calib_x: torch.Tensor
+    calib_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    in_channels: int
+    image_size: int
+    info: dict = field(default_factory=dict)  # JSON-serialisable: sizes, per-class counts, normalisation
+
+
+def split_indices(y_pool: np.ndarray, num_classes: int, data_cfg: dict,
+                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Indices into the pool for train / calib / val, after the long-tail profile and the training cap."""
+    n = y_pool.size
+    n_calib = _size(data_cfg.get("calib", 0.15), n, "data.calib")
+    n_val = _size(data_cfg.get("val", 0.15), n, "data.val")
+    if n_calib + n_val >= n:
+        raise ValueError(f"data.calib + data.val: {n_calib} + {n_val} samples leave none of the {n} for training; "
+                         f"valid: calib + val < {n}")
+    order = _stratified_order(y_pool, rng)
+    calib, val, train = order[:n_calib], order[n_calib:n_calib + n_val], order[n_calib + n_val:]
+    imbalance = data_cfg.get("imbalance")
+    if imbalance is not None:
+        counts = np.bincount(y_pool[train], minlength=num_classes)
+        target = long_tail_counts(int(counts.max()), num_classes, float(imbalance))
+        # `train` is already in random order, so the first n_i of class i are a seeded random subsample.
+        keep = np.zeros(train.size, bool)
+        for c in range(num_classes):
+            members = np.flatnonzero(y_pool[train] == c)
+            keep[members[:target[c]]] = True
+        train = train[keep]
+    max_train = data_cfg.get("max_train")
+    if max_train is not None and train.size > max_train:
+        # Stratified, so the cap keeps the (possibly long-tailed) class profile.
+        train = train[_stratified_order(y_pool[train], rng)[:int(max_train)]]
+    return {"train": np.sort(train), "calib": np.sort(calib), "val": np.sort(val)}
+
+
+def load_splits(data_cfg: dict, device: str | torch.device = "cpu") -> DataSplits:
+    """Train / calib / val / test tensors on `device` for a trial config's `data:` section.
+
+    calib and val are carved (stratified, seeded by data.split_seed) from the pool of the dataset's training
+    images; the test split is the dataset's own test split, or, for a dataset without one, data.test (default
+    0.2) carved off first. When the dataset has its own test split and data.test is set, the test split is a
+    stratified subsample of that size of the official test split (quick runs). The long-tail profile and
+    max_train act on the training split only, so calib, val and test are the same whatever they are.
+    """
+    name = data_cfg.get("name", "digits")
+    raw = raw_data(name, data_cfg.get("root"), data_cfg.get("subset"), bool(data_cfg.get("download", False)))
+    seed = int(data_cfg.get("split_seed", 0) or 0)
+    # Separate streams for the test split and the pool, so calib/val/train of a dataset with its own test split
+    # do not move when data.test changes.
+    test_rng, pool_rng = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 0])
+    test_cfg = data_cfg.get("test")
+    if raw.test_x is None:
+        order = _stratified_order(raw.train_y, test_rng)
+        n_test = _size(test_cfg, raw.train_y.size, "data.test", default=0.2)
+        if n_test >= raw.train_y.size:
+            raise ValueError(f"data.test: {n_test} of {raw.train_y.size} samples leaves none for training; "
+                             f"valid: fewer than {raw.train_y.size}")
+        test_idx, pool_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
+        pool_x, pool_y = raw.train_x, raw.train_y
+        test_x, test_y = raw.train_x[test_idx], raw.train_y[test_idx]
+    else:
+        pool_idx = np.arange(raw.train_y.size)
+        pool_x, pool_y = raw.train_x, raw.train_y
+        test_x, test_y = raw.test_x, raw.test_y
+        if test_cfg is not None:
+            n_test = _size(test_cfg, test_y.size, "data.test")
+            sub = np.sort(_stratified_order(test_y, test_rng)[:n_test])
+            test_x, test_y = test_x[sub], test_y[sub]
+    parts = split_indices(pool_y[pool_idx], raw.num_classes, data_cfg, pool_rng)
+    arrays = {s: (pool_x[pool_idx[idx]], pool_y[pool_idx[idx]]) for s, idx in parts.items()}
+    arrays["test"] = (test_x, test_y)
+
+    device = torch.device(device)
+    # np.require copies the read-only cached arrays (the official test split is not indexed, so not yet a copy).
+    tensors = {s: (torch.from_numpy(np.require(x, requirements=["C", "W"])).to(device).float(),
+                   torch.from_numpy(np.require(y, requirements=["C", "W"])).to(device))
+               for s, (x, y) in arrays.items()}
+    train_x = tensors["train"][0]
+    mean = train_x.double().mean(dim=(0, 2, 3))
+    std = train_x.double().std(dim=(0, 2, 3), unbiased=False)
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))  # a constant channel carries no signal: leave it
+    scale = (1.0 / std).float().view(1, -1, 1, 1)
+    shift = mean.float().view(1, -1, 1, 1)
+    normed = {s: ((x - shift) * scale, y) for s, (x, y) in tensors.items()}
+
+    _, c, h, w = raw.train_x.shape
+    if h != w:
+        raise ValueError(f"dataset {name!r}: images are {h}×{w}; valid: square images")
+    info = {
+        "dataset": name,
+        "num_classes": raw.num_classes,
+        "in_channels": int(c),
+        "image_size": int(h),
+        "sizes": {s: int(arrays[s][1].size) for s in ("train", "calib", "val", "test")},
+        "class_counts": {s: np.bincount(arrays[s][1], minlength=raw.num_classes).astype(int).tolist()
+                         for s in ("train", "calib", "val", "test")},
+        "imbalance": data_cfg.get("imbalance"),
+        "split_seed": seed,
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+    }
+    return DataSplits(normed["train"][0], normed["train"][1], normed["calib"][0], normed["calib"][1],
+                      normed["val"][0], normed["val"][1], normed["test"][0], normed["test"][1],
+                      raw.num_classes, int(c), int(h), info)
+
+
+# ------------------------------------------------------------------------------------------------------ augmentation
+
+
+def augment(x: torch.Tensor, aug_cfg: dict, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding by `pad` pixels and/or random horizontal flip, for a whole batch at once.
+
+    Runs on x's device with no per-sample Python; the random draws come from `generator` (on any device), so the
+    result is a function of (x, aug_cfg, generator state). Padding is zero in normalised units, i.e. the
+    training mean colour. Returns a new tensor; x is not modified.
+    """
+    crop, flip = bool(aug_cfg.get("crop", False)), bool(aug_cfg.get("flip", False))
+    pad = int(aug_cfg.get("pad", 4))
+    if pad < 0:
+        raise ValueError(f"data.augment.pad: got {pad}; valid: an integer >= 0")
+    if x.ndim != 4:
+        raise ValueError(f"augment: expected a batch N×C×H×W, got shape {tuple(x.shape)}")
+    n, _, h, w = x.shape
+    gdev = generator.device
+    if crop and pad > 0:
+        shifts = torch.randint(0, 2 * pad + 1, (2, n), generator=generator, device=gdev).to(x.device)
+        padded = F.pad(x, (pad, pad, pad, pad))
+        rows = shifts[0][:, None] + torch.arange(h, device=x.device)[None, :]  # N×H
+        cols = shifts[1][:, None] + torch.arange(w, device=x.device)[None, :]  # N×W
+        batch = torch.arange(n, device=x.device)[:, None, None]
+        # Advanced indexing over (N, H, W) of the channels-last view gathers every crop in one kernel.
+        x = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        x = x.contiguous()
+    if flip:
+        mask = (torch.rand(n, generator=generator, device=gdev) < 0.5).to(x.device)
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
