@@ -1,0 +1,204 @@
+"""Ray Tune's OptunaSearch, telling Optuna what actually happened to each trial.
+
+Ray's OptunaSearch tells every trial ASHA stopped as COMPLETE with its partial values, and a NaN-diverged trial as
+COMPLETE too (measured on ray 2.60 / optuna 5.0, see DESIGN.md "Ray and Optuna facts"): the study's Pareto front
+then mixes 1-epoch results with full-budget ones, and a diverged trial can sit on it with ECE 0. This subclass tells
+
+- COMPLETE with (val/acc, val/ece) of the last epoch, only when that result says ``final: true`` (full budget);
+- FAIL when the trial errored, reported ``status: diverged``, or its objective values are missing or not finite;
+- PRUNED otherwise (stopped early by the scheduler, or stopped before its first result).
+
+Each Optuna trial carries the Ray trial id (user attribute ``ray_trial_id``) and why it ended (``outcome``,
+``last_epoch``, and the last values it reported), so the two records can be joined.
+
+Resume: the study lives in a JournalStorage file that survives the driver, while Ray saves this searcher's state only
+every experiment checkpoint. After a kill between the two, the journal may be ahead of the saved state: a trial told
+in the journal is not told again, and an Optuna trial asked after the last checkpoint (unknown to Ray after restore)
+is handed to the next trial Ray asks for, so no sampled configuration is lost and no Optuna trial stays RUNNING.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import warnings
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVES = ["val/acc", "val/ece"]
+DIRECTIONS = ["max", "min"]
+
+
+def open_journal(path: str) -> optuna.storages.JournalStorage:
+    """An Optuna JournalStorage on a local file (created if missing)."""
+    from optuna.storages.journal import JournalFileBackend
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(os.path.abspath(path)))
+
+
+def classify(result: dict | None, error: bool, metrics: list[str] = OBJECTIVES) -> tuple[TrialState, list | None, str]:
+    """(Optuna state, values to tell, outcome word) for a trial whose last Ray result is `result`."""
+    if error:
+        return TrialState.FAIL, None, "error"
+    if not result:
+        return TrialState.PRUNED, None, "stopped"
+    if result.get("status") == "diverged":
+        return TrialState.FAIL, None, "diverged"
+    values = [result.get(m) for m in metrics]
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) for v in values):
+        # A trial that reports no usable objective never reached Optuna as a result in Ray's own code either;
+        # without a diverged flag it is still not something the sampler should learn from.
+        return TrialState.FAIL, None, "no-objective"
+    if result.get("final") is True:
+        return TrialState.COMPLETE, [float(v) for v in values], "complete"
+    return TrialState.PRUNED, None, "stopped"
+
+
+class CalibratedOptunaSearch(OptunaSearch):
+    """OptunaSearch on a persistent journal study, multi-objective (val/acc max, val/ece min) by default."""
+
+    def __init__(
+        self,
+        space: Callable[[optuna.Trial], dict | None],
+        journal_path: str,
+        sampler: optuna.samplers.BaseSampler | None = None,
+        study_name: str = "gce-search",
+        metric: list[str] | None = None,
+        mode: list[str] | None = None,
+    ):
+        self._journal_path = os.path.abspath(journal_path)
+        self._orphans: list[int] = []
+        self._outcomes: dict[str, str] = {}
+        super().__init__(
+            space=space,
+            metric=list(metric or OBJECTIVES),
+            mode=list(mode or DIRECTIONS),
+            sampler=sampler,
+            study_name=study_name,
+            storage=open_journal(self._journal_path),
+        )
+        if self._ot_study.metric_names is None:
+            # optuna-dashboard labels the axes with these; the method is stable in use but still flagged experimental.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names(list(self.metric))
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+    @property
+    def outcomes(self) -> dict[str, str]:
+        """Ray trial id -> outcome word told in this driver (complete, stopped, diverged, error, no-objective)."""
+        return dict(self._outcomes)
+
+    # -- asking ---------------------------------------------------------------------------------------------
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if trial_id not in self._ot_trials and self._orphans:
+            # Re-use an Optuna trial asked before an interruption but unknown to Ray's restored record: the define-
+            # by-run function re-suggests the same names, and Optuna returns the values already stored.
+            storage_id = self._orphans.pop(0)
+            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, storage_id)
+        config = super().suggest(trial_id)
+        if config is not None:
+            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+        return config
+
+    # -- telling --------------------------------------------------------------------------------------------
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # Optuna has no intermediate values for multi-objective studies (Trial.report raises); the scheduler, not
+        # Optuna's pruner, decides early stopping here.
+        if not isinstance(self.metric, list):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials:
+            return
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            logger.warning("trial %s finished but was never asked from Optuna; not told", trial_id)
+            return
+        self._completed_trials.add(trial_id)
+        storage = self._ot_study._storage
+        current = storage.get_trial(ot_trial._trial_id)
+        if current.state.is_finished():
+            # Told before an interruption that came before Ray saved this searcher: telling again would raise.
+            self._outcomes[trial_id] = current.user_attrs.get("outcome", current.state.name.lower())
+            return
+        state, values, outcome = classify(result, error, list(self.metric))
+        if result:
+            if "epoch" in result:
+                ot_trial.set_user_attr("last_epoch", result["epoch"])
+            for key in (*self.metric, "score"):
+                value = result.get(key)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    ot_trial.set_user_attr(f"last {key}", float(value))
+        ot_trial.set_user_attr("outcome", outcome)
+        self._ot_study.tell(ot_trial, values, state=state)
+        self._outcomes[trial_id] = outcome
+
+    # -- resume ---------------------------------------------------------------------------------------------
+
+    def save(self, checkpoint_path: str) -> None:
+        # Only identifiers: the study itself is already on disk in the journal, and Trial objects hold a storage.
+        state = {
+            "format": 1,
+            "journal_path": self._journal_path,
+            "study_name": self._study_name,
+            "trials": {rid: t._trial_id for rid, t in self._ot_trials.items()},
+            "completed": sorted(self._completed_trials),
+            "outcomes": dict(self._outcomes),
+            "metric": self._metric,
+            "mode": self._mode,
+        }
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(state, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        if not isinstance(state, dict) or state.get("format") != 1:
+            raise ValueError(f"{checkpoint_path}: not a CalibratedOptunaSearch state (saved by another searcher)")
+        self._journal_path = state["journal_path"]
+        self._study_name = state["study_name"]
+        self._metric, self._mode = state["metric"], state["mode"]
+        self._ot_study = optuna.load_study(
+            study_name=self._study_name, storage=open_journal(self._journal_path), sampler=self._sampler,
+            pruner=optuna.pruners.NopPruner())
+        self._ot_trials = {rid: optuna.Trial(self._ot_study, sid) for rid, sid in state["trials"].items()}
+        self._completed_trials = set(state["completed"])
+        self._outcomes = dict(state["outcomes"])
+        self.reconcile()
+
+    def reconcile(self) -> None:
+        """Match the journal with the restored Ray-side state (see the module docstring)."""
+        known = {t._trial_id for t in self._ot_trials.values()}
+        self._orphans = [
+            ft._trial_id for ft in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if ft._trial_id not in known
+        ]
+        if self._orphans:
+            logger.info("%d Optuna trial(s) asked before the interruption will be run now", len(self._orphans))
+
+    def fail_orphans(self) -> int:
+        """Tell FAIL for Optuna trials no Ray trial took over (call when the search has ended); returns how many."""
+        for storage_id in self._orphans:
+            trial = optuna.Trial(self._ot_study, storage_id)
+            trial.set_user_attr("outcome", "interrupted")
+            self._ot_study.tell(trial, None, state=TrialState.FAIL)
+        n, self._orphans = len(self._orphans), []
+        return n
+
+
+def optuna_records(study: optuna.Study) -> dict[str, Any]:
+    """Ray trial id -> FrozenTrial, for trials that carry one (what the resume test and results join on)."""
+    return {t.user_attrs["ray_trial_id"]: t for t in study.get_trials(deepcopy=False) if "ray_trial_id" in t.user_attrs}

@@ -1,0 +1,145 @@
+"""CalibratedOptunaSearch tells Optuna pruned / failed / complete correctly, under a real Ray Tune run with ASHA."""
+from __future__ import annotations
+
+import math
+import time
+
+import optuna
+import pytest
+import ray
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from search.searcher import CalibratedOptunaSearch, classify, optuna_records
+
+EPOCHS = 3
+
+
+def synthetic_space(trial: optuna.Trial) -> dict:
+    return {"x": trial.suggest_float("x", 0.0, 1.0)}
+
+
+def synthetic_trainable(config: dict) -> None:
+    """Reports made-up metrics: x < 0.1 diverges at epoch 1, 0.1 <= x < 0.2 raises, others score 1.1 x - 0.1."""
+    x = config["x"]
+    for epoch in range(1, EPOCHS + 1):
+        time.sleep(0.15)  # keeps the two concurrent trials interleaved so that ASHA sees earlier rungs filled
+        if x < 0.1:
+            nan = float("nan")
+            tune.report({"epoch": epoch, "val/acc": nan, "val/ece": nan, "score": nan, "status": "diverged",
+                         "final": False})
+            return
+        if 0.1 <= x < 0.2:
+            raise RuntimeError("synthetic failure")
+        acc, ece = x, 0.1 * (1 - x)
+        tune.report({"epoch": epoch, "val/acc": acc, "val/ece": ece, "score": acc - ece, "status": "ok",
+                     "final": epoch == EPOCHS})
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_classify_hand_cases():
+    full = {"epoch": 3, "val/acc": 0.9, "val/ece": 0.02, "final": True, "status": "ok"}
+    assert classify(full, False) == (TrialState.COMPLETE, [0.9, 0.02], "complete")
+    assert classify({**full, "final": False}, False)[0] == TrialState.PRUNED
+    assert classify({k: v for k, v in full.items() if k != "final"}, False)[0] == TrialState.PRUNED
+    assert classify({**full, "status": "diverged"}, False)[:2] == (TrialState.FAIL, None)
+    assert classify({**full, "val/ece": float("nan")}, False)[0] == TrialState.FAIL
+    assert classify({**full, "val/acc": None}, False)[0] == TrialState.FAIL
+    assert classify(full, True)[0] == TrialState.FAIL
+    assert classify(None, False)[0] == TrialState.PRUNED
+
+
+def test_real_asha_run_tells_pruned_failed_complete(local_ray, tmp_path):
+    journal = tmp_path / "optuna.journal"
+    searcher = CalibratedOptunaSearch(synthetic_space, str(journal), sampler=optuna.samplers.RandomSampler(seed=0))
+    # Fixed order: strong trials first so that ASHA's rung cut-off is high when the weak ones arrive.
+    for x in (0.9, 0.85, 0.05, 0.15, 0.3, 0.35, 0.95, 0.25):
+        searcher.study.enqueue_trial({"x": x})
+    tuner = tune.Tuner(
+        synthetic_trainable,
+        tune_config=tune.TuneConfig(
+            metric="score", mode="max", search_alg=searcher, num_samples=8, reuse_actors=True,
+            scheduler=ASHAScheduler(time_attr="epoch", max_t=EPOCHS, grace_period=1, reduction_factor=2)),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="synthetic", verbose=0),
+    )
+    grid = tuner.fit()
+    assert len(grid) == 8
+
+    study = optuna.load_study(study_name="gce-search", storage=searcher.study._storage)
+    assert study.metric_names == ["val/acc", "val/ece"]
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    by_ray_id = optuna_records(study)
+    assert len(by_ray_id) == 8 == len(study.trials)
+
+    seen = {TrialState.COMPLETE: 0, TrialState.PRUNED: 0, TrialState.FAIL: 0}
+    for result in grid:
+        ot = by_ray_id[result.metrics["trial_id"]]
+        x = ot.params["x"]
+        seen[ot.state] += 1
+        if x < 0.2:  # diverged or raised: never a result for the sampler
+            assert ot.state == TrialState.FAIL and ot.values is None
+            assert ot.user_attrs["outcome"] == ("diverged" if x < 0.1 else "error")
+        elif result.metrics.get("final"):
+            assert ot.state == TrialState.COMPLETE
+            assert ot.values == pytest.approx([x, 0.1 * (1 - x)])
+            assert result.metrics["epoch"] == EPOCHS
+        else:  # stopped by ASHA before the full budget
+            assert ot.state == TrialState.PRUNED and ot.values is None
+            assert ot.user_attrs["last_epoch"] < EPOCHS
+            assert ot.user_attrs["last val/acc"] == pytest.approx(x)
+    assert seen[TrialState.FAIL] == 2
+    assert seen[TrialState.PRUNED] >= 1, "ASHA stopped no trial: the test lost its point"
+    assert seen[TrialState.COMPLETE] >= 2
+    # The multi-objective front is built from full-budget trials only: the best-accuracy Pareto trial has x = 0.95.
+    assert max(t.values[0] for t in study.best_trials) == pytest.approx(0.95)
+    assert all(not math.isnan(v) for t in study.best_trials for v in t.values)
+
+
+def test_save_restore_adopts_trials_asked_after_the_checkpoint(tmp_path):
+    journal = str(tmp_path / "optuna.journal")
+    first = CalibratedOptunaSearch(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=1))
+    config_a = first.suggest("trial_a")
+    first.on_trial_complete("trial_a", {"epoch": 3, "val/acc": 0.8, "val/ece": 0.05, "final": True})
+    first.suggest("trial_b")
+    state_file = str(tmp_path / "searcher.pkl")
+    first.save(state_file)  # Ray's experiment checkpoint: knows a (told) and b (running)
+    config_c = first.suggest("trial_c")  # asked after the checkpoint; the driver is then killed
+    first.on_trial_complete("trial_b", {"epoch": 2, "val/acc": 0.5, "val/ece": 0.1, "final": False})  # told, unsaved
+
+    second = CalibratedOptunaSearch(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=1))
+    second.restore(state_file)
+    # b is resumed by Ray and completes again: the journal already has it, so it is not told twice.
+    second.on_trial_complete("trial_b", {"epoch": 3, "val/acc": 0.5, "val/ece": 0.1, "final": True})
+    # c was lost from Ray's record; the next trial Ray asks for takes over its sampled configuration.
+    config_d = second.suggest("trial_d")
+    assert config_d == config_c != config_a
+    second.on_trial_complete("trial_d", {"epoch": 3, "val/acc": 0.7, "val/ece": 0.03, "final": True})
+    config_e = second.suggest("trial_e")
+    assert config_e != config_c
+    assert second.fail_orphans() == 0
+
+    study = second.study
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert len(states) == 4  # a, b, c (taken over by d), e: no duplicate Optuna trial
+    records = optuna_records(study)
+    assert records["trial_b"].state == TrialState.PRUNED
+    assert records["trial_d"].state == TrialState.COMPLETE and records["trial_d"].values == [0.7, 0.03]
+    assert records["trial_a"].values == [0.8, 0.05]
+    assert "trial_c" not in records  # its Optuna trial now names d
+
+
+def test_restore_refuses_foreign_state(tmp_path):
+    import pickle
+
+    bad = tmp_path / "state.pkl"
+    bad.write_bytes(pickle.dumps({"something": "else"}))
+    searcher = CalibratedOptunaSearch(synthetic_space, str(tmp_path / "j.journal"))
+    with pytest.raises(ValueError, match="not a CalibratedOptunaSearch state"):
+        searcher.restore(str(bad))
