@@ -1,0 +1,327 @@
+"""Model registry: every network is built from (in_channels, num_classes, image_size, **params).
+
+The `model:` section of a trial config is `{name: <MODELS key>, **params}`; the params are the builder's keyword
+arguments, declared with their valid ranges in `ModelInfo.params` (trainables.config validates them from there).
+The CIFAR-style networks keep the 3×3 stride-1 stem of the calibration papers' code (Mukhoti et al. 2020) instead
+of ImageNet's 7×7/stride-2 stem and max-pool, and end in a global average pool, so one definition serves 8×8 to
+64×64 inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from trainables.registry import Param, Registry
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One registered network. `builder(in_channels, num_classes, image_size, **params) -> nn.Module`."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    params: dict[str, Param] = field(default_factory=dict)
+    description: str = ""
+    min_image_size: int = 1  # smallest input height/width the network's downsampling can take
+
+
+MODELS: Registry[ModelInfo] = Registry("model")
+
+
+def _register(name: str, description: str, params: dict[str, Param] | None = None, min_image_size: int = 1):
+    def deco(fn):
+        MODELS.register(name, ModelInfo(name, fn, dict(params or {}), description, min_image_size))
+        return fn
+
+    return deco
+
+
+def build_model(model_cfg: dict, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """Build the network a trial config's `model:` section names, for the given input shape and class count."""
+    if not isinstance(model_cfg, dict) or "name" not in model_cfg:
+        raise ValueError(f"model: expected a mapping with a 'name' key, got {model_cfg!r}; "
+                         f"valid names: {', '.join(MODELS.names())}")
+    info = MODELS.get(model_cfg["name"])
+    kwargs = {}
+    for key, value in model_cfg.items():
+        if key == "name":
+            continue
+        if key not in info.params:
+            valid = ", ".join(info.params) if info.params else "none"
+            raise ValueError(f"model.{key}: not a parameter of model {info.name!r}; valid: {valid}")
+        kwargs[key] = info.params[key].check(f"model.{key}", value)
+    for arg, value in (("in_channels", in_channels), ("num_classes", num_classes), ("image_size", image_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"build_model: {arg} got {value!r}; valid: a positive integer")
+    if image_size < info.min_image_size:
+        raise ValueError(f"model.name: {info.name!r} needs images of at least {info.min_image_size}×"
+                         f"{info.min_image_size}, the data are {image_size}×{image_size}; valid: a model for "
+                         f"small images, e.g. mlp or small_cnn")
+    return info.builder(in_channels, num_classes, image_size, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------------------- mlp
+
+
+@_register("mlp", "fully connected net on flattened pixels: `depth` hidden layers of `width` ReLU units",
+           {"width": Param(256, low=1, kind="int", doc="hidden units per layer"),
+            "depth": Param(2, low=0, kind="int", doc="hidden layers (0: a linear classifier)"),
+            "dropout": Param(0.0, low=0.0, high=1.0, high_inclusive=False, doc="dropout before each linear")})
+def mlp(in_channels: int, num_classes: int, image_size: int, width: int = 256, depth: int = 2,
+        dropout: float = 0.0) -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten()]
+    features = in_channels * image_size * image_size
+    for _ in range(int(depth)):
+        layers += [nn.Dropout(dropout), nn.Linear(features, int(width)), nn.ReLU(inplace=True)]
+        features = int(width)
+    layers += [nn.Dropout(dropout), nn.Linear(features, num_classes)]
+    return nn.Sequential(*layers)
+
+
+# ------------------------------------------------------------------------------------------------------- small_cnn
+
+
+def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+@_register("small_cnn", "two conv blocks (2× conv3×3-BN-ReLU, max-pool) and a hidden linear layer; sized for "
+                        "28×28 (Fashion-MNIST) and works down to 4×4 (digits' 8×8)",
+           {"width": Param(32, low=1, kind="int", doc="channels of the first block; the second has twice as many"),
+            "hidden": Param(128, low=1, kind="int", doc="units of the hidden linear layer"),
+            "dropout": Param(0.0, low=0.0, high=1.0, high_inclusive=False, doc="dropout before the classifier")},
+           min_image_size=4)
+def small_cnn(in_channels: int, num_classes: int, image_size: int, width: int = 32, hidden: int = 128,
+              dropout: float = 0.0) -> nn.Module:
+    w = int(width)
+    side = image_size // 4
+    return nn.Sequential(
+        *_conv_bn_relu(in_channels, w), *_conv_bn_relu(w, w), nn.MaxPool2d(2),
+        *_conv_bn_relu(w, 2 * w), *_conv_bn_relu(2 * w, 2 * w), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(2 * w * side * side, int(hidden)), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        nn.Linear(int(hidden), num_classes),
+    )
+
+
+# -------------------------------------------------------------------------------------------------------- fast_cnn
+
+
+class _ConvGroup(nn.Sequential):
+    # airbench's block: conv → max-pool → BN → GELU → conv → BN → GELU (pooling before the second conv halves its
+    # cost). ceil_mode keeps odd sizes (7 → 4) from shrinking to zero on small inputs.
+    def __init__(self, cin: int, cout: int):
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2, ceil_mode=True),
+            nn.BatchNorm2d(cout), nn.GELU(),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.GELU(),
+        )
+
+
+class FastCNN(nn.Module):
+    """The airbench94 network (Jordan 2024) without its data-dependent whitening initialisation.
+
+    Widths (w, 4w, 4w) after a 3×3 stem, global max-pool, bias-free linear head whose output is multiplied by
+    `logit_scale` (airbench uses 1/9: it sets the starting temperature of the logits, which matters for
+    calibration and is therefore a parameter here).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 64, logit_scale: float = 1 / 9):
+        super().__init__()
+        w = int(width)
+        stem_out = max(1, w // 2)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_out, 3, padding=1, bias=False), nn.GELU())
+        self.groups = nn.Sequential(_ConvGroup(stem_out, w), _ConvGroup(w, 4 * w), _ConvGroup(4 * w, 4 * w))
+        self.head = nn.Linear(4 * w, num_classes, bias=False)
+        self.logit_scale = float(logit_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.groups(self.stem(x))
+        x = torch.amax(x, dim=(2, 3))
+        return self.head(x) * self.logit_scale
+
+
+@_register("fast_cnn", "airbench-style conv net for 32×32 (Jordan 2024): widths (w, 4w, 4w), GELU, max-pool",
+           {"width": Param(64, low=1, kind="int", doc="channels of the first group (airbench94: 64)"),
+            "logit_scale": Param(1 / 9, low=0.0, low_inclusive=False, doc="multiplies the logits (airbench: 1/9)")})
+def fast_cnn(in_channels: int, num_classes: int, image_size: int, width: int = 64,
+             logit_scale: float = 1 / 9) -> nn.Module:
+    return FastCNN(in_channels, num_classes, width, logit_scale)
+
+
+# ---------------------------------------------------------------------------------------------------- CIFAR ResNets
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, shortcut: str = "conv"):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != planes:
+            if shortcut == "pad":
+                self.shortcut = _PadShortcut(planes - cin, stride)
+            else:
+                self.shortcut = nn.Sequential(nn.Conv2d(cin, planes, 1, stride=stride, bias=False),
+                                              nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class _PadShortcut(nn.Module):
+    # He et al. 2016, CIFAR experiments, option A: subsample and zero-pad the new channels, no parameters.
+    def __init__(self, extra_channels: int, stride: int):
+        super().__init__()
+        self.extra, self.stride = extra_channels, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, ::self.stride, ::self.stride]
+        half = self.extra // 2
+        return F.pad(x, (0, 0, 0, 0, half, self.extra - half))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, shortcut: str = "conv"):
+        super().__init__()
+        out = planes * self.expansion
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, planes, 1, bias=False), nn.BatchNorm2d(planes), nn.ReLU(inplace=True),
+            nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(planes),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(planes, out, 1, bias=False), nn.BatchNorm2d(out),
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != out:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet with a 3×3 stride-1 stem and no max-pool; stage s has widths[s] planes and stride 2 after stage 0.
+
+    The stem has widths[0] channels unless stem_width says otherwise (WRN's stem is narrower than its stages).
+    """
+
+    def __init__(self, block: type, blocks: list[int], widths: list[int], in_channels: int, num_classes: int,
+                 shortcut: str = "conv", stem_width: int | None = None):
+        super().__init__()
+        cin = widths[0] if stem_width is None else stem_width
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, cin, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(cin), nn.ReLU(inplace=True))
+        layers: list[nn.Module] = []
+        for stage, (n, planes) in enumerate(zip(blocks, widths)):
+            for i in range(n):
+                stride = 2 if stage > 0 and i == 0 else 1
+                layers.append(block(cin, planes, stride, shortcut))
+                cin = planes * block.expansion
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.stem(x))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+_RESNET_WIDTH = {"width": Param(64, low=1, kind="int", doc="planes of the first stage; later stages double it")}
+
+
+@_register("resnet18", "CIFAR ResNet-18: basic blocks [2, 2, 2, 2], 3×3 stem", _RESNET_WIDTH)
+def resnet18(in_channels: int, num_classes: int, image_size: int, width: int = 64) -> nn.Module:
+    return CifarResNet(BasicBlock, [2, 2, 2, 2], [width, 2 * width, 4 * width, 8 * width], in_channels, num_classes)
+
+
+@_register("resnet34", "CIFAR ResNet-34: basic blocks [3, 4, 6, 3], 3×3 stem", _RESNET_WIDTH)
+def resnet34(in_channels: int, num_classes: int, image_size: int, width: int = 64) -> nn.Module:
+    return CifarResNet(BasicBlock, [3, 4, 6, 3], [width, 2 * width, 4 * width, 8 * width], in_channels, num_classes)
+
+
+@_register("resnet50", "CIFAR ResNet-50: bottleneck blocks [3, 4, 6, 3], 3×3 stem (the calibration papers' "
+                       "main network)", _RESNET_WIDTH)
+def resnet50(in_channels: int, num_classes: int, image_size: int, width: int = 64) -> nn.Module:
+    return CifarResNet(Bottleneck, [3, 4, 6, 3], [width, 2 * width, 4 * width, 8 * width], in_channels, num_classes)
+
+
+@_register("resnet110", "ResNet-110 for CIFAR (He et al. 2016): 6n+2 layers, n = 18 basic blocks per stage, "
+                        "widths 16/32/64, parameter-free zero-padding shortcuts",
+           {"width": Param(16, low=1, kind="int", doc="planes of the first stage (He et al.: 16)")})
+def resnet110(in_channels: int, num_classes: int, image_size: int, width: int = 16) -> nn.Module:
+    return CifarResNet(BasicBlock, [18, 18, 18], [width, 2 * width, 4 * width], in_channels, num_classes,
+                       shortcut="pad")
+
+
+# ------------------------------------------------------------------------------------------------------ WRN-26-10
+
+
+@_register("wrn_26_10", "Wide ResNet 26-10 as in the calibration papers' code (Mukhoti et al. 2020): 16-channel "
+                        "3×3 stem, 3 stages of n = 4 post-activation basic blocks (depth 6n+2 = 26), widths "
+                        "16k/32k/64k with k = 10",
+           {"widen": Param(10, low=1, kind="int", doc="width multiplier k")})
+def wrn_26_10(in_channels: int, num_classes: int, image_size: int, widen: int = 10) -> nn.Module:
+    k = int(widen)
+    # Mukhoti et al.'s wide_resnet_cifar(depth=26, width=10) counts depth as 6n+2 with basic blocks, not
+    # Zagoruyko & Komodakis' 6n+4 pre-activation blocks: follow the code the published numbers came from.
+    return CifarResNet(BasicBlock, [4, 4, 4], [16 * k, 32 * k, 64 * k], in_channels, num_classes, stem_width=16)
+
+
+# ---------------------------------------------------------------------------------------------------- DenseNet-121
+
+
+class _DenseLayer(nn.Module):
+    def __init__(self, cin: int, growth: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, 4 * growth, 1, bias=False),
+            nn.BatchNorm2d(4 * growth), nn.ReLU(inplace=True), nn.Conv2d(4 * growth, growth, 3, padding=1,
+                                                                         bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.body(x), x], 1)
+
+
+class DenseNet(nn.Module):
+    """DenseNet-BC (Huang et al. 2017) for small images: 3×3 stem of 2·growth channels, average-pool transitions."""
+
+    def __init__(self, blocks: list[int], growth: int, in_channels: int, num_classes: int, reduction: float = 0.5):
+        super().__init__()
+        channels = 2 * growth
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1, bias=False)]
+        for i, n in enumerate(blocks):
+            for _ in range(n):
+                layers.append(_DenseLayer(channels, growth))
+                channels += growth
+            if i < len(blocks) - 1:
+                out = int(channels * reduction)
+                layers += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.Conv2d(channels, out, 1, bias=False),
+                           nn.AvgPool2d(2)]
+                channels = out
+        layers += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+@_register("densenet121", "DenseNet-121 for small images: dense blocks [6, 12, 24, 16], growth 32, "
+                          "compression 0.5", {"growth_rate": Param(32, low=1, kind="int", doc="channels per layer")},
+           min_image_size=8)
+def densenet121(in_channels: int, num_classes: int, image_size: int, growth_rate: int = 32) -> nn.Module:
+    return DenseNet([6, 12, 24, 16], int(growth_rate), in_channels, num_classes)
