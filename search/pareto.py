@@ -178,23 +178,23 @@ def hypervolume_2d(points, reference) -> float:
 
 
 def hypervolume_contributions_2d(points, reference) -> np.ndarray:
-    """Exclusive hypervolume contribution of each point: hypervolume(all) - hypervolume(all but this copy).
+    """Exclusive hypervolume contribution of each point: hypervolume(all) - hypervolume(all without the point).
 
-    Identical points share their area: each copy gets the contribution of the distinct point (removing one copy
-    would change nothing, which would rank all duplicates last). Dominated points and points outside the reference
-    box contribute 0.
+    Identical points share their area: every copy gets what removing all copies would lose (removing a single
+    copy changes nothing, which would rank duplicates last). Only points of the non-dominated staircase can
+    contribute; what they lose is measured against the remaining points, dominated ones included. Within one
+    front (how the scheduler uses it) this is the staircase area (x_next - x) * (y_previous - y).
     """
     array, ref = _check_2d(points, reference)
-    n = array.shape[0]
-    result = np.zeros(n)
+    result = np.zeros(array.shape[0])
     stairs = _staircase(array, ref)
     if stairs.shape[0] == 0:
         return result
-    previous_y = np.concatenate([[ref[1]], stairs[:-1, 1]])
-    next_x = np.append(stairs[1:, 0], ref[0])
-    contribution = (next_x - stairs[:, 0]) * (previous_y - stairs[:, 1])
-    for value, (x, y) in zip(contribution, stairs):
-        result[(array[:, 0] == x) & (array[:, 1] == y)] = value
+    distinct = np.unique(array, axis=0)
+    total = hypervolume_2d(distinct, ref)
+    for x, y in stairs:
+        same = (distinct[:, 0] == x) & (distinct[:, 1] == y)
+        result[(array[:, 0] == x) & (array[:, 1] == y)] = total - hypervolume_2d(distinct[~same], ref)
     return result
 
 
