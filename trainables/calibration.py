@@ -1,0 +1,474 @@
+"""Post-hoc calibrators: identity, temperature scaling (TS) and adaptive piecewise temperature scaling (ATS).
+
+Every calibrator divides logits by a positive temperature, so argmax and accuracy never change.
+
+- `TemperatureScaling` (Guo et al. 2017): one T fitted by NLL on the calibration split.
+- `PiecewiseTemperatureScaling` (ATS): breakpoints 0 < b_1 < ... < b_{m-1} < 1 split the *uncalibrated*
+  confidence (max softmax) into m pieces (b_{j-1}, b_j] (b_0 = 0, b_m = 1); each piece gets its own T fitted by
+  the NLL of its samples. The closest published relative is bin-wise TS
+  (Ji et al. 2019), which uses equal-mass bins instead of searched breakpoints.
+
+How a temperature is fitted. With beta = 1/T, shifted logits d_ik = z_ik - max_k z_ik and gaps r_i = max_k z_ik -
+z_iy, the NLL of a set of samples is
+
+    L(beta) = sum_i [ beta * r_i + log sum_k exp(beta * d_ik) ],
+
+a log-sum-exp of affine functions plus a linear term, hence convex in beta, with gradient sum_i (r_i + E_p[d_i])
+and curvature sum_i Var_p(d_i) under p = softmax(beta * d_i). A bracketed (safeguarded) Newton search on
+beta in [1/T_MAX, 1/T_MIN] therefore reaches the bounded minimiser in a handful of passes over the logits,
+where a golden-section search needs ~40; each pass is one exp over [N, K] and three row sums. It is a pure
+function of the data, so fits are deterministic.
+
+A piece whose calibration samples are all correct has no finite NLL minimum: L keeps falling as T -> 0, and a
+bounded search returns its lower bound (T = T_MIN), which then makes every error in that piece on new data cost
+an NLL of ~1/T_MIN times its logit gap. ATS therefore fits each piece's beta as a MAP estimate: the piece's NLL
+plus a Gaussian prior on beta centred at the global beta, whose precision is `prior_samples` times the
+per-sample curvature of the global NLL at its minimum, i.e. the second-order approximation of adding
+`prior_samples` "average" calibration samples to the piece. A well-populated piece barely moves (the pull is
+~prior_samples / n_piece of the gap to the global value); an all-correct piece gets a finite temperature below
+the global one instead of the bound. `prior_samples=0` gives the plain per-piece NLL minimiser.
+Pieces with fewer than `min_samples` calibration samples use the global temperature.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainables.config import DEFAULTS, check_breakpoints
+from trainables.registry import Registry
+
+__all__ = [
+    "CALIBRATORS",
+    "Calibrator",
+    "IdentityCalibrator",
+    "NotFittedError",
+    "PiecewiseTemperatureScaling",
+    "TemperatureScaling",
+    "build_calibrator",
+    "calibrator_from_state",
+]
+
+# Bounds of every fitted temperature, symmetric in log T. Mukhoti et al.'s grid spans 0.1..10; fitted CIFAR
+# temperatures are ~1-3 (REFERENCE.md), so these bounds are only reached by degenerate splits.
+T_MIN = 0.05
+T_MAX = 20.0
+# Newton stops when a step changes beta by less than this fraction.
+_RELATIVE_TOLERANCE = 1e-9
+_MAX_ITERATIONS = 100
+
+
+class NotFittedError(ValueError):
+    """`transform` (or `temperatures`) was used before `fit` or `load_state_dict`."""
+
+
+def _as_tensor(values: Any, name: str) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        return values.detach()
+    try:
+        return torch.as_tensor(np.asarray(values))
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{name}: expected a tensor or array of numbers; got {type(values).__name__}") from err
+
+
+def _check_logits(logits: Any, name: str = "logits") -> torch.Tensor:
+    z = _as_tensor(logits, name)
+    if not z.is_floating_point():
+        raise ValueError(f"{name}: expected floating-point logits; got dtype {z.dtype}")
+    if z.dim() != 2:
+        raise ValueError(f"{name}: expected shape [N, K] (samples x classes); got shape {tuple(z.shape)}")
+    if z.shape[0] == 0:
+        raise ValueError(f"{name}: empty split (shape {tuple(z.shape)}); valid: at least one sample")
+    if z.shape[1] < 2:
+        raise ValueError(f"{name}: {z.shape[1]} class column(s); valid: K >= 2 columns")
+    if not torch.isfinite(z).all():
+        raise ValueError(f"{name}: contains NaN or infinite values; valid: finite logits "
+                         "(a diverged model cannot be calibrated)")
+    return z
+
+
+def _check_labels(labels: Any, n: int, num_classes: int, name: str = "labels") -> torch.Tensor:
+    y = _as_tensor(labels, name).cpu()
+    if y.dim() != 1 or y.shape[0] != n:
+        raise ValueError(f"{name}: expected shape [{n}] (one class index per row of logits); "
+                         f"got shape {tuple(y.shape)}")
+    if y.dtype == torch.bool or y.is_complex():
+        raise ValueError(f"{name}: expected integer class indices; got dtype {y.dtype}")
+    if y.is_floating_point() and (not torch.isfinite(y).all() or not torch.equal(y, y.round())):
+        raise ValueError(f"{name}: expected integer class indices; got non-integer values")
+    y = y.to(torch.int64)
+    lo, hi = y.min().item(), y.max().item()
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"{name}: class indices in [{lo}, {hi}]; valid: integers in [0, {num_classes - 1}]")
+    return y
+
+
+def _max_softmax(z: torch.Tensor) -> torch.Tensor:
+    """Top-1 softmax probability per row, in float64 (fp16 rounds confidences above ~0.9998 to 1.0)."""
+    z64 = z.to(torch.float64)
+    return torch.exp(z64.max(dim=1).values - torch.logsumexp(z64, dim=1))
+
+
+def _nll_gradient_curvature(shifted: torch.Tensor, gap: torch.Tensor, beta: float) -> tuple[float, float]:
+    """Gradient and curvature in beta of sum_i [beta * gap_i + log sum_k exp(beta * shifted_ik)]."""
+    weights = torch.exp(shifted * beta)  # the row maximum is exp(0) = 1, so no overflow and no total underflow
+    mass = weights.sum(dim=1)
+    weights.mul_(shifted)
+    first = weights.sum(dim=1) / mass  # E_p[d]
+    weights.mul_(shifted)
+    second = weights.sum(dim=1) / mass  # E_p[d^2]
+    gradient = (gap + first).sum().item()
+    curvature = (second - first * first).clamp_min(0.0).sum().item()
+    return gradient, curvature
+
+
+def _fit_inverse_temperature(shifted: torch.Tensor, gap: torch.Tensor, start: float = 1.0,
+                             prior_precision: float = 0.0, prior_mean: float = 1.0) -> tuple[float, float]:
+    """Minimise NLL(beta) + prior_precision/2 * (beta - prior_mean)^2 over beta in [1/T_MAX, 1/T_MIN].
+
+    Returns (beta, per-sample curvature of the NLL at beta). Bracketed Newton on a convex function: the sign of
+    the gradient tells on which side of the current point the minimiser lies, so the bracket only shrinks; a
+    Newton step that leaves the bracket is replaced by its geometric midpoint, or by the bound itself while that
+    bound has not been evaluated yet (so a minimiser at a bound is found in one step, not by ~30 bisections).
+    """
+    beta_low, beta_high = 1.0 / T_MAX, 1.0 / T_MIN
+    low, high = beta_low, beta_high
+    low_seen = high_seen = False
+    beta = min(max(start, beta_low), beta_high)
+    curvature = 0.0
+    for _ in range(_MAX_ITERATIONS):
+        gradient, curvature = _nll_gradient_curvature(shifted, gap, beta)
+        gradient += prior_precision * (beta - prior_mean)
+        total_curvature = curvature + prior_precision
+        if gradient > 0:
+            high, high_seen = beta, True
+        elif gradient < 0:
+            low, low_seen = beta, True
+        else:
+            break
+        if high <= low:  # minimiser at a bound that has just been evaluated
+            break
+        step = beta - gradient / total_curvature if total_curvature > 0 else math.nan
+        if not low < step < high:
+            if step >= high and not high_seen:
+                step = beta_high
+            elif step <= low and not low_seen:
+                step = beta_low
+            else:
+                step = math.sqrt(low * high)
+        if abs(step - beta) <= _RELATIVE_TOLERANCE * beta:
+            beta = step
+            break
+        beta = step
+    return beta, curvature / shifted.shape[0]
+
+
+class Calibrator:
+    """Shared interface: `fit(logits, labels) -> self`, `transform(logits) -> logits`, `temperatures`, and a
+    JSON-serialisable `state_dict()` / `load_state_dict()`.
+
+    `fit` validates its input, moves it to the CPU in float64 and hands shifted logits and gaps to `_fit`;
+    subclasses say how they pick temperatures (`_fit`) and which temperature each sample gets (`_per_sample`).
+    """
+
+    name = ""
+
+    def __init__(self) -> None:
+        self._fitted = False
+        self.fit_info: dict[str, Any] = {}
+
+    # -- interface -------------------------------------------------------------------------------------------
+    def fit(self, logits: Any, labels: Any) -> "Calibrator":
+        z = _check_logits(logits).to(device="cpu", dtype=torch.float64)
+        y = _check_labels(labels, z.shape[0], z.shape[1])
+        top = z.max(dim=1, keepdim=True).values
+        shifted = z - top
+        gap = -shifted.gather(1, y.unsqueeze(1)).squeeze(1)
+        self._fit(z, shifted, gap)
+        self._fitted = True
+        self.fit_info["n"] = int(z.shape[0])
+        return self
+
+    def transform(self, logits: Any) -> torch.Tensor:
+        """Calibrated logits: `logits / T(sample)`, same shape, dtype and device."""
+        self._require_fitted()
+        z = _check_logits(logits)
+        temperature = self._per_sample(z).to(device=z.device)
+        return (z.to(torch.float64) / temperature.unsqueeze(1)).to(z.dtype)
+
+    @property
+    def fitted(self) -> bool:
+        return self._fitted
+
+    @property
+    def temperatures(self) -> list[float]:
+        self._require_fitted()
+        return [float(t) for t in self._temperatures()]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain JSON types only: exported with trial configs and reloaded by `calibrator_from_state`."""
+        state = {"method": self.name, "fitted": self._fitted, **self._config()}
+        if self._fitted:
+            state["temperatures"] = self.temperatures
+            state["fit_info"] = _plain(self.fit_info)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> "Calibrator":
+        if not isinstance(state, dict) or state.get("method") != self.name:
+            got = state.get("method") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state['method']: got {got!r}; valid: {self.name!r} for {type(self).__name__}")
+        self._load_config(state)
+        if state.get("fitted"):
+            temps = state.get("temperatures")
+            if not isinstance(temps, (list, tuple)) or not all(
+                isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0 for t in temps
+            ):
+                raise ValueError(f"state['temperatures']: got {temps!r}; valid: a list of positive finite numbers")
+            self._load_temperatures([float(t) for t in temps])
+            self.fit_info = dict(state.get("fit_info", {}))
+            self._fitted = True
+        else:
+            self._fitted = False
+        return self
+
+    # -- for subclasses --------------------------------------------------------------------------------------
+    def _fit(self, logits: torch.Tensor, shifted: torch.Tensor, gap: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _per_sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """Temperature of each row, float64 on the CPU or the logits' device."""
+        raise NotImplementedError
+
+    def _temperatures(self) -> list[float]:
+        raise NotImplementedError
+
+    def _load_temperatures(self, temperatures: list[float]) -> None:
+        raise NotImplementedError
+
+    def _config(self) -> dict[str, Any]:
+        return {}
+
+    def _load_config(self, state: dict[str, Any]) -> None:
+        pass
+
+    @classmethod
+    def from_config(cls, cal_cfg: dict[str, Any], path: str = "calibration") -> "Calibrator":
+        return cls()
+
+    def _require_fitted(self) -> None:
+        if not self._fitted:
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit(calib_logits, calib_labels) "
+                                 "or load_state_dict(state) first")
+
+    def __repr__(self) -> str:
+        parts = [f"{k}={v!r}" for k, v in self._config().items()]
+        if self._fitted:
+            parts.append(f"temperatures={[round(t, 4) for t in self.temperatures]}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.generic, torch.Tensor)):
+        return value.item()
+    return value
+
+
+class IdentityCalibrator(Calibrator):
+    """No calibration (`method: none`): temperatures [1.0]; same interface so the trial code has one path."""
+
+    name = "none"
+
+    def _fit(self, logits, shifted, gap) -> None:
+        pass
+
+    def transform(self, logits: Any) -> torch.Tensor:
+        self._require_fitted()
+        return _check_logits(logits)
+
+    def _per_sample(self, logits):
+        return torch.ones(logits.shape[0], dtype=torch.float64, device=logits.device)
+
+    def _temperatures(self) -> list[float]:
+        return [1.0]
+
+    def _load_temperatures(self, temperatures: list[float]) -> None:
+        if temperatures != [1.0]:
+            raise ValueError(f"state['temperatures']: got {temperatures!r}; valid: [1.0] for method 'none'")
+
+
+class TemperatureScaling(Calibrator):
+    """One temperature T in [T_MIN, T_MAX] minimising the NLL of the calibration split (Guo et al. 2017).
+
+    A split without a single misclassified sample has no finite minimum; T is then T_MIN (reported as
+    `fit_info["at_bound"]`), the bounded-NLL answer.
+    """
+
+    name = "ts"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.temperature = 1.0
+
+    def _fit(self, logits, shifted, gap) -> None:
+        beta, _ = _fit_inverse_temperature(shifted, gap)
+        self.temperature = 1.0 / beta
+        self.fit_info = {"at_bound": _at_bound(self.temperature)}
+
+    def _per_sample(self, logits):
+        return torch.full((logits.shape[0],), self.temperature, dtype=torch.float64, device=logits.device)
+
+    def _temperatures(self) -> list[float]:
+        return [self.temperature]
+
+    def _load_temperatures(self, temperatures: list[float]) -> None:
+        if len(temperatures) != 1:
+            raise ValueError(f"state['temperatures']: got {len(temperatures)} values; valid: exactly 1 for 'ts'")
+        self.temperature = temperatures[0]
+
+
+def _at_bound(temperature: float) -> bool:
+    return math.isclose(temperature, T_MIN, rel_tol=1e-6) or math.isclose(temperature, T_MAX, rel_tol=1e-6)
+
+
+class PiecewiseTemperatureScaling(Calibrator):
+    """ATS: one temperature per piece of uncalibrated confidence, (b_{j-1}, b_j] with b_0 = 0 and b_m = 1.
+
+    Args:
+        breakpoints: strictly increasing numbers inside (0, 1); m - 1 breakpoints make m pieces.
+        min_samples: pieces with fewer calibration samples use the global temperature.
+        prior_samples: weight of the Gaussian prior that shrinks each piece's 1/T toward the global 1/T, in
+            calibration samples (module docstring); 0 fits each piece by its NLL alone.
+
+    After `fit`: `temperatures` (one per piece), `global_temperature`, and `fit_info` with the per-piece sample
+    counts (`piece_counts`), which pieces fell back to the global T (`fallback`), and which pieces had no
+    misclassified sample (`all_correct`).
+    """
+
+    name = "ats"
+
+    def __init__(self, breakpoints=(0.5, 0.8, 0.95), min_samples: int = 50, prior_samples: float = 10.0,
+                 *, _path: str = "") -> None:
+        super().__init__()
+        problem = check_breakpoints(breakpoints)
+        if problem is not None:
+            raise ValueError(f"{_path}breakpoints: {problem}; valid: a strictly increasing list of numbers "
+                             "inside (0, 1), e.g. [0.5, 0.8, 0.95]")
+        if isinstance(min_samples, bool) or not isinstance(min_samples, (int, np.integer)) or min_samples < 1:
+            raise ValueError(f"{_path}min_samples: got {min_samples!r}; valid: an integer >= 1")
+        if isinstance(prior_samples, bool) or not isinstance(prior_samples, (int, float)) \
+                or not math.isfinite(prior_samples) or prior_samples < 0:
+            raise ValueError(f"{_path}prior_samples: got {prior_samples!r}; valid: a number >= 0")
+        self.breakpoints = [float(b) for b in breakpoints]
+        self.min_samples = int(min_samples)
+        self.prior_samples = float(prior_samples)
+        self.global_temperature = 1.0
+        self._piece_temperatures = [1.0] * (len(self.breakpoints) + 1)
+
+    @classmethod
+    def from_config(cls, cal_cfg: dict[str, Any], path: str = "calibration") -> "PiecewiseTemperatureScaling":
+        defaults = DEFAULTS["calibration"]
+        return cls(cal_cfg.get("breakpoints", defaults["breakpoints"]),
+                   cal_cfg.get("min_samples", defaults["min_samples"]),
+                   cal_cfg.get("prior_samples", 10.0), _path=f"{path}.")
+
+    def piece_of(self, logits: Any) -> torch.Tensor:
+        """Index of the piece each row of `logits` falls in, from its uncalibrated max-softmax confidence."""
+        z = _check_logits(logits)
+        return self._piece_index(z)
+
+    def _piece_index(self, z: torch.Tensor) -> torch.Tensor:
+        edges = torch.tensor(self.breakpoints, dtype=torch.float64, device=z.device)
+        # right=False: b_{j-1} < conf <= b_j is piece j, the same left-open convention as the ECE bins.
+        return torch.bucketize(_max_softmax(z), edges, right=False)
+
+    def _fit(self, logits, shifted, gap) -> None:
+        global_beta, global_curvature = _fit_inverse_temperature(shifted, gap)
+        self.global_temperature = 1.0 / global_beta
+        piece = self._piece_index(logits)
+        n_pieces = len(self.breakpoints) + 1
+        counts = torch.bincount(piece, minlength=n_pieces).tolist()
+        errors = torch.bincount(piece, weights=(gap > 0).to(torch.float64), minlength=n_pieces).tolist()
+        temperatures, fallback = [], []
+        for j in range(n_pieces):
+            if counts[j] < self.min_samples:
+                temperatures.append(self.global_temperature)
+                fallback.append(True)
+                continue
+            rows = piece == j
+            beta, _ = _fit_inverse_temperature(
+                shifted[rows], gap[rows], start=global_beta,
+                prior_precision=self.prior_samples * global_curvature, prior_mean=global_beta,
+            )
+            temperatures.append(1.0 / beta)
+            fallback.append(False)
+        self._piece_temperatures = temperatures
+        self.fit_info = {
+            "global_temperature": self.global_temperature,
+            "piece_counts": [int(c) for c in counts],
+            "fallback": fallback,
+            "all_correct": [bool(c > 0 and e == 0) for c, e in zip(counts, errors)],
+        }
+
+    def _per_sample(self, logits):
+        table = torch.tensor(self._piece_temperatures, dtype=torch.float64, device=logits.device)
+        return table[self._piece_index(logits)]
+
+    def _temperatures(self) -> list[float]:
+        return list(self._piece_temperatures)
+
+    def _load_temperatures(self, temperatures: list[float]) -> None:
+        if len(temperatures) != len(self.breakpoints) + 1:
+            raise ValueError(f"state['temperatures']: got {len(temperatures)} values; valid: one per piece "
+                             f"({len(self.breakpoints) + 1} for breakpoints {self.breakpoints})")
+        self._piece_temperatures = list(temperatures)
+
+    def _config(self) -> dict[str, Any]:
+        return {"breakpoints": list(self.breakpoints), "min_samples": self.min_samples,
+                "prior_samples": self.prior_samples}
+
+    def _load_config(self, state: dict[str, Any]) -> None:
+        fresh = PiecewiseTemperatureScaling(state.get("breakpoints", self.breakpoints),
+                                            state.get("min_samples", self.min_samples),
+                                            state.get("prior_samples", self.prior_samples), _path="state.")
+        self.breakpoints, self.min_samples, self.prior_samples = \
+            fresh.breakpoints, fresh.min_samples, fresh.prior_samples
+        fit_info = state.get("fit_info") or {}
+        self.global_temperature = float(fit_info.get("global_temperature", 1.0))
+
+
+CALIBRATORS: Registry[type] = Registry("calibrator")
+CALIBRATORS.register("none", IdentityCalibrator)
+CALIBRATORS.register("ts", TemperatureScaling)
+CALIBRATORS.register("ats", PiecewiseTemperatureScaling)
+
+_CONFIG_KEYS = {"method", "breakpoints", "min_samples", "prior_samples"}
+
+
+def build_calibrator(cal_cfg: dict[str, Any]) -> Calibrator:
+    """An unfitted calibrator from a trial config's `calibration` section (method, breakpoints, min_samples).
+
+    `none` and `ts` ignore the ATS keys, so one searched config can switch methods.
+    """
+    if not isinstance(cal_cfg, dict):
+        raise ValueError(f"calibration: expected a mapping with a 'method' key; got {type(cal_cfg).__name__}")
+    unknown = sorted(set(cal_cfg) - _CONFIG_KEYS)
+    if unknown:
+        raise ValueError(f"calibration.{unknown[0]}: unknown key; valid: {', '.join(sorted(_CONFIG_KEYS))}")
+    method = cal_cfg.get("method", DEFAULTS["calibration"]["method"])
+    if method not in CALIBRATORS:
+        raise ValueError(f"calibration.method: unknown calibrator {method!r}; valid: {', '.join(CALIBRATORS.names())}")
+    return CALIBRATORS[method].from_config(cal_cfg)
+
+
+def calibrator_from_state(state: dict[str, Any]) -> Calibrator:
+    """Rebuild a (fitted) calibrator of the right class from its `state_dict()`."""
+    method = state.get("method") if isinstance(state, dict) else None
+    if method not in CALIBRATORS:
+        raise ValueError(f"state['method']: got {method!r}; valid: {', '.join(CALIBRATORS.names())}")
+    return CALIBRATORS[method]().load_state_dict(state)
