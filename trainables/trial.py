@@ -1,0 +1,563 @@
+"""The trial loop: one code path for a Ray Tune trial and for `gce-search train`.
+
+`run_trial(config, reporter, restore_from)` builds data, model, loss and optimiser from a resolved trial config and
+trains epoch by epoch: train → logits on calib and val → fit the calibrator on calib → raw and calibrated metrics
+on val → `score` → `reporter(metrics, checkpoint_dir)`; after the last epoch of the full budget the same metrics on
+test. Ray Tune is a thin adapter around it (`trainables.tune_adapter`), and `train.workers > 1` runs the same loop
+in N processes (`trainables.ddp`).
+
+Reproducibility: the whole state that the next epoch depends on (model, optimiser, LR step, the batch-order and
+augmentation generator, torch's global RNG, numpy/python RNGs, the loss's state such as AdaFocal's gammas) is in
+the checkpoint, so a run resumed after epoch k gives bitwise the same metrics on CPU as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from trainables.config import parse_override, resolve, set_path
+
+Reporter = Callable[[dict, "str | None"], None]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+# Calibrated metrics under the contract names; the uncalibrated ones get a `_raw` suffix.
+CALIBRATED_KEYS = ("acc", "ece", "adaece", "cece", "mce", "nll", "brier")
+RAW_KEYS = ("ece", "adaece", "cece", "mce", "nll", "brier")
+# Sections a checkpoint must agree with: resuming a different model/loss/data would load into the wrong thing.
+_RESUME_MUST_MATCH = ("seed", "data", "model", "loss")
+
+
+@dataclass
+class DistContext:
+    """Where this process sits in a multi-process trial (None in a single-process trial)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def group(self):
+        import torch.distributed as dist
+
+        return dist.group.WORLD
+
+
+# ------------------------------------------------------------------------------------------------ building blocks
+
+
+def resolve_device(name: str) -> torch.device:
+    """`train.device` -> torch.device; auto picks cuda when a GPU is visible."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device: got 'cuda' but no GPU is visible to this process; valid: 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def build_optimizer(params, train_cfg: dict) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW with the config's lr and weight decay."""
+    name = train_cfg["optimizer"]
+    if name == "sgd":
+        if train_cfg["nesterov"] and train_cfg["momentum"] <= 0:
+            raise ValueError("train.nesterov: true needs train.momentum > 0; valid: momentum in (0, 1)")
+        return torch.optim.SGD(params, lr=train_cfg["lr"], momentum=train_cfg["momentum"],
+                               nesterov=bool(train_cfg["nesterov"]), weight_decay=train_cfg["weight_decay"])
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
+    raise ValueError(f"train.optimizer: got {name!r}; valid: 'sgd', 'adamw'")
+
+
+def learning_rate(train_cfg: dict, step: int, steps_per_epoch: int) -> float:
+    """Learning rate for optimiser step `step` (0-based, counted over the whole run).
+
+    constant, cosine and multistep change once per epoch, exactly as torch's ConstantLR-free base rate,
+    CosineAnnealingLR(T_max=epochs) and MultiStepLR(milestones, gamma) stepped after every epoch (milestone m:
+    epochs with 0-based index >= m are scaled). onecycle changes every step, as torch's OneCycleLR (cosine
+    annealing, pct_start 0.3, div_factor 25, final_div_factor 1e4); momentum is not cycled.
+    """
+    base, epochs = float(train_cfg["lr"]), int(train_cfg["epochs"])
+    epoch = step // steps_per_epoch
+    schedule = train_cfg["schedule"]
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        return base * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
+    if schedule == "multistep":
+        return base * float(train_cfg["gamma"]) ** sum(1 for m in train_cfg["milestones"] if epoch >= m)
+    if schedule == "onecycle":
+        total = epochs * steps_per_epoch
+        initial, peak = base / 25.0, base
+        final = initial / 1e4
+        warm_end, last = 0.3 * total - 1.0, float(total - 1)
+
+        def anneal(start: float, end: float, pct: float) -> float:
+            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1.0)
+
+        if warm_end > 0 and step <= warm_end:
+            return anneal(initial, peak, step / warm_end)
+        start = max(warm_end, 0.0)
+        return anneal(peak, final, (step - start) / (last - start) if last > start else 1.0)
+    raise ValueError(f"train.schedule: got {schedule!r}; valid: constant, cosine, multistep, onecycle")
+
+
+def local_shard(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Rank `rank`'s contiguous share of a global batch (equal shares: batch_size is a multiple of workers)."""
+    n = batch.shape[0] // world_size
+    return batch[rank * n:(rank + 1) * n]
+
+
+def forward_backward(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, *, reduction: str,
+                     global_batch: int, world_size: int = 1, bf16: bool = False) -> torch.Tensor:
+    """Forward this process's share of a global batch, backward the objective; return the summed losses.
+
+    The objective is the mean (or sum) of per-sample losses over the *global* batch. Under DDP every rank's
+    gradient is averaged over ranks, and GCE's batch term is gathered with gradients over the global batch
+    (build_loss(process_group=...)), so each rank backpropagates world_size × its share of the global objective:
+    the averaged gradient is then the gradient of the single-process objective.
+    """
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x)
+    # The loss (softmax, logs, batch averages) runs in float32 whatever the forward precision.
+    losses = loss_fn(logits.float(), y)
+    local_sum = losses.sum()
+    scale = float(world_size) / (global_batch if reduction == "mean" else 1.0)
+    (local_sum * scale).backward()
+    return local_sum.detach()
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+# ------------------------------------------------------------------------------------------------------ the trial
+
+
+class _Trial:
+    """Everything one trial process holds: data, model, loss, optimiser, generator, epoch counter."""
+
+    def __init__(self, cfg: dict, dist_ctx: DistContext | None):
+        from trainables.calibration import build_calibrator
+        from trainables.data import load_splits
+        from trainables.losses import build_loss
+        from trainables.models import build_model
+
+        self.cfg = cfg
+        self.dist = dist_ctx
+        tc = cfg["train"]
+        self.train_cfg = tc
+        self.device = dist_ctx.device if dist_ctx else resolve_device(tc["device"])
+        self.rank = dist_ctx.rank if dist_ctx else 0
+        self.world_size = dist_ctx.world_size if dist_ctx else 1
+        if tc["batch_size"] % self.world_size:
+            raise ValueError(f"train.batch_size: got {tc['batch_size']} with train.workers {self.world_size}; "
+                             f"valid: a multiple of train.workers (every process gets an equal share)")
+
+        self.data = load_splits(cfg["data"], device=self.device)
+        n_train = self.data.train_y.shape[0]
+        # The last partial batch is dropped: GCE estimates the class marginal on the mini-batch, so a small
+        # remainder batch would give a noisy regulariser, and DDP needs equal shares. The order is reshuffled
+        # every epoch, so every sample is still seen.
+        self.batch_size = min(tc["batch_size"], n_train - n_train % self.world_size)
+        if self.batch_size < self.world_size:
+            raise ValueError(f"data: the training split has {n_train} samples, fewer than train.workers "
+                             f"{self.world_size}; valid: more training samples or fewer workers")
+        self.steps_per_epoch = n_train // self.batch_size
+
+        torch.manual_seed(cfg["seed"])
+        model = build_model(cfg["model"], self.data.in_channels, self.data.num_classes, self.data.image_size)
+        self.memory_format = torch.channels_last if tc["channels_last"] else torch.contiguous_format
+        model = model.to(self.device, memory_format=self.memory_format)
+        self.model = model  # the bare module: evaluation, checkpoints
+        self.forward_model: torch.nn.Module = model  # what the training step calls (DDP wrapper under DDP)
+        if dist_ctx is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = DistributedDataParallel(model, device_ids=ids)
+            # Dropout masks should differ between the shards of a batch.
+            torch.manual_seed(cfg["seed"] + 7919 * self.rank)
+
+        self.loss_fn = build_loss(cfg["loss"], self.data.num_classes,
+                                  process_group=dist_ctx.group if dist_ctx else None)
+        self.optimizer = build_optimizer(model.parameters(), tc)
+        self.build_calibrator = lambda: build_calibrator(cfg["calibration"])
+        self.calibrator = None
+        # One generator on the data's device for batch order and augmentation; the same seed on every rank
+        # gives every rank the same global batch, of which each takes its share.
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(cfg["seed"] + 0x5EED)
+        self.augment_cfg = cfg["data"]["augment"]
+        self.augmenting = bool(self.augment_cfg["crop"] or self.augment_cfg["flip"])
+        self.epoch = 0  # completed epochs
+        self.history: list[dict] = []
+
+    # ---- state
+
+    def state_dict(self, metrics: dict) -> dict:
+        rng = _rng_state()
+        if self.dist is not None:
+            import torch.distributed as dist
+
+            by_rank: list = [None] * self.world_size
+            dist.all_gather_object(by_rank, rng)
+            rng = by_rank[self.rank]
+        else:
+            by_rank = [rng]
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": self.epoch,
+            "config": copy.deepcopy(self.cfg),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            # The LR is a pure function of the step (learning_rate), so the schedule's state is the step count.
+            "scheduler": {"schedule": self.train_cfg["schedule"], "step": self.epoch * self.steps_per_epoch},
+            "loss": self.loss_fn.state_dict(),
+            "calibrator": self.calibrator.state_dict() if self.calibrator is not None else None,
+            "rng": {"generator": self.generator.get_state(), "by_rank": by_rank},
+            "metrics": _plain(metrics),
+            "history": _plain(self.history),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loss_fn.load_state_dict(state["loss"])
+        if state.get("calibrator") is not None:
+            self.calibrator = self.build_calibrator()
+            self.calibrator.load_state_dict(state["calibrator"])
+        self.generator.set_state(state["rng"]["generator"])
+        by_rank = state["rng"]["by_rank"]
+        _set_rng_state(by_rank[self.rank] if self.rank < len(by_rank) else by_rank[0])
+        self.epoch = int(state["epoch"])
+        self.history = list(state.get("history", []))
+
+    # ---- one epoch
+
+    def train_epoch(self) -> tuple[float, float]:
+        """One pass over the shuffled training split; (mean per-sample loss, seconds)."""
+        t0 = time.perf_counter()
+        tc = self.train_cfg
+        x_all, y_all = self.data.train_x, self.data.train_y
+        self.forward_model.train()
+        perm = torch.randperm(x_all.shape[0], generator=self.generator, device=self.device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        first_step = self.epoch * self.steps_per_epoch
+        bs = self.batch_size
+        for s in range(self.steps_per_epoch):
+            idx = perm[s * bs:(s + 1) * bs]
+            x, y = x_all[idx], y_all[idx]
+            if self.augmenting:
+                from trainables.data import augment
+
+                x = augment(x, self.augment_cfg, self.generator)
+            if self.world_size > 1:
+                x, y = local_shard(x, self.rank, self.world_size), local_shard(y, self.rank, self.world_size)
+            if self.memory_format is torch.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            lr = learning_rate(tc, first_step + s, self.steps_per_epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum += forward_backward(self.forward_model, self.loss_fn, x, y, reduction=tc["reduction"],
+                                         global_batch=bs, world_size=self.world_size, bf16=tc["bf16"])
+            if tc["grad_clip"] is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc["grad_clip"])
+            self.optimizer.step()
+        if self.dist is not None:
+            import torch.distributed as dist
+
+            dist.all_reduce(loss_sum)
+        mean_loss = float(loss_sum) / (self.steps_per_epoch * bs)
+        return mean_loss, time.perf_counter() - t0
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Full-precision logits (CPU, float32) in eval mode; calibration needs them unrounded."""
+        self.model.eval()
+        eb = self.train_cfg["eval_batch_size"]
+        out = []
+        for i in range(0, x.shape[0], eb):
+            out.append(self.model(x[i:i + eb].contiguous(memory_format=self.memory_format)).float().cpu())
+        self.model.train()
+        return torch.cat(out) if out else torch.zeros(0, self.data.num_classes)
+
+    def _sync_buffers(self) -> None:
+        # BatchNorm running statistics drift apart between ranks after the last step (DDP broadcasts rank 0's
+        # buffers at the start of each forward only): evaluate every rank with rank 0's.
+        if self.dist is not None:
+            import torch.distributed as dist
+
+            for buf in self.model.buffers():
+                dist.broadcast(buf, src=0)
+
+    def evaluate(self, split: str, calibrator) -> dict:
+        from trainables.metrics import summary
+
+        x, y = getattr(self.data, f"{split}_x"), getattr(self.data, f"{split}_y").cpu()
+        raw_logits = self.logits(x)
+        return self._metrics(split, raw_logits, y, calibrator, summary)
+
+    def _metrics(self, split: str, raw_logits, labels, calibrator, summary) -> dict:
+        k, bins = self.data.num_classes, self.cfg["objective"]["n_bins"]
+        raw = summary(raw_logits, labels, n_bins=bins, num_classes=k)
+        cal = summary(calibrator.transform(raw_logits), labels, n_bins=bins, num_classes=k)
+        out = {f"{split}/{key}": float(cal[key]) for key in CALIBRATED_KEYS}
+        out.update({f"{split}/{key}_raw": float(raw[key]) for key in RAW_KEYS})
+        out[f"{split}/n"] = int(labels.shape[0])
+        return out
+
+    def run_epoch(self) -> dict:
+        """Train one epoch and score it; returns the epoch's metrics (status ok or diverged)."""
+        from trainables.metrics import summary
+
+        tc, obj = self.train_cfg, self.cfg["objective"]
+        epoch = self.epoch + 1
+        train_loss, train_s = self.train_epoch()
+        t_eval = time.perf_counter()
+        self._sync_buffers()
+        calib_logits = self.logits(self.data.calib_x)
+        val_logits = self.logits(self.data.val_x)
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "train/loss": train_loss,
+            "lr": learning_rate(tc, epoch * self.steps_per_epoch - 1, self.steps_per_epoch),
+            "calib/n": int(self.data.calib_y.shape[0]),
+            "val/n": int(self.data.val_y.shape[0]),
+        }
+        finite = (math.isfinite(train_loss) and bool(torch.isfinite(calib_logits).all())
+                  and bool(torch.isfinite(val_logits).all()))
+        if not finite:
+            # A diverged trial must never look like a scored one (DESIGN.md: a NaN trial can land on the front
+            # with ECE 0): every val metric and the score are NaN, and the trial stops here.
+            metrics.update({f"val/{key}": math.nan for key in CALIBRATED_KEYS})
+            metrics.update({f"val/{key}_raw": math.nan for key in RAW_KEYS})
+            metrics.update({"score": math.nan, "status": "diverged", "diverged_epoch": epoch, "final": False,
+                            "calibration/temperatures": []})
+            self.epoch = epoch
+            metrics.update(self._timing(train_s, time.perf_counter() - t_eval))
+            return metrics
+        calibrator = self.build_calibrator().fit(calib_logits, self.data.calib_y.cpu())
+        self.calibrator = calibrator
+        metrics.update(self._metrics("val", val_logits, self.data.val_y.cpu(), calibrator, summary))
+        metrics["score"] = float(obj["w_acc"] * metrics["val/acc"] - obj["w_ece"] * metrics["val/ece"])
+        metrics["calibration/temperatures"] = [float(t) for t in calibrator.temperatures]
+        metrics["status"] = "ok"
+        self.loss_fn.on_epoch_end(val_logits.to(self.device), self.data.val_y)
+        self.epoch = epoch
+        metrics["final"] = epoch >= tc["epochs"]
+        if metrics["final"]:
+            metrics.update(self.evaluate("test", calibrator))
+            metrics["data/info"] = copy.deepcopy(self.data.info)
+        metrics.update(self._timing(train_s, time.perf_counter() - t_eval))
+        return metrics
+
+    def _timing(self, train_s: float, eval_s: float) -> dict:
+        images = self.steps_per_epoch * self.batch_size
+        return {"time/train_s": train_s, "time/eval_s": eval_s,
+                "train/images_per_s": images / train_s if train_s > 0 else math.nan}
+
+
+def _plain(obj: Any) -> Any:
+    """Metrics as builtin containers and numbers, so torch.load(weights_only=True) and JSON both take them."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return obj
+
+
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint written by run_trial (a directory holding checkpoint.pt, or the file itself)."""
+    file = os.path.join(path, CHECKPOINT_FILE) if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise ValueError(f"restore_from: {path!r} holds no {CHECKPOINT_FILE}; valid: a directory written by "
+                         f"run_trial's reporter (or gce-search train --out)")
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def _check_resumable(cfg: dict, state: dict, where: str) -> None:
+    saved = state.get("config", {})
+    differ = [key for key in _RESUME_MUST_MATCH if saved.get(key) != cfg.get(key)]
+    if differ:
+        raise ValueError(f"restore_from: the checkpoint in {where!r} was written with a different "
+                         f"{', '.join(differ)} section; valid: resume with the config it was written with")
+
+
+def run_loop(cfg: dict, reporter: Reporter | None, restore_from: str | None,
+             dist_ctx: DistContext | None = None) -> dict:
+    """The epoch loop for a resolved config, in this process (one rank of a DDP trial when dist_ctx is set)."""
+    trial = _Trial(cfg, dist_ctx)
+    metrics: dict = {}
+    if restore_from is not None:
+        state = load_checkpoint(restore_from)
+        _check_resumable(cfg, state, restore_from)
+        trial.load_state_dict(state)
+        metrics = dict(state.get("metrics") or {})
+    while trial.epoch < cfg["train"]["epochs"]:
+        metrics = trial.run_epoch()
+        trial.history.append(_plain({k: v for k, v in metrics.items() if k != "data/info"}))
+        diverged = metrics["status"] == "diverged"
+        checkpoint_dir = None
+        state = None if diverged else trial.state_dict(metrics)  # collective under DDP: every rank joins
+        if reporter is not None:
+            if state is not None:
+                checkpoint_dir = tempfile.mkdtemp(prefix="gce-checkpoint-")
+                torch.save(state, os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+            reporter(_plain(metrics), checkpoint_dir)
+        if diverged:
+            break
+    return _plain(metrics)
+
+
+def run_trial(config: dict, reporter: Reporter | None = None, restore_from: str | None = None) -> dict:
+    """Train one trial config for its full budget (from the epoch after `restore_from`'s checkpoint).
+
+    `reporter(metrics, checkpoint_dir)` is called once per epoch; `checkpoint_dir` is a fresh temporary directory
+    holding checkpoint.pt (None for a diverged epoch), owned by the reporter after the call. Returns the last
+    metrics. `train.workers > 1` runs the loop in that many processes (trainables.ddp); rank 0 reports.
+    """
+    cfg = resolve(config)
+    if cfg["train"]["workers"] > 1:
+        from trainables.ddp import run_distributed
+
+        return run_distributed(cfg, reporter, restore_from)
+    return run_loop(cfg, reporter, restore_from)
+
+
+# --------------------------------------------------------------------------------------------- gce-search train
+
+
+def read_config_file(path: str) -> dict:
+    """A trial config from YAML: a bare trial config, or an exported file with a top-level `config:` key."""
+    import yaml
+
+    from search.cli import UsageError
+
+    try:
+        with open(path) as fh:
+            doc = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file; valid: a trial config YAML (or one written by gce-search "
+                         f"export)") from None
+    except yaml.YAMLError as err:
+        raise UsageError(f"{path}: not valid YAML ({err})") from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise UsageError(f"{path}: expected a mapping at the top level, got {type(doc).__name__}")
+    if "config" in doc and isinstance(doc["config"], dict):
+        doc = doc["config"]
+    return copy.deepcopy(doc)
+
+
+def _epoch_line(m: dict, epochs: int) -> str:
+    if m.get("status") == "diverged":
+        return f"epoch {m['epoch']}/{epochs}  train/loss {m['train/loss']:.4g}  diverged (non-finite loss or logits)"
+    return (f"epoch {m['epoch']}/{epochs}  train/loss {m['train/loss']:.4f}  val/acc {m['val/acc']:.4f}  "
+            f"val/ece {m['val/ece']:.4f} (raw {m['val/ece_raw']:.4f}, n={m['val/n']})  score {m['score']:.4f}  "
+            f"{m['time/train_s'] + m['time/eval_s']:.1f}s")
+
+
+def _json_safe(obj: Any) -> Any:
+    """Non-finite floats as null, so metrics.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def cmd_train(args) -> int:
+    """`gce-search train CONFIG.yaml [--out DIR] [--set k=v ...]`: a full retrain, written to DIR."""
+    import json
+
+    import yaml
+
+    from search.cli import UsageError
+
+    partial = read_config_file(args.config)
+    for text in getattr(args, "overrides", None) or []:
+        try:
+            key, value = parse_override(text)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        set_path(partial, key, value)
+    cfg = resolve(partial, source=args.config)  # ConfigError lists every problem before anything runs
+    stem = os.path.splitext(os.path.basename(args.config))[0]
+    out = os.path.abspath(args.out or f"train-{stem}")
+    if os.path.isfile(os.path.join(out, "metrics.json")):
+        raise UsageError(f"--out {out}: already holds a finished run (metrics.json); valid: a new or empty "
+                         f"directory")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.yaml"), "w") as fh:
+        yaml.safe_dump(cfg, fh, sort_keys=False)
+
+    epochs = cfg["train"]["epochs"]
+    history: list[dict] = []
+    started = time.perf_counter()
+
+    def reporter(metrics: dict, checkpoint_dir: str | None) -> None:
+        history.append({k: v for k, v in metrics.items() if k != "data/info"})
+        print(_epoch_line(metrics, epochs), flush=True)
+        if checkpoint_dir is not None:
+            # Copy then rename: an interrupted copy never replaces the last good checkpoint.
+            tmp = os.path.join(out, CHECKPOINT_FILE + ".tmp")
+            shutil.copyfile(os.path.join(checkpoint_dir, CHECKPOINT_FILE), tmp)
+            os.replace(tmp, os.path.join(out, CHECKPOINT_FILE))
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    print(f"gce-search train: {args.config} -> {out} ({epochs} epochs, {cfg['data']['name']}, "
+          f"{cfg['model']['name']}, {cfg['loss']['name']})", flush=True)
+    final = run_trial(cfg, reporter)
+    result = dict(final)
+    result["wall_s"] = time.perf_counter() - started
+    result["history"] = history
+    result["config_source"] = os.path.abspath(args.config)
+    tmp = os.path.join(out, "metrics.json.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(_json_safe(result), fh, indent=2)
+    os.replace(tmp, os.path.join(out, "metrics.json"))
+    if final.get("status") == "diverged":
+        print(f"gce-search train: diverged at epoch {final.get('diverged_epoch')}; metrics in {out}",
+              file=sys.stderr)
+        return 1
+    print(f"test/acc {final['test/acc']:.4f}  test/ece {final['test/ece']:.4f} (raw {final['test/ece_raw']:.4f}, "
+          f"n={final['test/n']})  -> {os.path.join(out, 'metrics.json')}", flush=True)
+    return 0
