@@ -1,0 +1,191 @@
+"""`gce-search export`: one retraining YAML per chosen trial.
+
+An export holds everything `gce-search train` needs to retrain the trial and get the same numbers (trials are
+deterministic on CPU): `config:` the fully resolved trial config (data and split seeds, model, loss and its
+parameters, optimiser and schedule with the full epoch budget, calibration with its breakpoints, seed),
+`calibrator:` the fitted temperatures (and the calibrator's state where the checkpoint has it), `source:` the
+experiment and trial, and `metrics:` what the trial had when chosen. Written and read with safe YAML only.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from search.cli import UsageError
+
+__all__ = ["parse_selector", "select_trials", "export_document", "write_exports", "load_export", "cmd_export"]
+
+SELECTOR_HELP = "pareto | best | top:K (K an integer >= 1)"
+_TOP = re.compile(r"^top:(\d+)$")
+
+
+def parse_selector(text: str) -> tuple[str, int | None]:
+    """'pareto' -> ('pareto', None); 'best' -> ('best', 1); 'top:K' -> ('top', K); anything else: UsageError."""
+    text = str(text).strip()
+    if text in ("pareto", "best"):
+        return text, (1 if text == "best" else None)
+    match = _TOP.match(text)
+    if match and int(match.group(1)) >= 1:
+        return "top", int(match.group(1))
+    raise UsageError(f"--select {text!r}: unknown selector; valid: {SELECTOR_HELP}")
+
+
+def _by_score(trials) -> list:
+    # Ties broken by lower val/ece, then trial id, so the choice is reproducible.
+    return sorted(trials, key=lambda t: (-t.metric("score"), t.metric("val/ece"), t.trial_id))
+
+
+def select_trials(exp, selector: str) -> list:
+    """The chosen complete trials: the Pareto front, the highest score, or the K highest scores.
+
+    Only full-budget trials qualify: an early-stopped trial's score is from a shorter budget than its config's,
+    so ranking it against complete ones (or retraining it for the full budget and expecting its numbers) is wrong.
+    """
+    from search.results import require_complete
+
+    kind, k = parse_selector(selector)
+    complete = [t for t in require_complete(exp) if t.metric("score") == t.metric("score")]  # finite score only
+    if kind == "pareto":
+        return exp.front()
+    return _by_score(complete)[:k]
+
+
+def _calibrator_state(trial) -> dict | None:
+    from search.results import latest_checkpoint
+
+    ckpt = latest_checkpoint(trial)
+    if ckpt is None:
+        return None
+    import torch
+
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as err:  # the temperatures from the metrics still go out
+        trial.notes.append(f"checkpoint {ckpt} unreadable: {err}")
+        return None
+    cal = state.get("calibrator")
+    return _plain(cal) if isinstance(cal, dict) else None
+
+
+def _plain(obj: Any) -> Any:
+    """Builtin types only, so yaml.safe_dump takes it."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (bool, int, float, str)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def export_document(exp, trial, selector: str, rank: int) -> dict:
+    """The export YAML of one trial (a plain dict)."""
+    from search.results import chosen_metrics
+    from trainables.config import resolve
+
+    # resolve() re-validates and fills any default a trial config from an older version lacked.
+    config = resolve(trial.config, source=f"{trial.path}/result.json (config.trial_config)")
+    calibration = config["calibration"]
+    calibrator = {
+        "method": calibration["method"],
+        "breakpoints": list(calibration["breakpoints"]) if calibration["method"] == "ats" else None,
+        "temperatures": trial.temperatures,
+    }
+    state = _calibrator_state(trial)
+    if state is not None:
+        calibrator["state"] = state
+    return _plain({
+        "config": config,
+        "calibrator": calibrator,
+        "source": {
+            "experiment": str(exp.path.resolve()),
+            "trial": trial.trial_id,
+            "trial_dir": str(trial.path.resolve()),
+            "selected_by": selector,
+            "rank": rank,
+            "status": trial.status,
+        },
+        "metrics": chosen_metrics(trial),
+    })
+
+
+def write_exports(exp_dir: str | os.PathLike, selector: str = "pareto", out: str | os.PathLike | None = None
+                  ) -> list[Path]:
+    """Write `<out>/<trial_id>.yaml` for each chosen trial; returns the paths.
+
+    Refuses (UsageError, nothing written) when any target file already exists.
+    """
+    import yaml
+
+    from search.results import load_experiment
+
+    parse_selector(selector)  # an unknown selector fails before the experiment is read
+    exp = load_experiment(exp_dir)
+    chosen = select_trials(exp, selector)
+    out_dir = Path(out) if out is not None else exp.path / "export"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir}: exists and is not a directory; valid: a new or existing directory")
+    targets = [out_dir / f"{t.trial_id}.yaml" for t in chosen]
+    existing = [str(p) for p in targets if p.exists()]
+    if existing:
+        raise UsageError(f"--out {out_dir}: would overwrite {', '.join(existing)}; valid: a directory without "
+                         f"these files (move them away or pass another --out)")
+    docs = [export_document(exp, t, selector, rank) for rank, t in enumerate(chosen, 1)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path, doc in zip(targets, docs):
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(f"# gce-search export of trial {doc['source']['trial']} ({selector}); retrain with:\n"
+                     f"#   gce-search train {path.name}\n")
+            yaml.safe_dump(doc, fh, sort_keys=False)
+        # exclusive: refuse a file that appeared since the check instead of overwriting it
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            tmp.unlink()
+            raise UsageError(f"--out {out_dir}: {path} appeared while exporting; not overwritten") from None
+        except OSError:
+            os.replace(tmp, path)  # a filesystem without hard links; checked just above
+        else:
+            tmp.unlink()
+    return targets
+
+
+def load_export(path: str | os.PathLike) -> dict:
+    """Read an export YAML (safe YAML) and validate it: UsageError for structure, ConfigError listing every
+    problem of `config:` (each line names its dotted path)."""
+    import yaml
+
+    from trainables.config import resolve
+
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file; valid: a YAML file written by gce-search export") from None
+    except yaml.YAMLError as err:
+        raise UsageError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+        raise UsageError(f"{path}: expected a mapping with a 'config:' mapping (the resolved trial config); valid: "
+                         f"a file written by gce-search export")
+    doc["config"] = resolve(doc["config"], source=str(path))
+    cal = doc.get("calibrator")
+    if cal is not None:
+        temps = cal.get("temperatures") if isinstance(cal, dict) else None
+        if not isinstance(temps, list) or not all(isinstance(t, (int, float)) and not isinstance(t, bool)
+                                                  and t > 0 for t in temps):
+            raise UsageError(f"{path}: calibrator.temperatures: got {temps!r}; valid: a list of positive numbers")
+    return doc
+
+
+def cmd_export(args) -> int:
+    """`gce-search export EXPERIMENT_DIR [--select pareto|best|top:K] [--out DIR]`."""
+    paths = write_exports(args.experiment_dir, args.select, args.out)
+    for p in paths:
+        print(p)
+    print(f"exported {len(paths)} trial(s) ({args.select}); retrain one with: gce-search train <file>.yaml")
+    return 0

@@ -1,0 +1,723 @@
+"""Experiment results: typed trial records, the accuracy-vs-ECE Pareto front, hypervolume, and the result files.
+
+An experiment directory (docs/architecture.md, "Experiment directory") holds Ray Tune's trial folders, each with
+`result.json` (one JSON line per reported epoch; `config.trial_config` is the resolved trial config), and
+`spec.yaml`. `load_experiment` turns it into `TrialRecord`s; `write_results` writes `pareto.csv`, `pareto.png`,
+`summary.json` and the experiment-level TensorBoard summary. File formats: docs/results-format.md.
+
+The front is built from full-budget trials only: Ray reports an early-stopped trial's partial metrics as if they
+were final, and a diverged trial's NaN ECE must never read as a perfect one (DESIGN.md, "Ray and Optuna facts").
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from search.cli import UsageError
+from search.pareto import MODES, OBJECTIVES, REFERENCE_POINT, hypervolume_acc_ece, pareto_front, to_minimization
+
+__all__ = [
+    "STATUSES",
+    "TrialRecord",
+    "Experiment",
+    "load_experiment",
+    "front_indices",
+    "ece_std_from_n",
+    "ece_std_from_bins",
+    "pareto_rows",
+    "write_results",
+    "cmd_pareto",
+]
+
+STATUSES = ("complete", "stopped", "diverged")
+METRIC_KEYS = ("train/loss", "val/acc", "val/ece", "val/ece_raw", "val/adaece", "val/cece", "val/nll", "val/brier",
+               "score")
+TEST_KEYS = ("test/acc", "test/ece", "test/ece_raw", "test/adaece", "test/cece", "test/nll", "test/brier")
+# Ray's bookkeeping keys in every result line; not metrics.
+RAY_KEYS = frozenset({
+    "config", "timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "training_iteration", "trial_id",
+    "date", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
+    "iterations_since_restore", "experiment_tag",
+})
+# Top-level sections of a trial config: a space key starting with one of them is a plain dotted config path; any
+# other first part names a loss (`gce.lam`), active only when loss.name equals it (docs/architecture.md).
+CONFIG_SECTIONS = frozenset({"seed", "data", "model", "loss", "train", "calibration", "objective"})
+NOT_APPLICABLE = None
+
+# 15-bin ECE of a perfectly calibrated model, simulated on realistic confidences (DESIGN.md, "ECE is noisy at small
+# n"): std 0.004 at n = 1k, 0.002 at 5k, 0.0013 at 10k, i.e. std * sqrt(n) = 0.126, 0.141, 0.130. We use
+# ECE_STD_TIMES_SQRT_N / sqrt(n) when a trial reports no reliability bins to bootstrap from.
+ECE_STD_TIMES_SQRT_N = 0.13
+BOOTSTRAP_RESAMPLES = 400
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _num(x: Any) -> float:
+    return float(x) if _finite(x) else float("nan")
+
+
+@dataclass
+class TrialRecord:
+    """One trial of an experiment, as Ray recorded it.
+
+    `params` maps every searched parameter of the space (dotted keys, e.g. `gce.lam`) to the trial's value, or to
+    None where it does not apply (a conditional loss parameter of another loss). `history` holds one metrics dict
+    per epoch (Ray's bookkeeping keys removed), ordered by epoch; a re-run epoch after a restore keeps its last line.
+    """
+
+    trial_id: str
+    path: Path
+    config: dict
+    params: dict
+    history: list[dict]
+    status: str
+    node: str | None = None
+    started_at: float = float("nan")  # unix seconds, start of the first epoch
+    finished_at: float = float("nan")  # unix seconds, last result
+    tune_params: dict = field(default_factory=dict)  # what the searcher proposed (Ray's config minus trial_config)
+    notes: list = field(default_factory=list)  # problems met while reading the trial (reported in summary.json)
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+    @property
+    def loss(self) -> str:
+        return str(self.config.get("loss", {}).get("name", "?"))
+
+    @property
+    def temperatures(self) -> list[float]:
+        temps = self.final.get("calibration/temperatures")
+        return [float(t) for t in temps] if isinstance(temps, (list, tuple)) else []
+
+    @property
+    def breakpoints(self) -> list[float]:
+        bps = self.config.get("calibration", {}).get("breakpoints")
+        return [float(b) for b in bps] if isinstance(bps, (list, tuple)) else []
+
+    def metric(self, key: str) -> float:
+        """The final value of a metric key; NaN when absent or not a finite number."""
+        return _num(self.final.get(key))
+
+    def best_epoch(self) -> dict:
+        """The epoch's metrics with the highest finite score (the last one wins ties); {} when none is finite."""
+        best: dict = {}
+        for row in self.history:
+            score = row.get("score")
+            if _finite(score) and (not best or score >= best["score"]):
+                best = row
+        return best
+
+
+@dataclass
+class Experiment:
+    path: Path
+    spec: dict | None  # spec.yaml as read
+    trials: list[TrialRecord]
+    search_spec: Any = None  # spaces.schema.SearchSpec of spec.yaml, when it validates
+
+    def by_status(self, status: str) -> list[TrialRecord]:
+        return [t for t in self.trials if t.status == status]
+
+    def complete(self) -> list[TrialRecord]:
+        """Full-budget trials with a finite (val/acc, val/ece): the only ones a front or a ranking may use."""
+        return [t for t in self.trials
+                if t.status == "complete" and all(_finite(t.final.get(k)) for k in OBJECTIVES)]
+
+    def counts(self) -> dict[str, int]:
+        counts = {s: 0 for s in STATUSES}
+        for t in self.trials:
+            counts[t.status] += 1
+        counts["total"] = len(self.trials)
+        return counts
+
+    def front(self) -> list[TrialRecord]:
+        """Pareto-optimal complete trials over (val/acc max, val/ece min), ordered by val/ece ascending."""
+        complete = self.complete()
+        members = [complete[i] for i in front_indices([(t.metric("val/acc"), t.metric("val/ece")) for t in complete])]
+        return sorted(members, key=lambda t: (t.metric("val/ece"), -t.metric("val/acc"), t.trial_id))
+
+    def hypervolume(self) -> float:
+        return hypervolume_acc_ece([(t.metric("val/acc"), t.metric("val/ece")) for t in self.complete()])
+
+    def start_time(self) -> float:
+        starts = [t.started_at for t in self.trials if math.isfinite(t.started_at)]
+        return min(starts) if starts else float("nan")
+
+    def hypervolume_over_time(self) -> list[tuple[float, float]]:
+        """(seconds since the experiment started, hypervolume of the complete trials finished by then), one row per
+        complete trial in order of finishing."""
+        t0 = self.start_time()
+        done = sorted(self.complete(), key=lambda t: (t.finished_at, t.trial_id))
+        rows = []
+        for k in range(1, len(done) + 1):
+            hv = hypervolume_acc_ece([(t.metric("val/acc"), t.metric("val/ece")) for t in done[:k]])
+            rows.append((float(done[k - 1].finished_at - t0), hv))
+        return rows
+
+
+def front_indices(acc_ece: Iterable[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated (val/acc max, val/ece min) pairs (search.pareto, in minimisation space)."""
+    points = np.asarray(list(acc_ece), dtype=float).reshape(-1, 2)
+    if points.shape[0] == 0:
+        return []
+    return pareto_front(to_minimization(points, MODES))
+
+
+def _space_keys(spec: dict | None) -> list[str]:
+    space = (spec or {}).get("space") or {}
+    return list(space) if isinstance(space, dict) else []
+
+
+def as_search_spec(spec: Any):
+    """A spaces.schema.SearchSpec from a SearchSpec, a spec dict (spec.yaml) or None; None when it does not
+    validate (then parameter applicability falls back to `param_value`'s rule)."""
+    if spec is None or hasattr(spec, "is_active"):
+        return spec
+    try:
+        from spaces.schema import spec_from_dict
+
+        return spec_from_dict(spec, source="spec.yaml")
+    except Exception:  # an experiment written by another version: still readable, with the simpler rule
+        return None
+
+
+def param_value(config: dict, key: str) -> Any:
+    """The value of searched parameter `key` in a resolved trial config; None where it does not apply.
+
+    The rule without a SearchSpec: `<loss>.<param>` keys apply only when loss.name is that loss.
+    """
+    parts = key.split(".")
+    node: Any = config
+    if parts[0] not in CONFIG_SECTIONS:
+        # `<loss>.<param>`: a conditional loss parameter (docs/architecture.md, "Search spec").
+        loss = config.get("loss", {})
+        if not isinstance(loss, dict) or loss.get("name") != parts[0]:
+            return NOT_APPLICABLE
+        node, parts = loss, parts[1:]
+    for part in parts:
+        if not isinstance(node, dict) or part not in node:
+            return NOT_APPLICABLE
+        node = node[part]
+    return node
+
+
+def searched_values(spec: Any, config: dict, keys: list[str] | None = None) -> dict:
+    """Every searched parameter of the space -> its value in `config`, or None where it is inactive (another
+    loss's parameter, breakpoints without ATS, a failed `when:` condition), per SearchSpec.is_active."""
+    search_spec = as_search_spec(spec)
+    if search_spec is None:
+        return {k: param_value(config, k) for k in (keys if keys is not None else _space_keys(spec))}
+    from trainables.config import get_path
+
+    chosen: dict[str, Any] = {}
+    out: dict[str, Any] = {}
+    for p in search_spec.params:
+        try:
+            value = get_path(config, p.path)
+        except (KeyError, TypeError):
+            value = None
+        if value is not None and search_spec.is_active(p, chosen):
+            chosen[p.key] = out[p.key] = value
+        else:
+            out[p.key] = NOT_APPLICABLE
+    return out
+
+
+def _read_result_lines(path: Path) -> list[dict]:
+    lines = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                # A trial killed mid-write leaves a truncated last line; everything before it is valid.
+                continue
+            if isinstance(row, dict):
+                lines.append(row)
+    return lines
+
+
+def _status_of(last: dict) -> str:
+    if last.get("status") == "diverged":
+        return "diverged"
+    if last.get("final") is True:
+        return "complete"
+    return "stopped"
+
+
+def _load_trial(folder: Path, spec: Any) -> TrialRecord | None:
+    lines = _read_result_lines(folder / "result.json")
+    if not lines:
+        return None
+    ray_config = lines[-1].get("config") or {}
+    config = ray_config.get("trial_config") or {}
+    by_epoch: dict[Any, dict] = {}
+    for row in lines:
+        key = row.get("epoch", row.get("training_iteration"))
+        by_epoch[key] = row  # a restored trial re-reports epochs: the last line of an epoch is the one that counts
+    ordered = [by_epoch[k] for k in sorted(by_epoch, key=lambda k: (k is None, k if _finite(k) else 0))]
+    history = [{k: v for k, v in row.items() if k not in RAY_KEYS} for row in ordered]
+    first, last = lines[0], lines[-1]
+    tune_params = {k: v for k, v in ray_config.items() if k != "trial_config"}
+    params = searched_values(spec, config) if spec else dict(tune_params)
+    # tune_adapter reports Ray's node id; the node's address makes it readable.
+    node = last.get("node_id") or last.get("node_ip")
+    if last.get("node_ip") and last.get("node_id"):
+        node = f"{last['node_ip']} ({str(last['node_id'])[:12]})"
+    started = _num(first.get("timestamp")) - _num(first.get("time_this_iter_s", 0.0))
+    return TrialRecord(
+        trial_id=str(last.get("trial_id") or folder.name),
+        path=folder,
+        config=config,
+        params=params,
+        history=history,
+        status=_status_of(history[-1]),
+        node=node,
+        started_at=started,
+        finished_at=_num(last.get("timestamp")),
+        tune_params=tune_params,
+    )
+
+
+def load_experiment(exp_dir: str | os.PathLike) -> Experiment:
+    """Read an experiment directory into trial records; UsageError if it is not one.
+
+    A trial folder that never reported (no result line yet) is skipped.
+    """
+    import yaml
+
+    path = Path(exp_dir)
+    if not path.is_dir():
+        raise UsageError(f"{exp_dir}: not a directory; expected an experiment directory written by `gce-search run`")
+    spec = None
+    spec_path = path / "spec.yaml"
+    if spec_path.is_file():
+        try:
+            spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise UsageError(f"{spec_path}: not valid YAML ({err})") from None
+        if not isinstance(spec, dict):
+            raise UsageError(f"{spec_path}: expected a mapping (the resolved search spec)")
+    folders = sorted(p for p in path.iterdir() if p.is_dir() and (p / "result.json").is_file())
+    if spec is None and not folders:
+        raise UsageError(f"{exp_dir}: not an experiment directory; expected spec.yaml and trial folders with "
+                         "result.json (the directory `gce-search run` writes under --storage/--name)")
+    search_spec = as_search_spec(spec) if spec is not None else None
+    trials = [t for t in (_load_trial(f, search_spec or spec) for f in folders) if t is not None]
+    return Experiment(path=path, spec=spec, trials=trials, search_spec=search_spec)
+
+
+def require_complete(exp: Experiment) -> list[TrialRecord]:
+    complete = exp.complete()
+    if not complete:
+        counts = exp.counts()
+        raise UsageError(
+            f"{exp.path}: no trial finished its full budget (complete {counts['complete']}, stopped "
+            f"{counts['stopped']}, diverged {counts['diverged']}); a front needs at least one complete trial")
+    return complete
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ECE uncertainty
+
+
+def ece_std_from_n(n: float) -> float:
+    """Approximate standard deviation of a 15-bin ECE measured on n samples (DESIGN.md simulation, ~0.13/sqrt(n))."""
+    return ECE_STD_TIMES_SQRT_N / math.sqrt(n) if _finite(n) and n > 0 else float("nan")
+
+
+def _bins_arrays(bins: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(counts, accuracy, confidence) per bin from a reported reliability record, or None when unusable.
+
+    Accepts a mapping of per-bin lists (`count(s)`, `acc(uracy)`, `conf(idence)`) or a list of per-bin mappings.
+    """
+    def pick(d: dict, *names):
+        for n in names:
+            if n in d:
+                return d[n]
+        return None
+
+    if isinstance(bins, list) and bins and all(isinstance(b, dict) for b in bins):
+        bins = {k: [b.get(k) for b in bins] for k in bins[0]}
+    if not isinstance(bins, dict):
+        return None
+    counts = pick(bins, "counts", "count", "n")
+    acc = pick(bins, "acc", "accuracy", "accuracies")
+    conf = pick(bins, "conf", "confidence", "confidences")
+    if counts is None or acc is None or conf is None:
+        return None
+    try:
+        c = np.asarray(counts, dtype=float)
+        a = np.nan_to_num(np.asarray(acc, dtype=float))
+        f = np.nan_to_num(np.asarray(conf, dtype=float))
+    except (TypeError, ValueError):
+        return None
+    if not (c.shape == a.shape == f.shape) or c.ndim != 1 or c.sum() <= 0:
+        return None
+    return c, a, f
+
+
+def ece_std_from_bins(counts, acc, conf, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> float:
+    """Bootstrap standard deviation of the ECE from reliability bins alone.
+
+    Resamples the bin occupancy (multinomial over the observed counts) and each bin's number of correct
+    predictions (binomial at the bin's observed accuracy), keeping each bin's mean confidence: a per-sample
+    bootstrap with confidences frozen at their bin means.
+    """
+    counts = np.asarray(counts, dtype=float)
+    acc = np.clip(np.asarray(acc, dtype=float), 0.0, 1.0)
+    conf = np.asarray(conf, dtype=float)
+    n = int(round(counts.sum()))
+    rng = np.random.default_rng(seed)
+    sizes = rng.multinomial(n, counts / counts.sum(), size=resamples)
+    correct = rng.binomial(sizes, acc)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap = np.where(sizes > 0, np.abs(correct / np.maximum(sizes, 1) - conf), 0.0)
+    eces = (sizes * gap).sum(axis=1) / n
+    return float(eces.std(ddof=1))
+
+
+def latest_checkpoint(trial: TrialRecord) -> Path | None:
+    """The trial's checkpoint.pt of its last reported epoch (Ray's highest-numbered checkpoint_* folder)."""
+    folders = sorted(trial.path.glob("checkpoint_*/checkpoint.pt"), key=lambda p: p.parent.name)
+    return folders[-1] if folders else None
+
+
+def val_predictions(trial: TrialRecord) -> dict | None:
+    """Raw and calibrated validation logits of a trial, recomputed from its last checkpoint on the CPU:
+    {"raw": [N, K], "calibrated": [N, K], "labels": [N]} (torch tensors), or None without a usable checkpoint.
+
+    The trial reports only scalar metrics per epoch; the checkpoint holds the model and the fitted calibrator,
+    and the splits are a pure function of data.split_seed, so the validation predictions can be rebuilt exactly.
+    Cached on the record.
+    """
+    cached = getattr(trial, "_val_predictions", False)
+    if cached is not False:
+        return cached
+    result = None
+    ckpt = latest_checkpoint(trial)
+    if ckpt is not None and trial.status == "complete":
+        import torch
+
+        from trainables.calibration import build_calibrator
+        from trainables.config import resolve
+        from trainables.data import load_splits
+        from trainables.models import build_model
+
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        cfg = resolve(state.get("config") or trial.config)
+        data = load_splits(cfg["data"], device="cpu")
+        model = build_model(cfg["model"], data.in_channels, data.num_classes, data.image_size)
+        model.load_state_dict(state["model"])
+        model.eval()
+        batch = cfg["train"]["eval_batch_size"]
+        with torch.no_grad():
+            raw = torch.cat([model(data.val_x[i:i + batch]).float() for i in range(0, data.val_x.shape[0], batch)])
+        calibrator = build_calibrator(cfg["calibration"])
+        if state.get("calibrator") is not None:
+            calibrator.load_state_dict(state["calibrator"])
+            calibrated = calibrator.transform(raw)
+        else:
+            calibrated = raw
+        result = {"raw": raw, "calibrated": calibrated, "labels": data.val_y.cpu()}
+    trial._val_predictions = result
+    return result
+
+
+def _equal_width_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    # Bin m-1 holds ((m-1)/M, m/M] (Guo et al. 2017; trainables.metrics uses the same convention).
+    return np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+
+
+def ece_std_bootstrap(confidence, correct, n_bins: int = 15, resamples: int = BOOTSTRAP_RESAMPLES,
+                      seed: int = 0) -> float:
+    """Standard deviation of the equal-width ECE over bootstrap resamples of the (confidence, correct) pairs."""
+    confidence = np.asarray(confidence, dtype=float)
+    correct = np.asarray(correct, dtype=float)
+    n = confidence.shape[0]
+    bins = _equal_width_bins(confidence, n_bins)
+    rng = np.random.default_rng(seed)
+    eces = np.empty(resamples)
+    for r in range(resamples):
+        idx = rng.integers(0, n, n)
+        b = bins[idx]
+        count = np.bincount(b, minlength=n_bins)
+        gap = np.abs(np.bincount(b, weights=correct[idx], minlength=n_bins)
+                     - np.bincount(b, weights=confidence[idx], minlength=n_bins))
+        eces[r] = gap.sum() / n  # sum over bins of |B_m| * |acc_m - conf_m| / n
+    return float(eces.std(ddof=1))
+
+
+def ece_uncertainty(trial: TrialRecord, split: str = "val", predictions: bool = True) -> dict:
+    cache = trial.__dict__.setdefault("_ece_uncertainty", {})
+    if (split, predictions) not in cache:
+        cache[(split, predictions)] = _ece_uncertainty(trial, split, predictions)
+    return cache[(split, predictions)]
+
+
+def _ece_uncertainty(trial: TrialRecord, split: str, predictions: bool) -> dict:
+    """{"n", "std", "method"} of a trial's final `<split>/ece`.
+
+    In order of preference: a bootstrap over the validation samples recomputed from the trial's checkpoint
+    (`predictions=True`, val only), a bootstrap over reported `<split>/reliability` bins, else the DESIGN.md
+    approximation 0.13/sqrt(n).
+    """
+    n = trial.final.get(f"{split}/n")
+    if predictions and split == "val":
+        try:
+            preds = val_predictions(trial)
+        except Exception as err:  # an unreadable checkpoint must not block the result files
+            preds = None
+            trial._val_predictions = None
+            trial.notes.append(f"val predictions not rebuilt from the checkpoint: {err}")
+        if preds is not None:
+            import torch
+
+            probs = torch.softmax(preds["calibrated"].double(), dim=1)
+            conf, pred = probs.max(dim=1)
+            correct = (pred == preds["labels"]).double()
+            n_bins = int(trial.config.get("objective", {}).get("n_bins", 15))
+            return {"n": int(conf.shape[0]), "std": ece_std_bootstrap(conf.numpy(), correct.numpy(), n_bins),
+                    "method": "bootstrap over val samples (predictions rebuilt from the last checkpoint)"}
+    arrays = _bins_arrays(trial.final.get(f"{split}/reliability"))
+    if arrays is not None:
+        return {"n": int(arrays[0].sum()) if not _finite(n) else int(n), "std": ece_std_from_bins(*arrays),
+                "method": "bootstrap over reliability bins"}
+    return {"n": int(n) if _finite(n) else None, "std": ece_std_from_n(_num(n)),
+            "method": f"{ECE_STD_TIMES_SQRT_N}/sqrt(n)"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Result files
+
+CSV_COLUMNS = (
+    "trial", "status", "loss", "loss.lam", "loss.params", "calibration.method", "calibration.breakpoints",
+    "calibration/temperatures", "epoch", "score",
+    "val/acc", "val/ece", "val/ece_std", "val/ece_raw", "val/adaece", "val/nll", "val/n",
+    "test/acc", "test/ece", "test/adaece", "test/nll", "test/n", "node",
+)
+
+
+def _fmt_list(values: list[float]) -> str:
+    return " ".join(f"{v:.6g}" for v in values)
+
+
+def pareto_row(trial: TrialRecord) -> dict:
+    """One row of pareto.csv for a trial (metric columns use the contract metric keys)."""
+    loss_cfg = {k: v for k, v in trial.config.get("loss", {}).items() if k != "name"}
+    lam = loss_cfg.get("lam")
+    unc = ece_uncertainty(trial)
+    row = {
+        "trial": trial.trial_id,
+        "status": trial.status,
+        "loss": trial.loss,
+        "loss.lam": "" if lam is None else float(lam),
+        "loss.params": " ".join(f"{k}={v}" for k, v in sorted(loss_cfg.items())),
+        "calibration.method": trial.config.get("calibration", {}).get("method", ""),
+        "calibration.breakpoints": _fmt_list(trial.breakpoints),
+        "calibration/temperatures": _fmt_list(trial.temperatures),
+        "epoch": trial.final.get("epoch", ""),
+        "val/ece_std": unc["std"],
+        "node": trial.node or "",
+    }
+    for key in ("score", "val/acc", "val/ece", "val/ece_raw", "val/adaece", "val/nll", "test/acc", "test/ece",
+                "test/adaece", "test/nll"):
+        row[key] = trial.metric(key)
+    for key in ("val/n", "test/n"):
+        v = trial.final.get(key)
+        row[key] = int(v) if _finite(v) else ""
+    return row
+
+
+def pareto_rows(exp: Experiment) -> list[dict]:
+    return [pareto_row(t) for t in exp.front()]
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf become null: summary.json stays strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def chosen_metrics(trial: TrialRecord) -> dict:
+    """The trial's final scalar metrics (contract keys, split sizes, status): what it had when chosen."""
+    out = {}
+    for k, v in trial.final.items():
+        if k.startswith(("val/", "test/", "calib/")) or k in ("epoch", "score", "train/loss", "status", "final"):
+            if isinstance(v, (bool, int, float, str)) or v is None:
+                out[k] = v
+    return out
+
+
+def summary_dict(exp: Experiment) -> dict:
+    front = exp.front()
+    complete = exp.complete()
+    val_n = sorted({int(t.final["val/n"]) for t in complete if _finite(t.final.get("val/n"))})
+    members = []
+    for t in front:
+        row = pareto_row(t)
+        members.append({
+            "trial": t.trial_id,
+            "loss": t.loss,
+            "params": t.params,
+            "breakpoints": t.breakpoints,
+            "temperatures": t.temperatures,
+            "metrics": chosen_metrics(t),
+            "val_ece_uncertainty": ece_uncertainty(t),
+            "notes": list(t.notes),
+            "node": row["node"],
+            "path": str(t.path),
+        })
+    return _json_safe({
+        "experiment": str(exp.path),
+        "objectives": {k: m for k, m in zip(OBJECTIVES, MODES)},
+        "reference_point": dict(zip(OBJECTIVES, REFERENCE_POINT)),
+        "hypervolume": exp.hypervolume(),
+        "hypervolume_over_time": [{"seconds": s, "hypervolume": hv} for s, hv in exp.hypervolume_over_time()],
+        "counts": exp.counts(),
+        "val_n": val_n[0] if len(val_n) == 1 else val_n,
+        "ece_uncertainty_note": (
+            "val/ece of a front member carries the std in val_ece_uncertainty; two trials scored on the same split "
+            "differ meaningfully only when their ECE gap exceeds about 2.5 std (DESIGN.md: ECE is noisy at small n)"),
+        "front": members,
+    })
+
+
+def _loss_colours(losses: list[str]) -> dict[str, Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {name: cmap(i % 10) for i, name in enumerate(sorted(set(losses)))}
+
+
+def pareto_figure(exp: Experiment):
+    """Every trial with finite (val/ece, val/acc), coloured by loss; the front highlighted; a matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: results are written on cluster heads without a display
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 5.0), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    plotted = [t for t in exp.trials if _finite(t.final.get("val/acc")) and _finite(t.final.get("val/ece"))]
+    colours = _loss_colours([t.loss for t in exp.trials])
+    for loss, colour in colours.items():
+        for status, marker, alpha in (("complete", "o", 0.9), ("stopped", "x", 0.45)):
+            pts = [t for t in plotted if t.loss == loss and t.status == status]
+            if pts:
+                ax.scatter([t.metric("val/ece") for t in pts], [t.metric("val/acc") for t in pts], c=[colour],
+                           marker=marker, alpha=alpha, s=30, label=f"{loss} ({status})")
+    front = exp.front()
+    if front:
+        xs = [t.metric("val/ece") for t in front]
+        ys = [t.metric("val/acc") for t in front]
+        errs = [ece_uncertainty(t)["std"] for t in front]
+        ax.step(xs, ys, where="post", color="black", linewidth=1.2, label="Pareto front (complete trials)")
+        ax.errorbar(xs, ys, xerr=[e if math.isfinite(e) else 0.0 for e in errs], fmt="none", ecolor="black",
+                    elinewidth=0.8, capsize=2)
+        ax.scatter(xs, ys, s=110, facecolors="none", edgecolors="black", linewidths=1.5)
+    n_div = exp.counts()["diverged"]
+    ax.set_xlabel("val/ece (after calibration, lower is better)")
+    ax.set_ylabel("val/acc (higher is better)")
+    ax.set_title(f"{exp.path.name}: hypervolume {exp.hypervolume():.4f} vs reference "
+                 f"(acc {REFERENCE_POINT[0]:g}, ece {REFERENCE_POINT[1]:g})"
+                 + (f"; {n_div} diverged not shown" if n_div else ""), fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_results(exp_dir: str | os.PathLike, tensorboard: bool = True, experiment: Experiment | None = None) -> dict:
+    """Write pareto.csv, pareto.png, summary.json (and the TensorBoard experiment summary) into `exp_dir`.
+
+    Everything is computed before the first file is written, so bad input (not an experiment directory, no
+    complete trial: UsageError) leaves existing files untouched. Returns the summary dict.
+    """
+    exp = experiment if experiment is not None else load_experiment(exp_dir)
+    require_complete(exp)
+    summary = summary_dict(exp)
+    csv_text = _csv_text(pareto_rows(exp))
+    fig = pareto_figure(exp)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    _atomic_write(exp.path / "pareto.csv", csv_text.encode("utf-8"))
+    _atomic_write(exp.path / "pareto.png", png.getvalue())
+    _atomic_write(exp.path / "summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    if tensorboard:
+        from search.tensorboard import write_tensorboard_summary
+
+        write_tensorboard_summary(exp.path, experiment=exp, pareto_png=png.getvalue())
+    return summary
+
+
+def format_table(rows: list[dict]) -> str:
+    cols = [("trial", "trial", "{}"), ("loss", "loss", "{}"), ("λ", "loss.lam", "{:.3g}"),
+            ("breakpoints", "calibration.breakpoints", "{}"), ("temperatures", "calibration/temperatures", "{}"),
+            ("val acc", "val/acc", "{:.4f}"), ("val ECE", "val/ece", "{:.4f}"), ("±", "val/ece_std", "{:.4f}"),
+            ("val AdaECE", "val/adaece", "{:.4f}"), ("val NLL", "val/nll", "{:.4f}"),
+            ("test acc", "test/acc", "{:.4f}"), ("test ECE", "test/ece", "{:.4f}"),
+            ("test AdaECE", "test/adaece", "{:.4f}"), ("test NLL", "test/nll", "{:.4f}")]
+    table = [[h for h, _, _ in cols]]
+    for row in rows:
+        cells = []
+        for _, key, fmt in cols:
+            v = row.get(key, "")
+            if isinstance(v, float) and math.isnan(v) or v == "":
+                cells.append("-")
+            else:
+                cells.append(fmt.format(v) if isinstance(v, (int, float)) else str(v))
+        table.append(cells)
+    widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+
+
+def cmd_pareto(args) -> int:
+    """`gce-search pareto EXPERIMENT_DIR`: print the front and write the result files."""
+    exp = load_experiment(args.experiment_dir)
+    summary = write_results(exp.path, experiment=exp)
+    rows = pareto_rows(exp)
+    print(format_table(rows))
+    counts = summary["counts"]
+    ref = summary["reference_point"]
+    print(f"\nfront: {len(rows)} of {counts['complete']} complete trials (stopped {counts['stopped']}, "
+          f"diverged {counts['diverged']}); hypervolume {summary['hypervolume']:.4f} against reference "
+          f"(val/acc {ref['val/acc']:g}, val/ece {ref['val/ece']:g}); val n = {summary['val_n']}")
+    print(f"wrote {exp.path / 'pareto.csv'}, {exp.path / 'pareto.png'}, {exp.path / 'summary.json'}, "
+          f"{exp.path / 'tensorboard'}")
+    return 0
