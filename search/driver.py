@@ -1,0 +1,373 @@
+"""`gce-search run` and `gce-search resume`: assemble the Ray Tune search and run it.
+
+Order of work in `run`: everything the user can get wrong is checked before anything is started or written (spec,
+overrides, storage and experiment name, the Ray address, the per-trial resources against the cluster's nodes); then
+the experiment directory gets `spec.yaml`, and Ray Tune runs Optuna's define-by-run space under the scheduler.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Any
+
+from search.cli import UsageError
+from trainables.registry import ConfigError
+
+DEFAULT_SPACE = "quickstart"
+DEFAULT_STORAGE = "./gce-search-results"
+SPEC_FILE = "spec.yaml"
+JOURNAL_FILE = "optuna.journal"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# host:port, ray://host:port, or the two keywords ray.init understands.
+ADDRESS_PATTERN = re.compile(r"^(auto|local|(ray|ray\+tls)://[^\s/:]+:\d{1,5}|[^\s/:]+:\d{1,5})$")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checks that run before anything starts
+
+
+def check_overrides(overrides: list[str]) -> None:
+    from trainables.config import parse_override
+
+    for text in overrides:
+        try:
+            parse_override(text)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+
+
+def load_and_validate(space: str, overrides: list[str]):
+    """The SearchSpec; ConfigError (every problem, YAML paths; an unknown space name or a missing file too) or
+    UsageError, with nothing started."""
+    check_overrides(overrides)
+    from spaces.schema import load_spec
+
+    try:
+        return load_spec(space, list(overrides))
+    except ConfigError:
+        raise
+    except (ValueError, OSError) as err:
+        raise UsageError(f"space {space!r}: {err}") from None
+
+
+def is_uri(storage: str) -> bool:
+    return "://" in storage
+
+
+def resolve_storage(storage: str | None) -> str:
+    storage = storage or DEFAULT_STORAGE
+    return storage if is_uri(storage) else os.path.abspath(os.path.expanduser(storage))
+
+
+def experiment_exists(storage: str, name: str) -> bool:
+    if not is_uri(storage):
+        return os.path.exists(os.path.join(storage, name))
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage.rstrip("/") + "/" + name)
+    return fs.get_file_info(root).type != pyarrow.fs.FileType.NotFound
+
+
+def check_name(name: str) -> None:
+    if not NAME_PATTERN.match(name):
+        raise UsageError(f"--name {name!r}: not a usable experiment name; valid: letters, digits and . _ + - "
+                         f"(no path separators), starting with a letter or digit")
+
+
+def check_address(address: str) -> None:
+    if not ADDRESS_PATTERN.match(address):
+        raise UsageError(f"--address {address!r}: not a Ray address; valid: HOST:PORT (e.g. 10.0.0.1:6379), "
+                         f"ray://HOST:PORT (Ray Client, e.g. ray://head:10001), or auto")
+    port = address.rsplit(":", 1)[-1]
+    if port.isdigit() and not 0 < int(port) < 65536:
+        raise UsageError(f"--address {address!r}: port {port} out of range; valid: 1-65535")
+
+
+def trial_resources(spec) -> dict[str, float]:
+    res = spec.resources
+    bundle = {"CPU": float(res.get("cpus_per_trial", 1))}
+    gpus = float(res.get("gpus_per_trial", 0) or 0)
+    if gpus > 0:
+        bundle["GPU"] = gpus
+    return bundle
+
+
+def check_resources(bundle: dict[str, float], nodes: list[dict]) -> None:
+    """Refuse a per-trial request no alive node can hold (Ray would leave the trial PENDING forever)."""
+    alive = [n for n in nodes if n.get("Alive", n.get("alive", True))]
+    for node in alive:
+        have = node.get("Resources", {})
+        if all(have.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items()):
+            return
+    wanted = ", ".join(f"{v:g} {k}" for k, v in bundle.items())
+    lines = [f"no node can run a trial that needs {wanted} (resources.cpus_per_trial / resources.gpus_per_trial); "
+             f"the cluster has:"]
+    for node in alive:
+        have = node.get("Resources", {})
+        lines.append(f"  node {node.get('NodeManagerAddress', '?')}: {have.get('CPU', 0):g} CPU, "
+                     f"{have.get('GPU', 0):g} GPU")
+    if not alive:
+        lines.append("  (no alive node)")
+    lines.append("valid: a request that fits one node, e.g. --set resources.gpus_per_trial=0 on a CPU-only cluster")
+    raise UsageError("\n".join(lines))
+
+
+def connect_ray(address: str | None) -> bool:
+    """Start or join Ray; True when this call started it (and so shuts it down at the end)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address is None:
+        # The dashboard would listen on every interface; gce-search serves nothing beyond 127.0.0.1 by default.
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                 configure_logging=True, logging_level="WARNING")
+        return True
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    except Exception as err:  # ConnectionError, RuntimeError, ValueError depending on the address form
+        raise UsageError(f"--address {address!r}: could not connect to a Ray cluster ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); valid: the address of a running "
+                         f"cluster's head (see `ray status` on it), or leave --address out for a local instance")
+    return True
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tuner assembly
+
+
+def max_epochs(spec) -> int:
+    """ASHA's max_t: the fixed epochs, or the largest value the space may give `train.epochs`."""
+    epochs = int(spec.base_config["train"]["epochs"])
+    for param in spec.params:
+        if param.path == "train.epochs":
+            candidates = [param.high] if param.high is not None else list(param.choices or [])
+            epochs = max([epochs, *(int(c) for c in candidates)])
+    return epochs
+
+
+def build_searcher(spec, exp_dir: str, study_name: str):
+    from search.searcher import CalibratedOptunaSearch
+    from search.space import define_by_run, make_sampler
+
+    return CalibratedOptunaSearch(
+        space=define_by_run(spec), journal_path=os.path.join(exp_dir, JOURNAL_FILE),
+        sampler=make_sampler(spec.search), study_name=study_name)
+
+
+def build_trainable(spec):
+    from ray import tune
+    from ray.tune import PlacementGroupFactory
+
+    from trainables.tune_adapter import trainable
+
+    # One bundle per trial: DDP processes are spawned from inside the trial on what it reserved, because a
+    # TorchTrainer inside a Tune trial leaks its workers when ASHA stops the trial (ray#54305).
+    return tune.with_resources(trainable, PlacementGroupFactory([trial_resources(spec)]))
+
+
+def optional_callbacks(exp_dir: str, spec) -> list:
+    try:
+        from search.tensorboard import TensorBoardCallback
+    except ImportError:
+        return []
+    return [TensorBoardCallback(exp_dir, spec)]
+
+
+def build_tuner(spec, storage: str, name: str, exp_dir: str, progress):
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search.schedulers import build_scheduler
+
+    searcher = build_searcher(spec, exp_dir, study_name=name)
+    search_alg = searcher
+    max_concurrent = spec.search.get("max_concurrent")
+    if max_concurrent:
+        search_alg = ConcurrencyLimiter(searcher, max_concurrent=int(max_concurrent))
+    tune_config = tune.TuneConfig(
+        metric="score", mode="max", search_alg=search_alg,
+        scheduler=build_scheduler(dict(spec.scheduler), max_t=max_epochs(spec)),
+        num_samples=int(spec.search.get("num_samples", 16)),
+        reuse_actors=bool(spec.resources.get("reuse_actors", True)),
+        time_budget_s=spec.search.get("timeout_s"),
+    )
+    run_config = tune.RunConfig(
+        storage_path=storage, name=name, verbose=0,
+        # result.json (JSON lines) is what search.results reads; progress.csv is for users' own tools.
+        callbacks=[progress, JsonLoggerCallback(), CSVLoggerCallback(), *optional_callbacks(exp_dir, spec)],
+        # The latest checkpoint is what resume needs; older ones only fill the disk.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # A trial whose node died restarts from its checkpoint, once; a deterministic bug fails twice, not forever.
+        failure_config=tune.FailureConfig(max_failures=1),
+    )
+    return tune.Tuner(build_trainable(spec), tune_config=tune_config, run_config=run_config), searcher
+
+
+def inner_searcher(tuner_or_alg):
+    alg = tuner_or_alg
+    while hasattr(alg, "searcher"):
+        alg = alg.searcher
+    return alg
+
+
+def frequent_experiment_checkpoints() -> None:
+    # Ray saves the experiment state (trials + searcher) at most every 10 s by default; after a kill -9 everything
+    # since then is replayed or, for trials suggested in that window, lost from Ray's record. Saving every second
+    # keeps that window small; the journal covers the rest (see search.searcher).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # Ray's default TensorBoard logger declares the hparams of one run only (DESIGN.md); search.tensorboard writes
+    # the experiment-level record instead. The JSON/CSV loggers are added explicitly in build_tuner.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# After the search
+
+
+def summarize(exp_dir: str, grid, progress, started: float) -> None:
+    from search.progress import print_summary, trial_outcome
+
+    outcomes = {"complete": 0, "stopped": 0, "diverged": 0, "error": 0}
+    for result in grid:
+        outcomes[trial_outcome(result.metrics, errored=result.error is not None)] += 1
+    front = None
+    try:
+        from search.results import load_experiment, write_results
+    except ImportError:
+        write_results = None
+    if write_results is not None and outcomes["complete"]:
+        try:
+            write_results(exp_dir)
+            exp = load_experiment(exp_dir)
+            front = [{"trial_id": t.trial_id, "loss": t.loss, "val/acc": t.metric("val/acc"),
+                      "val/ece": t.metric("val/ece"), "score": t.metric("score")} for t in exp.front()]
+        except Exception as err:  # the search itself succeeded; say why the files are missing instead of failing
+            print(f"(results files not written: {type(err).__name__}: {err}; run `gce-search pareto {exp_dir}`)")
+    if front is None:
+        front = grid_front(grid)
+    print_summary(exp_dir, outcomes, front, wall_s=time.time() - started)
+
+
+def grid_front(grid) -> list[dict]:
+    from search.pareto import pareto_front
+
+    rows = []
+    for result in grid:
+        m = result.metrics or {}
+        if result.error is None and m.get("final") is True and m.get("status") != "diverged":
+            rows.append({"trial_id": m.get("trial_id"),
+                         "loss": ((result.config or {}).get("trial_config") or {}).get("loss", {}).get("name"),
+                         "val/acc": m.get("val/acc"), "val/ece": m.get("val/ece"), "score": m.get("score")})
+    if not rows:
+        return []
+    idx = pareto_front([(r["val/acc"], -r["val/ece"]) for r in rows])
+    return sorted((rows[i] for i in idx), key=lambda r: r["val/ece"])
+
+
+def write_spec(exp_dir: str, spec) -> None:
+    import yaml
+
+    with open(os.path.join(exp_dir, SPEC_FILE), "x") as f:
+        yaml.safe_dump(spec.to_dict(), f, sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Commands
+
+
+def cmd_run(args) -> int:
+    started = time.time()
+    space = args.space or DEFAULT_SPACE
+    spec = load_and_validate(space, list(args.overrides or []))
+    storage = resolve_storage(args.storage)
+    name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_name(name)
+    if experiment_exists(storage, name):
+        where = storage if is_uri(storage) else os.path.join(storage, name)
+        raise UsageError(f"experiment {name!r} already exists in {storage}; valid: another --name, or "
+                         f"`gce-search resume {where}` to finish it")
+    if is_uri(storage):
+        # Ray writes trials to the URI; the driver's own files (spec.yaml, the Optuna journal, which needs a POSIX
+        # file lock) live in a local mirror with the same name.
+        exp_dir = os.path.join(os.path.abspath(DEFAULT_STORAGE), name)
+    else:
+        exp_dir = os.path.join(storage, name)
+    if args.address is not None:
+        check_address(args.address)
+
+    import ray
+
+    owns_ray = connect_ray(args.address)
+    try:
+        check_resources(trial_resources(spec), ray.nodes())
+        os.makedirs(exp_dir, exist_ok=False)
+        write_spec(exp_dir, spec)
+        frequent_experiment_checkpoints()
+        from search.progress import ProgressPrinter
+
+        progress = ProgressPrinter(max_t=max_epochs(spec))
+        print(f"gce-search: space {spec.name!r}, {spec.search.get('num_samples')} trials, "
+              f"{trial_resources(spec)} per trial, cluster {_cluster_words()}; experiment {exp_dir}", flush=True)
+        tuner, searcher = build_tuner(spec, storage, name, exp_dir, progress)
+        grid = tuner.fit()
+        searcher.fail_orphans()
+        summarize(exp_dir, grid, progress, started)
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    return 0
+
+
+def cmd_resume(args) -> int:
+    started = time.time()
+    exp_dir = os.path.abspath(args.experiment_dir)
+    from ray import tune
+
+    problems = []
+    if not os.path.isdir(exp_dir):
+        problems.append("not a directory")
+    else:
+        for needed in (SPEC_FILE, JOURNAL_FILE):
+            if not os.path.isfile(os.path.join(exp_dir, needed)):
+                problems.append(f"no {needed}")
+        if not tune.Tuner.can_restore(exp_dir):
+            problems.append("no Ray Tune experiment state")
+    if problems:
+        raise UsageError(f"{args.experiment_dir!r} is not a gce-search experiment directory ({'; '.join(problems)});"
+                         f" valid: a directory written by `gce-search run`, e.g. ./gce-search-results/<name>")
+    spec = load_and_validate(os.path.join(exp_dir, SPEC_FILE), [])
+    address = getattr(args, "address", None)
+    if address is not None:
+        check_address(address)
+
+    import ray
+
+    owns_ray = connect_ray(address)
+    try:
+        check_resources(trial_resources(spec), ray.nodes())
+        frequent_experiment_checkpoints()
+        print(f"gce-search: resuming {exp_dir}, cluster {_cluster_words()}", flush=True)
+        # Searcher, scheduler and callbacks come back from Ray's tuner.pkl; the searcher's own restore() then
+        # reconciles its saved state with the Optuna journal.
+        tuner = tune.Tuner.restore(exp_dir, trainable=build_trainable(spec), resume_unfinished=True,
+                                   resume_errored=True)
+        grid = tuner.fit()
+        local = getattr(tuner, "_local_tuner", None)
+        searcher = inner_searcher(local._tune_config.search_alg) if local is not None else None
+        if searcher is not None and hasattr(searcher, "fail_orphans"):
+            searcher.fail_orphans()
+        summarize(exp_dir, grid, None, started)
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    return 0
+
+
+def _cluster_words() -> str:
+    import ray
+
+    res: dict[str, Any] = ray.cluster_resources()
+    return f"{res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU on {len([n for n in ray.nodes() if n['Alive']])} node(s)"

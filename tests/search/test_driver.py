@@ -1,0 +1,189 @@
+"""`gce-search run` end to end on a tiny real search, and the CLI/driver bad inputs (nothing started or overwritten)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import optuna
+import pytest
+import ray
+from optuna.trial import TrialState
+
+from search.cli import main
+from search.searcher import optuna_records
+
+TINY_SPACE = """\
+name: tiny
+description: a few seconds per trial on digits, for tests
+data: {name: digits, max_train: 400}
+model: {name: mlp}
+train: {epochs: 3, batch_size: 64}
+calibration: {method: ats}
+search: {sampler: random, num_samples: NUM_SAMPLES, seed: 0}
+scheduler: {name: asha, grace_period: 1, reduction_factor: 2}
+resources: {cpus_per_trial: 1, gpus_per_trial: 0}
+space:
+  loss.name: {choices: [cross_entropy, gce]}
+  gce.lam: {low: 0.0, high: 2.0}
+  train.lr: {low: 0.001, high: 0.5, log: true}
+  calibration.breakpoints: {breakpoints: {pieces: [2, 4]}}
+"""
+
+
+def write_tiny_space(folder: Path, num_samples: int = 6) -> str:
+    path = folder / "tiny.yaml"
+    path.write_text(TINY_SPACE.replace("NUM_SAMPLES", str(num_samples)))
+    return str(path)
+
+
+def trial_folders(exp_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in exp_dir.glob("*/result.json"))
+
+
+def last_result(folder: Path) -> dict:
+    lines = [ln for ln in (folder / "result.json").read_text().splitlines() if ln.strip()]
+    return json.loads(lines[-1]) if lines else {}
+
+
+def ray_outcome(last: dict) -> str:
+    if last.get("status") == "diverged":
+        return "diverged"
+    return "complete" if last.get("final") is True else "stopped"
+
+
+EXPECTED_STATE = {"complete": TrialState.COMPLETE, "stopped": TrialState.PRUNED, "diverged": TrialState.FAIL}
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------------- bad input, no Ray
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "no_such_space"], "not a shipped space"),
+    (["run", "/nonexistent/dir/space.yaml"], "no such file"),
+    (["run", "SPACE", "--set", "train.epochs"], "expected KEY=VALUE"),
+    (["run", "SPACE", "--set", "=3"], "the key before '=' is empty"),
+    (["run", "SPACE", "--set", "train.epochs=0"], "train.epochs"),
+    (["run", "SPACE", "--address", "not an address"], "not a Ray address"),
+    (["run", "SPACE", "--address", "10.0.0.1:99999"], "port 99999 out of range"),
+    (["run", "SPACE", "--name", "../escape"], "not a usable experiment name"),
+    (["resume", "STORAGE/missing"], "not a gce-search experiment directory (not a directory"),
+    (["resume", "STORAGE"], "no spec.yaml"),
+])
+def test_bad_input_refused_before_anything_starts(tmp_path, capsys, argv, message):
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    (storage / "keep.txt").write_text("untouched")
+    space = write_tiny_space(tmp_path)
+    argv = [a.replace("SPACE", space).replace("STORAGE", str(storage)) for a in argv]
+    if argv[0] == "run":
+        argv += ["--storage", str(storage), "--name", "x"] if "--name" not in argv else ["--storage", str(storage)]
+    before = snapshot(storage)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert not ray.is_initialized(), "Ray was started for a bad input"
+    assert snapshot(storage) == before
+
+
+def test_existing_experiment_name_refused_and_untouched(tmp_path, capsys):
+    storage = tmp_path / "storage"
+    (storage / "taken").mkdir(parents=True)
+    (storage / "taken" / "result.json").write_text('{"epoch": 1}\n')
+    before = snapshot(storage)
+    code = main(["run", write_tiny_space(tmp_path), "--storage", str(storage), "--name", "taken"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and f"gce-search resume {storage / 'taken'}" in err
+    assert snapshot(storage) == before
+    assert not ray.is_initialized()
+
+
+def test_resume_refuses_a_directory_without_ray_state(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "spec.yaml").write_text("name: x\n")
+    (exp / "optuna.journal").write_text("")
+    before = snapshot(exp)
+    assert main(["resume", str(exp)]) == 2
+    assert "no Ray Tune experiment state" in capsys.readouterr().err
+    assert snapshot(exp) == before
+
+
+# ------------------------------------------------------------------------------------------------ with local Ray
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("override, wanted", [
+    ("resources.gpus_per_trial=1", "1 CPU, 1 GPU"),
+    ("resources.cpus_per_trial=64", "64 CPU"),
+])
+def test_unsatisfiable_resources_refused_at_start(local_ray, tmp_path, capsys, override, wanted):
+    storage = tmp_path / "storage"
+    code = main(["run", write_tiny_space(tmp_path), "--storage", str(storage), "--name", "big", "--set", override])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"no node can run a trial that needs {wanted}" in err
+    assert "2 CPU, 0 GPU" in err  # what the cluster has
+    assert not (storage / "big").exists()
+
+
+def test_tiny_search_end_to_end(local_ray, tmp_path, capsys):
+    storage = tmp_path / "results"
+    code = main(["run", write_tiny_space(tmp_path, num_samples=6), "--storage", str(storage), "--name", "e2e"])
+    out = capsys.readouterr().out
+    assert code == 0
+    exp = storage / "e2e"
+    assert (exp / "spec.yaml").is_file() and (exp / "optuna.journal").is_file()
+    from spaces.schema import load_spec
+
+    assert load_spec(str(exp / "spec.yaml")).name == "tiny"  # the saved spec loads back
+
+    folders = trial_folders(exp)
+    assert len(folders) == 6
+    outcomes = {}
+    for folder in folders:
+        last = last_result(folder)
+        outcomes[last["trial_id"]] = ray_outcome(last)
+        assert last["config"]["trial_config"]["train"]["epochs"] == 3
+    assert "stopped" in outcomes.values(), "ASHA stopped no trial"
+    assert "complete" in outcomes.values()
+
+    study = optuna.load_study(study_name="e2e", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal"))))
+    assert study.metric_names == ["val/acc", "val/ece"]
+    records = optuna_records(study)
+    assert sorted(records) == sorted(outcomes) and len(study.trials) == 6
+    for trial_id, outcome in outcomes.items():
+        assert records[trial_id].state == EXPECTED_STATE[outcome], trial_id
+        if outcome == "complete":
+            last = last_result(next(f for f in folders if last_result(f)["trial_id"] == trial_id))
+            assert records[trial_id].values == pytest.approx([last["val/acc"], last["val/ece"]])
+
+    # progress: one line per event with the loss, epoch and metrics, and the closing pointers
+    lines = out.splitlines()
+    assert sum(" started " in ln for ln in lines) == 6
+    result_lines = [ln for ln in lines if " result " in ln]
+    assert len(result_lines) >= 6 and all("val/acc" in ln and "val/ece" in ln and "score" in ln
+                                          for ln in result_lines)
+    assert any("epoch 3/3" in ln for ln in result_lines)
+    assert any(" stopped " in ln for ln in lines) and any(" completed " in ln for ln in lines)
+    assert any("gce λ=" in ln for ln in lines) or all("cross_entropy" in ln for ln in result_lines)
+    assert f"gce-search tensorboard {exp}" in out and f"gce-search export {exp}" in out
+    assert "Pareto front" in out
+
+    # the same name again is refused, and the experiment is left as it was
+    before = snapshot(exp)
+    assert main(["run", write_tiny_space(tmp_path), "--storage", str(storage), "--name", "e2e"]) == 2
+    assert snapshot(exp) == before
