@@ -45,7 +45,8 @@ def _tpe(settings: Mapping[str, Any]):
     # from all being proposed the same point.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=settings.get("seed"), group=True, constant_liar=True)
+        return optuna.samplers.TPESampler(seed=settings.get("seed"), multivariate=True, group=True,
+                                          constant_liar=True)
 
 
 def _nsga2(settings: Mapping[str, Any]):

@@ -998,7 +998,12 @@ def _check_cross(ck: _Checker, params: list[SpaceParam], fixed: dict, full: dict
             searched = [q for q in by_path.get(path, []) if q is not p]
             if searched:
                 q = searched[0]
-                if q.kind == "categorical" and not any(v in q.choices for v in allowed):
+                if q.kind != "categorical" or any(v in q.choices for v in allowed):
+                    continue
+                if p.entry is not None and path == f"{p.entry[0]}.name":
+                    ck.add(f"{where}: {p.entry[0]} {p.entry[1]!r} is not among the searched {path} choices "
+                           f"{q.choices}; valid: add {p.entry[1]!r} to the choices, or remove {p.key}")
+                else:
                     ck.add(f"{where}: never active: it needs {path} in {list(allowed)} but {path} is searched over "
                            f"{q.choices}; valid: a condition one of those values meets")
                 continue
@@ -1008,9 +1013,8 @@ def _check_cross(ck: _Checker, params: list[SpaceParam], fixed: dict, full: dict
                 value = None
             if value not in allowed:
                 if p.entry is not None and path == f"{p.entry[0]}.name":
-                    ck.add(f"{where}: {p.entry[0]} {p.entry[1]!r} is neither the fixed {p.entry[0]} ({value!r}) nor "
-                           f"among searched {path} choices; valid: a parameter of the fixed {p.entry[0]}, or search "
-                           f"{path} with {p.entry[1]!r} among its choices")
+                    ck.add(f"{where}: {p.entry[0]} {p.entry[1]!r} is not the fixed {p.entry[0]} ({value!r}); valid: "
+                           f"a parameter of {value!r}, or search {path} with {p.entry[1]!r} among its choices")
                 elif path == BREAKPOINTS_CONDITION[0] and p.path == BREAKPOINTS_PATH:
                     ck.add(f"{where}: never active: calibration.method is {value!r} and only ats uses breakpoints; "
                            f"valid: calibration.method: ats, or search calibration.method with ats among its choices")
