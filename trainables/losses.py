@@ -15,11 +15,13 @@ Formulas: ../shared/REFERENCE.md ("Losses"); notation z logits, p = softmax(z), 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from trainables.registry import Param, Registry
 
@@ -153,7 +155,70 @@ def _all_gather_rows(tensor: torch.Tensor, process_group) -> torch.Tensor:
     """
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(tensor, group=process_group), dim=0)
+    # torch 2.14 marks this public function deprecated in favour of the private
+    # torch.distributed._functional_collectives; keep the public one and keep trial logs free of the notice.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
+                                category=FutureWarning)
+        gathered = all_gather(tensor, group=process_group)
+    return torch.cat(gathered, dim=0)
+
+
+_LOG2_E = 1.0 / math.log(2.0)
+
+
+def _exp_via_exp2(x: torch.Tensor) -> torch.Tensor:
+    """exp(x) as exp2(x * log2 e).
+
+    On CPU (torch 2.14, AVX512) torch.exp takes ~61 us per 100k float32 values and torch.exp2 ~14 us. The
+    rounding of x * log2(e) adds a relative error of about |x| * 6e-8 (1e-7 for probabilities near 1, 5e-6 near
+    float32's smallest normal), immaterial where it is used: column sums and gradients of GCE.
+    """
+    return torch.exp2(x * _LOG2_E)
+
+
+class _GCEFunction(torch.autograd.Function):
+    """Single-process GCE with a hand-written backward: one exp pass instead of autograd's three.
+
+    With P = softmax(z) (row-wise) and A = the batch-axis softmax of log P (A_jk = P_jk / sum_j' P_j'k), the
+    gradient of sum_i g_i * gce_i w.r.t. the logits is ``G - P * rowsum(G)`` with
+    ``G_jk = lam * A_jk * sum_{i: y_i = k} g_i - g_j * 1[k = y_j]``.
+    The column sums of P are used directly when none is tiny (then log of the sum is exact to rounding); otherwise
+    (a class whose probability underflows in every row, e.g. logits of magnitude 1e4) the columns are shifted by
+    their maximum first. On accelerators the shifted form is always used, since deciding would cost a device sync.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, lam: float) -> torch.Tensor:
+        work = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        log_probs = F.log_softmax(work, dim=1)
+        probs = _exp_via_exp2(log_probs)
+        column_weights = probs
+        column_norm = probs.sum(dim=0)
+        shift = None
+        if work.device.type != "cpu" or bool((column_norm < torch.finfo(work.dtype).tiny ** 0.5).any()):
+            shift = log_probs.amax(dim=0)
+            column_weights = _exp_via_exp2(log_probs - shift)
+            column_norm = column_weights.sum(dim=0)  # >= 1: the column maximum contributes exp(0)
+        log_class_mean = column_norm.log() - math.log(work.shape[0])
+        if shift is not None:
+            log_class_mean = log_class_mean + shift
+        out = log_class_mean[targets].mul_(lam).sub_(_target_log_prob(log_probs, targets))
+        ctx.save_for_backward(probs, column_weights, column_norm, targets)
+        ctx.lam = lam
+        ctx.input_dtype = logits.dtype
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        probs, column_weights, column_norm, targets = ctx.saved_tensors
+        grad_out = grad_out.to(probs.dtype)
+        per_class = torch.zeros_like(column_norm).index_add_(0, targets, grad_out)
+        grad = column_weights * per_class.mul_(ctx.lam).div_(column_norm)
+        grad.scatter_add_(1, targets[:, None], -grad_out[:, None])
+        grad.addcmul_(probs, grad.sum(dim=1, keepdim=True), value=-1.0)
+        return grad.to(ctx.input_dtype), None, None
 
 
 def gce(logits: torch.Tensor, targets: torch.Tensor, lam: float = 1.0, process_group=None, *,
@@ -180,10 +245,12 @@ def gce(logits: torch.Tensor, targets: torch.Tensor, lam: float = 1.0, process_g
     over the global batch.
     """
     targets = _checked(logits, targets, validate)
-    lam = _hp("lam", _LAM_GCE, lam)
+    lam = float(_hp("lam", _LAM_GCE, lam))
+    if process_group is None:
+        return _GCEFunction.apply(logits, targets, lam)
     log_probs = F.log_softmax(logits, dim=1)
     nll = -_target_log_prob(log_probs, targets)
-    batch_log_probs = log_probs if process_group is None else _all_gather_rows(log_probs, process_group)
+    batch_log_probs = _all_gather_rows(log_probs, process_group)
     log_class_mean = torch.logsumexp(batch_log_probs, dim=0) - math.log(batch_log_probs.shape[0])  # [K]
     return nll + lam * log_class_mean[targets]
 
