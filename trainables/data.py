@@ -195,7 +195,7 @@ def _cifar_batch(path: Path, label_key: bytes, howto: str) -> tuple[np.ndarray, 
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def _cifar_download(torchvision_name: str, base: Path, download: bool) -> None:
+def _cifar_download(torchvision_name: str, base: Path, download: bool, archive: str) -> None:
     if not download:
         return
     import torchvision.datasets as tvd
@@ -205,8 +205,8 @@ def _cifar_download(torchvision_name: str, base: Path, download: bool) -> None:
             getattr(tvd, torchvision_name)(str(base), train=train, download=True)
     except Exception as err:  # network errors come in many types (URLError, socket timeouts, checksum failures)
         raise FileNotFoundError(f"data.download: true could not fetch {torchvision_name} into {base} "
-                                f"({type(err).__name__}: {err}); download it by hand and extract it under "
-                                f"data.root") from None
+                                f"({type(err).__name__}: {err}); download {archive} by hand and extract it "
+                                f"under data.root ({base})") from None
 
 
 def _load_cifar(root: str | None, download: bool, *, folder: str, archive: str, torchvision_name: str,
@@ -219,7 +219,7 @@ def _load_cifar(root: str | None, download: bool, *, folder: str, archive: str, 
              f"with network")
     needed = [folder_path / n for n in (*train_files, test_file, meta_file)]
     if download and not all(p.is_file() for p in needed):
-        _cifar_download(torchvision_name, base, download)
+        _cifar_download(torchvision_name, base, download, archive)
     missing = [p for p in needed if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{torchvision_name.lower()}: expected {missing[0]}"

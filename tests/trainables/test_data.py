@@ -466,3 +466,18 @@ def test_registry_lists_every_dataset():
                                      "synthetic"}
     for name, info in DATASETS.items():
         assert info.name == name and info.description
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_splits_and_augment_on_device(device):
+    s = load_splits(_cfg(subset="classes=3,channels=3,size=8,train=120,test=30"), device=device)
+    for split in SPLITS:
+        assert getattr(s, f"{split}_x").device.type == device and getattr(s, f"{split}_y").device.type == device
+    cfg = {"crop": True, "pad": 2, "flip": True}
+    for gen_device in {"cpu", device}:  # a generator on the CPU or on the data's device both work
+        a = augment(s.train_x, cfg, torch.Generator(device=gen_device).manual_seed(0))
+        b = augment(s.train_x, cfg, torch.Generator(device=gen_device).manual_seed(0))
+        assert a.device.type == device and torch.equal(a, b)
