@@ -175,7 +175,23 @@ def optional_callbacks(exp_dir: str, spec) -> list:
     return [TensorBoardCallback(exp_dir, spec)]
 
 
-def build_tuner(spec, storage: str, name: str, exp_dir: str, progress):
+def trial_dirname(trial) -> str:
+    # Ray's default folder name lists every parameter and overflows path limits with breakpoint vectors.
+    return f"trial_{trial.trial_id}"
+
+
+def cluster_slots(bundle: dict[str, float], nodes: list[dict]) -> int:
+    """How many trials of `bundle` the alive nodes hold at once (at least 1)."""
+    slots = 0
+    for node in nodes:
+        if not node.get("Alive", True):
+            continue
+        have = node.get("Resources", {})
+        slots += int(min(have.get(k, 0.0) // v for k, v in bundle.items() if v > 0))
+    return max(1, slots)
+
+
+def build_tuner(spec, storage: str, name: str, exp_dir: str, progress, slots: int = 1):
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.search import ConcurrencyLimiter
@@ -183,16 +199,18 @@ def build_tuner(spec, storage: str, name: str, exp_dir: str, progress):
     from search.schedulers import build_scheduler
 
     searcher = build_searcher(spec, exp_dir, study_name=name)
-    search_alg = searcher
-    max_concurrent = spec.search.get("max_concurrent")
-    if max_concurrent:
-        search_alg = ConcurrencyLimiter(searcher, max_concurrent=int(max_concurrent))
+    # Ray lets a custom searcher have a single PENDING trial unless it is wrapped in a ConcurrencyLimiter, whose
+    # limit then sets the pending count: without it, trial actors start one after another and a cold start
+    # (importing torch, ~5-10 s) idles every other slot. So the limiter is always there, at the slot count.
+    max_concurrent = int(spec.search.get("max_concurrent") or slots)
+    search_alg = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
     tune_config = tune.TuneConfig(
         metric="score", mode="max", search_alg=search_alg,
         scheduler=build_scheduler(dict(spec.scheduler), max_t=max_epochs(spec)),
         num_samples=int(spec.search.get("num_samples", 16)),
         reuse_actors=bool(spec.resources.get("reuse_actors", True)),
         time_budget_s=spec.search.get("timeout_s"),
+        trial_dirname_creator=trial_dirname,
     )
     run_config = tune.RunConfig(
         storage_path=storage, name=name, verbose=0,
@@ -218,6 +236,9 @@ def frequent_experiment_checkpoints() -> None:
     # since then is replayed or, for trials suggested in that window, lost from Ray's record. Saving every second
     # keeps that window small; the journal covers the rest (see search.searcher).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # With CheckpointConfig(num_to_keep=1) Ray also snapshots whenever a trial checkpoints (so that the state never
+    # names a deleted checkpoint), and warns each time: here that frequency is wanted, the warning is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Ray's default TensorBoard logger declares the hparams of one run only (DESIGN.md); search.tensorboard writes
     # the experiment-level record instead. The JSON/CSV loggers are added explicitly in build_tuner.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
@@ -311,7 +332,8 @@ def cmd_run(args) -> int:
         progress = ProgressPrinter(max_t=max_epochs(spec))
         print(f"gce-search: space {spec.name!r}, {spec.search.get('num_samples')} trials, "
               f"{trial_resources(spec)} per trial, cluster {_cluster_words()}; experiment {exp_dir}", flush=True)
-        tuner, searcher = build_tuner(spec, storage, name, exp_dir, progress)
+        slots = cluster_slots(trial_resources(spec), ray.nodes())
+        tuner, searcher = build_tuner(spec, storage, name, exp_dir, progress, slots=slots)
         grid = tuner.fit()
         searcher.fail_orphans()
         summarize(exp_dir, grid, progress, started)
