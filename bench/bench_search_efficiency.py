@@ -12,7 +12,8 @@ arm runs the same trial function (`trainables.trial.run_trial`) on configs from 
 the Optuna arm is one process (one trial at a time) while Ray runs as many trials as the CPUs allow: that is the
 comparison a user faces, and the table says so.
 
-Measured per arm and seed, from each epoch's result (time since the arm started, Ray start-up included):
+Measured per arm and seed, from each epoch's result (time since the arm's first trial started; Ray's start-up
+before that is reported apart, as a fixed cost that would swamp short budgets; Tune's time budget starts with fit):
 - hypervolume over time of the *full-budget* trials (search.pareto.hypervolume_acc_ece, fixed reference
   (acc 0, ece 1)); early-stopped trials' partial metrics never enter a front;
 - final hypervolume at the budget; time and epochs until the arm first reaches the random baseline's final
@@ -92,7 +93,7 @@ def write_space(dataset: str, arm: str, seed: int, budget_s: float, folder: Path
 # ---------------------------------------------------------------------------------------------------- running
 
 
-def run_ray_arm(arm: str, dataset: str, seed: int, budget_s: float, out: Path, extra: list[str]) -> list[dict]:
+def run_ray_arm(arm: str, dataset: str, seed: int, budget_s: float, out: Path, extra: list[str]) -> dict:
     from search.driver import cmd_run
 
     name = f"{dataset}-{arm}-s{seed}"
@@ -105,19 +106,27 @@ def run_ray_arm(arm: str, dataset: str, seed: int, budget_s: float, out: Path, e
     return read_ray_events(storage / name, started)
 
 
-def read_ray_events(exp_dir: Path, started: float) -> list[dict]:
-    """One event per reported epoch: seconds since the arm started, trial, epoch, objectives, final, status."""
-    events = []
+def read_ray_events(exp_dir: Path, started: float) -> dict:
+    """One event per reported epoch, timed from when Tune started the first trial (Ray's start-up, reported apart
+    as `startup_s`, is a fixed cost that would otherwise swamp short budgets). Ray's `timestamp` has 1 s
+    resolution."""
+    per_trial = {}
     for folder in sorted(p for p in exp_dir.iterdir() if (p / "result.json").is_file()):
+        rows = []
         for line in (folder / "result.json").read_text(encoding="utf-8").splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a truncated last line of a trial stopped mid-write
-            if "epoch" not in row:
-                continue
-            events.append(_event(row.get("timestamp", started) - started, folder.name, row))
-    return sorted(events, key=lambda e: e["t"])
+            if "epoch" in row and "timestamp" in row:
+                rows.append(row)
+        if rows:
+            per_trial[folder.name] = rows
+    if not per_trial:
+        return {"startup_s": None, "events": []}
+    first_start = min(rows[0]["timestamp"] - rows[0].get("time_total_s", 0.0) for rows in per_trial.values())
+    events = [_event(row["timestamp"] - first_start, trial, row) for trial, rows in per_trial.items() for row in rows]
+    return {"startup_s": first_start - started, "events": sorted(events, key=lambda e: e["t"])}
 
 
 def _event(t: float, trial: str, metrics: dict) -> dict:
@@ -126,7 +135,7 @@ def _event(t: float, trial: str, metrics: dict) -> dict:
             "status": metrics.get("status", "ok")}
 
 
-def run_optuna_arm(dataset: str, seed: int, budget_s: float, out: Path, extra: list[str]) -> list[dict]:
+def run_optuna_arm(dataset: str, seed: int, budget_s: float, out: Path, extra: list[str]) -> dict:
     """Plain Optuna in one process: TPE on the scalar score, MedianPruner after each epoch."""
     import optuna
 
@@ -164,7 +173,7 @@ def run_optuna_arm(dataset: str, seed: int, budget_s: float, out: Path, extra: l
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1))
     study.optimize(objective, timeout=budget_s, catch=(RuntimeError,))
-    return events
+    return {"startup_s": 0.0, "events": events}
 
 
 # -------------------------------------------------------------------------------------------------- analysis
@@ -197,12 +206,15 @@ def first_reach(events: list[dict], curve: list[tuple[float, float]], target: fl
     return None
 
 
-def summarise(runs: dict, horizon_s: float) -> dict:
-    """runs[arm][seed] = events -> per-arm statistics (see the module docstring)."""
+def summarise(records: dict, horizon_s: float) -> dict:
+    """records[arm][seed] = {"startup_s", "events"} -> per-arm statistics (see the module docstring)."""
+    runs = {arm: {seed: rec["events"] for seed, rec in seeds.items()} for arm, seeds in records.items()}
     curves = {arm: {seed: hypervolume_curve(ev, horizon_s) for seed, ev in seeds.items()}
               for arm, seeds in runs.items()}
     finals = {arm: [hypervolume_at(c, horizon_s) for c in curves[arm].values()] for arm in runs}
     target = statistics.mean(finals[BASELINE_ARM]) if finals.get(BASELINE_ARM) else None
+    if target is not None and target <= 0:
+        target = None  # the baseline finished no full-budget trial: nothing to reach
     baseline_epochs = (statistics.mean(sum(1 for e in ev if e["t"] <= horizon_s)
                                        for ev in runs[BASELINE_ARM].values()) if BASELINE_ARM in runs else None)
     table = {}
@@ -210,13 +222,15 @@ def summarise(runs: dict, horizon_s: float) -> dict:
         epochs = [sum(1 for e in ev if e["t"] <= horizon_s) for ev in seeds.values()]
         complete = [len({e["trial"] for e in ev if e["final"] and e["t"] <= horizon_s}) for ev in seeds.values()]
         trials = [len({e["trial"] for e in ev if e["t"] <= horizon_s}) for ev in seeds.values()]
-        reach = [first_reach(seeds[s], curves[arm][s], target) if target else None for s in seeds]
+        reach = [first_reach(seeds[s], curves[arm][s], target) if target is not None else None for s in seeds]
+        startups = [rec["startup_s"] for rec in records[arm].values() if rec["startup_s"] is not None]
         reached = [r for r in reach if r is not None]
         table[arm] = {
             "seeds": len(seeds),
             "final_hv_mean": statistics.mean(finals[arm]),
             "final_hv_std": statistics.stdev(finals[arm]) if len(finals[arm]) > 1 else 0.0,
             "epochs_mean": statistics.mean(epochs),
+            "startup_s_mean": statistics.mean(startups) if startups else None,
             "trials_mean": statistics.mean(trials),
             "complete_trials_mean": statistics.mean(complete),
             "reached": len(reached),
@@ -236,14 +250,15 @@ def markdown_table(dataset: str, summary: dict) -> str:
     lines = [f"### {dataset} (budget {summary['horizon_s']:g} s per run; random baseline final hypervolume "
              f"{fmt(summary['baseline_final_hv'], '.4f')}, {fmt(summary['baseline_epochs'], '.0f')} epochs)", "",
              "| arm | final HV (mean ± std, n) | time to random's HV (median s; reached) | epochs to random's HV "
-             "(median; ÷ random's epochs) | epochs consumed | trials (full budget) |",
-             "|---|---|---|---|---|---|"]
+             "(median; ÷ random's epochs) | epochs consumed | trials (full budget) | start-up s |",
+             "|---|---|---|---|---|---|---|"]
     for arm, row in summary["arms"].items():
         lines.append(
             f"| {arm} | {row['final_hv_mean']:.4f} ± {row['final_hv_std']:.4f} (n={row['seeds']}) | "
             f"{fmt(row['time_to_baseline_hv_median'], '.0f')} ({row['reached']}/{row['seeds']}) | "
             f"{fmt(row['epochs_to_baseline_hv_median'], '.0f')} ({fmt(row['epochs_to_baseline_hv_fraction'], '.2f')})"
-            f" | {row['epochs_mean']:.0f} | {row['trials_mean']:.0f} ({row['complete_trials_mean']:.0f}) |")
+            f" | {row['epochs_mean']:.0f} | {row['trials_mean']:.0f} ({row['complete_trials_mean']:.0f}) | "
+            f"{fmt(row['startup_s_mean'], '.0f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -260,7 +275,7 @@ def plot(dataset: str, summary: dict, path: Path) -> None:
         values = np.array([[hypervolume_at(c, t) for t in grid] for c in curves.values()])
         ax.plot(grid, values.mean(axis=0), label=f"{arm} (n={len(values)})")
         ax.fill_between(grid, values.min(axis=0), values.max(axis=0), alpha=0.15)
-    ax.set_xlabel("wall-clock since the arm started (s)")
+    ax.set_xlabel("wall-clock since the first trial started (s)")
     ax.set_ylabel("hypervolume (acc ↑, ECE ↓; reference acc 0, ECE 1)")
     ax.set_title(f"Search efficiency on {dataset}: mean, min–max over seeds")
     ax.legend(fontsize=8)
@@ -296,7 +311,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     sections = []
     for dataset in args.datasets:
-        runs: dict[str, dict[int, list[dict]]] = {}
+        runs: dict[str, dict[int, dict]] = {}
         for arm in args.arms:
             for seed in args.seeds:
                 cache = out / "events" / f"{dataset}-{arm}-s{seed}.json"
