@@ -151,6 +151,9 @@ def _fit_inverse_temperature(shifted: torch.Tensor, gap: torch.Tensor, start: fl
         if high <= low:  # minimiser at a bound that has just been evaluated
             break
         step = beta - gradient / total_curvature if total_curvature > 0 else math.nan
+        if abs(step - beta) <= _RELATIVE_TOLERANCE * beta:
+            beta = min(max(step, low), high)
+            break
         if not low < step < high:
             if step >= high and not high_seen:
                 step = beta_high
@@ -158,9 +161,6 @@ def _fit_inverse_temperature(shifted: torch.Tensor, gap: torch.Tensor, start: fl
                 step = beta_low
             else:
                 step = math.sqrt(low * high)
-        if abs(step - beta) <= _RELATIVE_TOLERANCE * beta:
-            beta = step
-            break
         beta = step
     return beta, curvature / shifted.shape[0]
 
