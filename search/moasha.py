@@ -213,6 +213,10 @@ class MultiObjectiveASHA(FIFOScheduler):
 
     `TuneConfig(metric="score", mode="max")` is accepted through `set_search_properties`: it is kept for Tune's
     own result checks and does not replace this scheduler's objectives.
+
+    `save`/`restore` pickle the whole state (rungs, bracket assignments, generator). Ray 2.60's Tuner never calls
+    them: `Tuner.restore` unpickles the scheduler as it was when the Tuner was built, so after `gce-search resume`
+    the rungs start empty, exactly as with Ray's own ASHAScheduler.
     """
 
     def __init__(
@@ -339,6 +343,8 @@ class MultiObjectiveASHA(FIFOScheduler):
             return TrialScheduler.STOP
         if self._time_attr not in result:
             return TrialScheduler.CONTINUE
+        if trial.trial_id not in self._trial_info:
+            self.on_trial_add(tune_controller, trial)  # a trial Tune restored without announcing it again
         bracket = self._trial_info[trial.trial_id]
         cur_iter = result[self._time_attr]
         at_rung = bracket.rung_for(trial.trial_id, cur_iter) is not None

@@ -405,3 +405,9 @@ def test_real_tune_run_stops_trials_at_rungs(tmp_path):
     stopped_early = [q for q, e in last_epoch.items() if e < 9]
     assert stopped_early, last_epoch
     assert {last_epoch[q] for q in stopped_early} <= {1, 3}
+
+
+def test_result_of_an_unannounced_trial_assigns_it_a_bracket():
+    scheduler = MultiObjectiveASHA(max_t=9, grace_period=1, reduction_factor=3)
+    assert scheduler.on_trial_result(None, make_trial("restored"), result(1, 0.5, 0.1)) == CONTINUE
+    assert list(scheduler.rung_records()[0][1]) == ["restored"]
