@@ -66,9 +66,10 @@ def test_imbalance_applies_to_training_split_only():
         assert lt.info["class_counts"][split] == balanced.info["class_counts"][split]
         assert torch.equal(getattr(lt, f"{split}_y"), getattr(balanced, f"{split}_y"))
     # the long-tailed training set is a subset of the balanced one (before normalisation, which differs)
-    raw_bal = balanced.train_x * torch.tensor(balanced.info["std"]).view(1, -1, 1, 1) \
-        + torch.tensor(balanced.info["mean"]).view(1, -1, 1, 1)
-    raw_lt = lt.train_x * torch.tensor(lt.info["std"]).view(1, -1, 1, 1) + torch.tensor(lt.info["mean"]).view(1, -1, 1, 1)
+    def unnormalised(s):
+        return s.train_x * torch.tensor(s.info["std"]).view(1, -1, 1, 1) + torch.tensor(s.info["mean"]).view(1, -1, 1, 1)
+
+    raw_bal, raw_lt = unnormalised(balanced), unnormalised(lt)
     d = torch.cdist(raw_lt.reshape(len(raw_lt), -1), raw_bal.reshape(len(raw_bal), -1),
                     compute_mode="donot_use_mm_for_euclid_dist")
     assert d.min(dim=1).values.max() < 1e-3
@@ -409,6 +410,16 @@ def test_medmnist_refusals(tmp_path):
     np.savez(tmp_path / "partial.npz", train_images=np.zeros((2, 4, 4), np.uint8))
     with pytest.raises(ValueError, match="missing array.*train_labels"):
         raw_data("medmnist", str(tmp_path), "partial")
+    good = {f"{s}_{k}": v for s in ("train", "val", "test")
+            for k, v in (("images", np.zeros((4, 8, 8), np.uint8)), ("labels", np.array([[0], [1], [0], [1]])))}
+    np.savez(tmp_path / "flat.npz", **(good | {"val_images": np.zeros((4, 64), np.uint8)}))
+    with pytest.raises(ValueError, match="flat.npz: val_images must be N×H×W .grayscale. or N×H×W×3"):
+        raw_data("medmnist", str(tmp_path), "flat")
+    np.savez(tmp_path / "short.npz", **(good | {"test_labels": np.array([[0], [1]])}))
+    with pytest.raises(ValueError, match="short.npz: test_labels holds 2 labels for 4 images"):
+        raw_data("medmnist", str(tmp_path), "short")
+    np.savez(tmp_path / "ok.npz", **good)
+    assert raw_data("medmnist", str(tmp_path), "ok").train_x.shape == (8, 1, 8, 8)
     (tmp_path / "broken.npz").write_bytes(b"PK not really")
     with pytest.raises(ValueError, match="broken.npz: not a readable .npz"):
         raw_data("medmnist", str(tmp_path), "broken")
