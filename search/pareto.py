@@ -85,16 +85,13 @@ def non_dominated_sort(points) -> list[list[int]]:
     dominance = le & lt  # dominance[i, j]: i dominates j
     dominated_count = dominance.sum(axis=0)
     fronts: list[list[int]] = []
-    current = [i for i in range(n) if dominated_count[i] == 0]
-    while current:
-        fronts.append(current)
-        following = []
-        for i in current:
-            for j in np.flatnonzero(dominance[i]):
-                dominated_count[j] -= 1
-                if dominated_count[j] == 0:
-                    following.append(int(j))
-        current = sorted(following)
+    current = np.flatnonzero(dominated_count == 0)
+    while current.size:
+        fronts.append(current.tolist())
+        # peel the front: its members no longer count against the points they dominate
+        dominated_count = dominated_count - dominance[current].sum(axis=0)
+        dominated_count[current] = -1
+        current = np.flatnonzero(dominated_count == 0)
     return fronts
 
 
