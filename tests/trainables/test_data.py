@@ -67,7 +67,8 @@ def test_imbalance_applies_to_training_split_only():
         assert torch.equal(getattr(lt, f"{split}_y"), getattr(balanced, f"{split}_y"))
     # the long-tailed training set is a subset of the balanced one (before normalisation, which differs)
     def unnormalised(s):
-        return s.train_x * torch.tensor(s.info["std"]).view(1, -1, 1, 1) + torch.tensor(s.info["mean"]).view(1, -1, 1, 1)
+        std, mean = (torch.tensor(s.info[k]).view(1, -1, 1, 1) for k in ("std", "mean"))
+        return s.train_x * std + mean
 
     raw_bal, raw_lt = unnormalised(balanced), unnormalised(lt)
     d = torch.cdist(raw_lt.reshape(len(raw_lt), -1), raw_bal.reshape(len(raw_bal), -1),
