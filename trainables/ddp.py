@@ -5,7 +5,10 @@ reserved: one per GPU with NCCL on a GPU node (Ray sets CUDA_VISIBLE_DEVICES to 
 on CPU. We do not use Ray's TorchTrainer inside a Tune trial: it leaks its workers when ASHA stops the trial and
 later trials hang (ray#54305, DESIGN.md "Ray and Optuna facts").
 
-Rank 0 sends each epoch's metrics and checkpoint directory back through a queue and waits until the parent has
+The workers are fresh interpreters (`python -c "from trainables.ddp import worker_main; ..."`), not
+multiprocessing children: `spawn` would re-run the parent's main module in every worker (a user's script without a
+`__main__` guard would recurse; a Ray worker's main module drags in Ray). Each worker talks to the parent over a
+private socketpair: rank 0 sends each epoch's metrics and checkpoint directory and waits until the parent has
 called the reporter, so a stop (the reporter raising, Tune's SystemExit on stop, Ctrl-C) reaches the workers at
 the next epoch: the parent terminates them in a `finally`. A parent that dies without running its `finally`
 (SIGKILL, Ray killing the actor) takes its workers with it: they ask the kernel for SIGKILL on the parent's death
@@ -14,7 +17,8 @@ the next epoch: the parent terminates them in a `finally`. A parent that dies wi
 from __future__ import annotations
 
 import os
-import queue
+import pickle
+import subprocess
 import shutil
 import signal
 import sys
@@ -57,21 +61,20 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-class _QueueReporter:
+class _PipeReporter:
     """Rank 0's reporter: hand (metrics, checkpoint_dir) to the parent and wait until it has been reported."""
 
-    def __init__(self, to_parent, ack):
-        self.to_parent, self.ack = to_parent, ack
+    def __init__(self, conn):
+        self.conn = conn
 
     def __call__(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        self.to_parent.put(("report", 0, metrics, checkpoint_dir))
-        self.ack.get()  # the parent terminates us instead of answering when it stops the trial
+        self.conn.send(("report", 0, metrics, checkpoint_dir))
+        self.conn.recv()  # the parent terminates us instead of answering when it stops the trial
 
 
-def worker(rank: int, world_size: int, init_method: str, cfg: dict, restore_from: str | None, to_parent, ack,
-           parent_pid: int, threads: int, report: bool) -> None:
-    """One DDP process of a multi-process trial (spawned by run_distributed; importable for `spawn`)."""
-    _die_with_parent(parent_pid)
+def worker(rank: int, world_size: int, init_method: str, cfg: dict, restore_from: str | None, conn,
+           threads: int, report: bool) -> None:
+    """One DDP process of a multi-process trial: init the process group, run the epoch loop, report if rank 0."""
     import torch.distributed as dist
 
     from trainables.trial import DistContext, run_loop
@@ -85,16 +88,32 @@ def worker(rank: int, world_size: int, init_method: str, cfg: dict, restore_from
             torch.cuda.set_device(device)
         dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
                                 timeout=timedelta(minutes=30))
-        reporter = _QueueReporter(to_parent, ack) if rank == 0 and report else None
+        reporter = _PipeReporter(conn) if rank == 0 and report else None
         last = run_loop(cfg, reporter, restore_from, DistContext(rank, world_size, device))
-        if rank == 0:
-            to_parent.put(("done", 0, last, None))
+        conn.send(("done", rank, last if rank == 0 else None, None))
     except BaseException:
-        to_parent.put(("error", rank, traceback.format_exc(), None))
+        try:
+            conn.send(("error", rank, traceback.format_exc(), None))
+        except OSError:
+            pass  # the parent is gone
         raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def worker_main() -> None:
+    """Entry point of a worker interpreter: argv[1] is the parent's pid, argv[2] the fd of its socketpair end."""
+    from multiprocessing.connection import Connection
+
+    parent_pid, fd = int(sys.argv[1]), int(sys.argv[2])
+    _die_with_parent(parent_pid)
+    conn = Connection(fd)
+    job = conn.recv()
+    try:
+        worker(conn=conn, **job)
+    except BaseException:
+        sys.exit(1)
 
 
 def _check_devices(cfg: dict, world_size: int) -> None:
@@ -107,66 +126,95 @@ def _check_devices(cfg: dict, world_size: int) -> None:
                          f"train.device: cpu for gloo processes")
 
 
-def _stop(processes: list) -> None:
+def _stop(processes: list[subprocess.Popen]) -> None:
     for p in processes:
-        if p.is_alive():
+        if p.poll() is None:
             p.terminate()
     deadline = time.monotonic() + _TERMINATE_GRACE_S
     for p in processes:
-        p.join(max(0.0, deadline - time.monotonic()))
-    for p in processes:
-        if p.is_alive():
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
             p.kill()
-            p.join(_TERMINATE_GRACE_S)
+            p.wait()
+
+
+def _spawn(rank: int, conn_fd: int) -> subprocess.Popen:
+    import trainables
+
+    env = dict(os.environ)
+    # The worker must import this very package, wherever the parent found it (an unpacked Ray runtime_env too).
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(trainables.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    code = "from trainables.ddp import worker_main; worker_main()"
+    return subprocess.Popen([sys.executable, "-c", code, str(os.getpid()), str(conn_fd)], env=env,
+                            pass_fds=(conn_fd,))
 
 
 def run_distributed(cfg: dict, reporter, restore_from: str | None) -> dict:
     """Run a resolved trial config in cfg['train']['workers'] processes; call `reporter` here for rank 0."""
-    import torch.multiprocessing as mp
+    from multiprocessing import Pipe
+    from multiprocessing.connection import wait
 
     world_size = int(cfg["train"]["workers"])
     _check_devices(cfg, world_size)
     on_cpu = cfg["train"]["device"] == "cpu" or not torch.cuda.is_available()
     # The trial's CPUs are shared between its processes (Ray sets the thread count to the trial's CPUs).
     threads = max(1, torch.get_num_threads() // world_size) if on_cpu else max(1, torch.get_num_threads())
-    ctx = mp.get_context("spawn")
-    to_parent, ack = ctx.Queue(), ctx.Queue()
     # A file rendezvous in a private directory: no port to pick, so concurrent trials on a node cannot collide.
     rendezvous = tempfile.mkdtemp(prefix="gce-ddp-")
     init_method = "file://" + os.path.join(rendezvous, "store")
-    processes = [ctx.Process(target=worker, name=f"gce-ddp-rank{rank}", daemon=True,
-                             args=(rank, world_size, init_method, cfg, restore_from, to_parent, ack, os.getpid(),
-                                   threads, reporter is not None))
-                 for rank in range(world_size)]
+    processes: list[subprocess.Popen] = []
+    conns = []
     try:
-        for p in processes:
-            p.start()
-        while True:
-            try:
-                kind, rank, payload, checkpoint_dir = to_parent.get(timeout=_POLL_S)
-            except queue.Empty:
-                failed = [p for p in processes if p.exitcode not in (None, 0)]
-                if not failed and any(p.exitcode is None for p in processes):
+        for rank in range(world_size):
+            here, there = Pipe(duplex=True)
+            processes.append(_spawn(rank, there.fileno()))
+            there.close()
+            here.send({"rank": rank, "world_size": world_size, "init_method": init_method, "cfg": cfg,
+                       "restore_from": restore_from, "threads": threads, "report": reporter is not None})
+            conns.append(here)
+        rank_of = {id(c): r for r, c in enumerate(conns)}
+        open_conns, finished = list(conns), set()
+        last = None
+        while open_conns:
+            ready = wait(open_conns, timeout=_POLL_S)
+            if not ready:
+                failed = [(r, p) for r, p in enumerate(processes) if p.poll() not in (None, 0)]
+                if failed:
+                    rank, p = failed[0]
+                    raise RuntimeError(f"DDP worker rank {rank} exited with code {p.returncode} before the trial "
+                                       f"finished (killed, out of memory, or a crash without a Python error)")
+                continue
+            for conn in ready:
+                try:
+                    kind, rank, payload, checkpoint_dir = conn.recv()
+                except (EOFError, OSError, pickle.UnpicklingError):
+                    open_conns.remove(conn)
+                    rank = rank_of[id(conn)]
+                    if rank not in finished:
+                        try:
+                            code = processes[rank].wait(_TERMINATE_GRACE_S)
+                        except subprocess.TimeoutExpired:
+                            code = None
+                        raise RuntimeError(f"DDP worker rank {rank} closed its pipe (exit code {code}) before the "
+                                           f"trial finished (killed, out of memory, or a crash without a Python "
+                                           f"error)") from None
                     continue
-                try:  # a worker that exited may have sent its traceback (or rank 0 its last result) just now
-                    kind, rank, payload, checkpoint_dir = to_parent.get(timeout=5.0)
-                except queue.Empty:
-                    p = (failed or processes)[0]
-                    raise RuntimeError(f"DDP worker {p.name} exited with code {p.exitcode} before the trial "
-                                       f"finished (killed, out of memory, or a crash without a Python "
-                                       f"error)") from None
-            if kind == "report":
-                reporter(payload, checkpoint_dir)
-                ack.put(True)
-            elif kind == "done":
-                for p in processes:
-                    p.join(60.0)
-                return payload
-            else:
-                raise RuntimeError(f"DDP worker rank {rank} failed:\n{payload}")
+                if kind == "report":
+                    reporter(payload, checkpoint_dir)
+                    conn.send(True)
+                elif kind == "done":
+                    finished.add(rank)
+                    if rank == 0:
+                        last = payload
+                elif kind == "error":
+                    raise RuntimeError(f"DDP worker rank {rank} failed:\n{payload}")
+        for p in processes:
+            p.wait()
+        return last
     finally:
         _stop(processes)
-        for q in (to_parent, ack):
-            q.cancel_join_thread()
-            q.close()
+        for conn in conns:
+            conn.close()
         shutil.rmtree(rendezvous, ignore_errors=True)
