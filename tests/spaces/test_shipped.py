@@ -81,3 +81,24 @@ def test_gpu_spaces_ask_for_gpus_and_a_real_budget(name):
         assert spec.base_config["data"]["imbalance"] == 100
     # evaluation splits large enough to resolve ECE differences of ~0.004 (DESIGN.md: ECE is noisy at small n)
     assert spec.base_config["data"]["val"] >= 5000 and spec.base_config["data"]["calib"] >= 5000
+
+
+def test_gce_lambda_range_stays_where_the_loss_is_bounded():
+    # Why every shipped space searches gce.lam in [0, 1]: for lam > 1 the batch GCE is unbounded below. With logits
+    # (s, 0, ..., 0) for every input (all mass on class 0), the batch mean is -(lam - 1) * (log(e^s + K - 1) - s/K).
+    import math
+
+    import torch
+
+    from trainables.losses import gce
+
+    K, B = 10, 100
+    targets = torch.arange(B) % K
+    for lam in (0.5, 1.0, 1.5, 1.85):
+        for s in (5.0, 20.0, 50.0):
+            logits = torch.zeros(B, K, dtype=torch.float64)
+            logits[:, 0] = s
+            expected = -(lam - 1) * (math.log(math.exp(s) + K - 1) - s / K)
+            assert gce(logits, targets, lam=lam).mean().item() == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    for name in sorted(EXPECTED):
+        assert load_spec(name).param("gce.lam").high <= 1.0, name
