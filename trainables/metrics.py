@@ -129,42 +129,19 @@ def _bin_sums(bin_index: torch.Tensor, confidence: torch.Tensor, correct: torch.
     return count, conf_sum, correct_sum
 
 
-def accuracy(probs: Any, labels: Any) -> float:
-    """Fraction of samples whose argmax is the label."""
-    p, y = _prepare(probs, labels)
-    return float(_top1(p, y)[1].mean().item())
-
-
-def ece(probs: Any, labels: Any, n_bins: int = 15) -> float:
-    """Expected calibration error: sum_m |B_m|/N * |acc(B_m) - conf(B_m)| over equal-width bins ((m-1)/M, m/M]."""
-    n_bins = _check_n_bins(n_bins)
-    p, y = _prepare(probs, labels)
-    confidence, correct = _top1(p, y)
+def _ece(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int) -> float:
     _, conf_sum, correct_sum = _bin_sums(_equal_width_bin_index(confidence, n_bins), confidence, correct, n_bins)
     # |B|/N * |acc - conf| = |sum correct - sum conf| / N
-    return float((correct_sum - conf_sum).abs().sum().item() / p.shape[0])
+    return float((correct_sum - conf_sum).abs().sum().item() / confidence.shape[0])
 
 
-def mce(probs: Any, labels: Any, n_bins: int = 15) -> float:
-    """Maximum calibration error: the largest |acc(B_m) - conf(B_m)| over non-empty equal-width bins."""
-    n_bins = _check_n_bins(n_bins)
-    p, y = _prepare(probs, labels)
-    confidence, correct = _top1(p, y)
+def _mce(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int) -> float:
     count, conf_sum, correct_sum = _bin_sums(_equal_width_bin_index(confidence, n_bins), confidence, correct, n_bins)
     filled = count > 0
     return float(((correct_sum[filled] - conf_sum[filled]).abs() / count[filled]).max().item())
 
 
-def adaptive_ece(probs: Any, labels: Any, n_bins: int = 15) -> float:
-    """ECE over equal-mass bins (AdaECE, Nguyen & O'Connor 2015; Mukhoti et al. 2020).
-
-    Samples are sorted by confidence (stable sort, so ties keep their input order) and cut into `n_bins` groups
-    whose sizes differ by at most one (the first N mod M groups get the extra sample, as `numpy.array_split`).
-    With fewer samples than bins, the empty groups contribute nothing.
-    """
-    n_bins = _check_n_bins(n_bins)
-    p, y = _prepare(probs, labels)
-    confidence, correct = _top1(p, y)
+def _adaptive_ece(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int) -> float:
     n = confidence.shape[0]
     order = torch.sort(confidence, stable=True).indices
     base, extra = divmod(n, n_bins)
@@ -177,6 +154,60 @@ def adaptive_ece(probs: Any, labels: Any, n_bins: int = 15) -> float:
     return float((correct_sum - conf_sum).abs().sum().item() / n)
 
 
+def _classwise_ece(p: torch.Tensor, y: torch.Tensor, n_bins: int) -> float:
+    n, k = p.shape
+    bin_index = _equal_width_bin_index(p, n_bins)  # [N, K]
+    # One flat histogram over (class, bin) pairs; a sample counts towards freq_k only in the bin of its own label.
+    flat = (bin_index + n_bins * torch.arange(k).unsqueeze(0)).reshape(-1)
+    prob_sum = torch.bincount(flat, weights=p.reshape(-1), minlength=k * n_bins)
+    label_cell = y * n_bins + bin_index.gather(1, y.unsqueeze(1)).squeeze(1)
+    freq_sum = torch.bincount(label_cell, minlength=k * n_bins).to(torch.float64)
+    return float((freq_sum - prob_sum).abs().sum().item() / (n * k))
+
+
+def _brier(p: torch.Tensor, y: torch.Tensor) -> float:
+    squared = p.square()
+    # sum_k (p_k - onehot_k)^2 = sum_k p_k^2 - 2 p_t + 1, without materialising the one-hot matrix
+    p_true = p.gather(1, y.unsqueeze(1)).squeeze(1)
+    return float((squared.sum(dim=1) - 2 * p_true + 1).mean().item())
+
+
+def _check_num_classes(num_classes: Any, k: int, name: str) -> None:
+    if num_classes is None:
+        return
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes != k:
+        raise ValueError(f"num_classes: got {num_classes!r} but {name} has {k} columns; valid: {k} (or None)")
+
+
+def accuracy(probs: Any, labels: Any) -> float:
+    """Fraction of samples whose argmax is the label."""
+    p, y = _prepare(probs, labels)
+    return float(_top1(p, y)[1].mean().item())
+
+
+def ece(probs: Any, labels: Any, n_bins: int = 15) -> float:
+    """Expected calibration error: sum_m |B_m|/N * |acc(B_m) - conf(B_m)| over equal-width bins ((m-1)/M, m/M]."""
+    n_bins = _check_n_bins(n_bins)
+    return _ece(*_top1(*_prepare(probs, labels)), n_bins)
+
+
+def mce(probs: Any, labels: Any, n_bins: int = 15) -> float:
+    """Maximum calibration error: the largest |acc(B_m) - conf(B_m)| over non-empty equal-width bins."""
+    n_bins = _check_n_bins(n_bins)
+    return _mce(*_top1(*_prepare(probs, labels)), n_bins)
+
+
+def adaptive_ece(probs: Any, labels: Any, n_bins: int = 15) -> float:
+    """ECE over equal-mass bins (AdaECE, Nguyen & O'Connor 2015; Mukhoti et al. 2020).
+
+    Samples are sorted by confidence (stable sort, so ties keep their input order) and cut into `n_bins` groups
+    whose sizes differ by at most one (the first N mod M groups get the extra sample, as `numpy.array_split`).
+    With fewer samples than bins, the empty groups contribute nothing.
+    """
+    n_bins = _check_n_bins(n_bins)
+    return _adaptive_ece(*_top1(*_prepare(probs, labels)), n_bins)
+
+
 def classwise_ece(probs: Any, labels: Any, num_classes: int | None = None, n_bins: int = 15) -> float:
     """Classwise ECE: (1/K) sum_k sum_m |B_mk|/N * |freq_k(B_mk) - mean p_k(B_mk)| (Kull et al. 2019).
 
@@ -185,18 +216,9 @@ def classwise_ece(probs: Any, labels: Any, num_classes: int | None = None, n_bin
     """
     n_bins = _check_n_bins(n_bins)
     p = _check_probs(probs)
-    n, k = p.shape
-    if num_classes is not None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes != k:
-            raise ValueError(f"num_classes: got {num_classes!r} but probs has {k} columns; valid: {k} (or None)")
-    y = _check_labels(labels, n, k)
-    is_class = torch.nn.functional.one_hot(y, k).to(torch.float64)
-    bin_index = _equal_width_bin_index(p, n_bins)  # [N, K]
-    # One flat histogram over (class, bin) pairs.
-    flat = (bin_index + n_bins * torch.arange(k).unsqueeze(0)).reshape(-1)
-    prob_sum = torch.bincount(flat, weights=p.reshape(-1), minlength=k * n_bins)
-    freq_sum = torch.bincount(flat, weights=is_class.reshape(-1), minlength=k * n_bins)
-    return float((freq_sum - prob_sum).abs().sum().item() / (n * k))
+    _check_num_classes(num_classes, p.shape[1], "probs")
+    y = _check_labels(labels, p.shape[0], p.shape[1])
+    return _classwise_ece(p, y, n_bins)
 
 
 def nll(probs: Any, labels: Any) -> float:
@@ -212,9 +234,7 @@ def nll(probs: Any, labels: Any) -> float:
 
 def brier(probs: Any, labels: Any) -> float:
     """Mean over samples of sum_k (p_k - onehot_k)^2 (summed over classes, not divided by K; range [0, 2])."""
-    p, y = _prepare(probs, labels)
-    onehot = torch.nn.functional.one_hot(y, p.shape[1]).to(torch.float64)
-    return float(((p - onehot) ** 2).sum(dim=1).mean().item())
+    return _brier(*_prepare(probs, labels))
 
 
 def reliability_bins(probs: Any, labels: Any, n_bins: int = 15) -> dict[str, np.ndarray]:
@@ -302,19 +322,18 @@ def summary(logits: Any, labels: Any, n_bins: int = 15, num_classes: int | None 
         raise ValueError(f"logits: {z.shape[1]} class column(s); valid: K >= 2 columns")
     if not torch.isfinite(z).all():
         raise ValueError("logits: contains NaN or infinite values; valid: finite numbers")
-    if num_classes is not None and num_classes != z.shape[1]:
-        raise ValueError(f"num_classes: got {num_classes!r} but logits has {z.shape[1]} columns; "
-                         f"valid: {z.shape[1]} (or None)")
+    _check_num_classes(num_classes, z.shape[1], "logits")
     y = _check_labels(labels, z.shape[0], z.shape[1])
     log_p = torch.log_softmax(z, dim=1)
     p = log_p.exp()
+    confidence, correct = _top1(p, y)
     return {
-        "acc": accuracy(p, y),
-        "ece": ece(p, y, n_bins),
-        "adaece": adaptive_ece(p, y, n_bins),
-        "cece": classwise_ece(p, y, z.shape[1], n_bins),
-        "mce": mce(p, y, n_bins),
+        "acc": float(correct.mean().item()),
+        "ece": _ece(confidence, correct, n_bins),
+        "adaece": _adaptive_ece(confidence, correct, n_bins),
+        "cece": _classwise_ece(p, y, n_bins),
+        "mce": _mce(confidence, correct, n_bins),
         "nll": float(-log_p.gather(1, y.unsqueeze(1)).mean().item()),
-        "brier": brier(p, y),
+        "brier": _brier(p, y),
         "n": int(z.shape[0]),
     }
