@@ -5,8 +5,8 @@ Every calibrator divides logits by a positive temperature, so argmax and accurac
 - `TemperatureScaling` (Guo et al. 2017): one T fitted by NLL on the calibration split.
 - `PiecewiseTemperatureScaling` (ATS): breakpoints 0 < b_1 < ... < b_{m-1} < 1 split the *uncalibrated*
   confidence (max softmax) into m pieces (b_{j-1}, b_j] (b_0 = 0, b_m = 1); each piece gets its own T fitted by
-  the NLL of its samples. The closest published relative is bin-wise TS
-  (Ji et al. 2019), which uses equal-mass bins instead of searched breakpoints.
+  the NLL of its samples. The closest published relative is bin-wise TS (Ji et al. 2019), which uses equal-mass
+  bins instead of searched breakpoints.
 
 How a temperature is fitted. With beta = 1/T, shifted logits d_ik = z_ik - max_k z_ik and gaps r_i = max_k z_ik -
 z_iy, the NLL of a set of samples is
