@@ -215,23 +215,25 @@ def param_value(config: dict, key: str) -> Any:
 
 def searched_values(spec: Any, config: dict, keys: list[str] | None = None) -> dict:
     """Every searched parameter of the space -> its value in `config`, or None where it is inactive (another
-    loss's parameter, breakpoints without ATS, a failed `when:` condition), per SearchSpec.is_active."""
+    loss's parameter, breakpoints without ATS, a failed `when:` condition), per SpaceParam.conditions."""
     search_spec = as_search_spec(spec)
     if search_spec is None:
         return {k: param_value(config, k) for k in (keys if keys is not None else _space_keys(spec))}
     from trainables.config import get_path
 
-    chosen: dict[str, Any] = {}
+    def at(path: str) -> Any:
+        try:
+            return get_path(config, path)
+        except (KeyError, TypeError):
+            return None
+
     out: dict[str, Any] = {}
     for p in search_spec.params:
-        try:
-            value = get_path(config, p.path)
-        except (KeyError, TypeError):
-            value = None
-        if value is not None and search_spec.is_active(p, chosen):
-            chosen[p.key] = out[p.key] = value
-        else:
-            out[p.key] = NOT_APPLICABLE
+        # The conditions are checked against the trial's own resolved config: a fixed setting of the space
+        # (calibration.method: ts) deactivates a parameter as surely as a searched one.
+        active = all(at(path) in allowed for path, allowed in p.conditions().items())
+        value = at(p.path)
+        out[p.key] = value if active and value is not None else NOT_APPLICABLE
     return out
 
 
@@ -598,7 +600,7 @@ def summary_dict(exp: Experiment) -> dict:
             "path": str(t.path),
         })
     return _json_safe({
-        "experiment": str(exp.path),
+        "experiment": str(exp.path.resolve()),
         "objectives": {k: m for k, m in zip(OBJECTIVES, MODES)},
         "reference_point": dict(zip(OBJECTIVES, REFERENCE_POINT)),
         "hypervolume": exp.hypervolume(),

@@ -300,6 +300,7 @@ class TensorBoardCallback(Callback):
         self.spec = as_search_spec(spec) if spec is not None else None
         self._writers: dict[str, Any] = {}
         self._best: dict[str, dict] = {}
+        self._started: dict[str, float] = {}
 
     def __getstate__(self):
         # Tune pickles its callbacks with the experiment state; open file writers do not pickle.
@@ -322,8 +323,12 @@ class TensorBoardCallback(Callback):
         return w
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        from search.results import RAY_KEYS
+
         writer = self._writer_for(trial)
-        metrics = {k: v for k, v in result.items() if k != "config"}
+        metrics = {k: v for k, v in result.items() if k not in RAY_KEYS}
+        if trial.trial_id not in self._started:
+            self._started[trial.trial_id] = time.time() - float(result.get("time_this_iter_s") or 0.0)
         write_epoch_scalars(writer, metrics)
         if _better(metrics, self._best.get(trial.trial_id)):
             self._best[trial.trial_id] = metrics
@@ -338,7 +343,7 @@ class TensorBoardCallback(Callback):
         tune_params = {k: v for k, v in (trial.config or {}).items() if k != "trial_config"}
         write_session(writer, self.root / trial.trial_id,
                       hparam_values(self.spec or self.spec_dict, config, status or _status(last), tune_params),
-                      status or _status(last), start=float(getattr(trial, "start_time", None) or time.time()),
+                      status or _status(last), start=self._started.get(trial.trial_id, time.time()),
                       end=time.time())
         writer.close()
 

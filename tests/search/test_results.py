@@ -1,0 +1,264 @@
+"""search.results on constructed experiment directories (Ray's on-disk layout, written by hand): status rules, the
+front against brute force, hypervolume against hand-computed areas, the result files, ECE uncertainty, bad input."""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from search.cli import UsageError, main
+from search.pareto import REFERENCE_POINT
+from search.results import (
+    ece_std_bootstrap,
+    ece_std_from_bins,
+    ece_std_from_n,
+    front_indices,
+    load_experiment,
+    write_results,
+)
+from trainables.config import resolve
+
+
+def _spec_dict() -> dict:
+    from spaces.schema import load_spec
+
+    return load_spec("quickstart").to_dict()
+
+
+def _trial_config(loss: dict, lr: float = 0.1, breakpoints=(0.5, 0.9), method: str = "ats") -> dict:
+    return resolve({"loss": loss, "train": {"lr": lr, "epochs": 3, "device": "cpu"},
+                    "calibration": {"method": method, "breakpoints": list(breakpoints)}})
+
+
+def _epoch(epoch: int, acc: float, ece: float, final: bool, status: str = "ok", n: int = 1000) -> dict:
+    row = {"epoch": epoch, "train/loss": 1.0 / epoch, "val/acc": acc, "val/ece": ece, "val/ece_raw": ece * 2,
+           "val/adaece": ece * 1.1, "val/cece": ece / 3, "val/nll": 0.5, "val/brier": 0.3,
+           "score": acc - ece, "status": status, "final": final, "val/n": n, "calib/n": n,
+           "calibration/temperatures": [1.5, 1.2, 0.9]}
+    if status == "diverged":
+        row.update({"val/acc": math.nan, "val/ece": math.nan, "score": math.nan, "diverged_epoch": epoch})
+    if final:
+        row.update({"test/acc": acc - 0.01, "test/ece": ece + 0.01, "test/adaece": ece, "test/nll": 0.6,
+                    "test/n": 2000})
+    return row
+
+
+def write_trial(exp: Path, trial_id: str, config: dict, rows: list[dict], t0: float = 1_000_000.0,
+                node: str = "10.0.0.1") -> Path:
+    """A trial folder as Ray Tune writes it: result.json with one JSON line per reported epoch."""
+    folder = exp / f"trial_{trial_id}"
+    folder.mkdir(parents=True)
+    with open(folder / "result.json", "w") as fh:
+        for i, row in enumerate(rows, 1):
+            line = dict(row, trial_id=trial_id, timestamp=t0 + 10 * i, time_this_iter_s=10.0,
+                        time_total_s=10.0 * i, training_iteration=i, node_ip=node, hostname="h",
+                        config={"trial_config": config, "loss.name": config["loss"]["name"]})
+            fh.write(json.dumps(line) + "\n")  # NaN is written as NaN, as Ray's json logger does
+    return folder
+
+
+def make_experiment(root: Path, trials: dict[str, tuple[dict, list[dict]]], spec: dict | None = None) -> Path:
+    exp = root / "exp"
+    exp.mkdir()
+    (exp / "spec.yaml").write_text(yaml.safe_dump(spec if spec is not None else _spec_dict()))
+    for k, (trial_id, (config, rows)) in enumerate(trials.items()):
+        write_trial(exp, trial_id, config, rows, t0=1_000_000.0 + 100 * k)
+    return exp
+
+
+GCE = {"name": "gce", "lam": 0.7}
+CE = {"name": "cross_entropy"}
+
+
+def test_statuses_history_and_conditional_params(tmp_path):
+    exp_dir = make_experiment(tmp_path, {
+        "a": (_trial_config(GCE), [_epoch(1, 0.5, 0.2, False), _epoch(2, 0.7, 0.1, False), _epoch(3, 0.8, 0.05, True)]),
+        "b": (_trial_config(CE, method="ts"), [_epoch(1, 0.6, 0.1, False)]),
+        "c": (_trial_config(GCE), [_epoch(1, 0.6, 0.1, False), _epoch(2, 0.0, 0.0, False, status="diverged")]),
+        # a restored trial re-reports epoch 2: the later line of an epoch is the one that counts
+        "d": (_trial_config(CE), [_epoch(1, 0.5, 0.1, False), _epoch(2, 0.55, 0.1, False),
+                                  _epoch(2, 0.65, 0.09, False), _epoch(3, 0.7, 0.08, True)]),
+    })
+    exp = load_experiment(exp_dir)
+    by_id = {t.trial_id: t for t in exp.trials}
+    assert {k: t.status for k, t in by_id.items()} == {"a": "complete", "b": "stopped", "c": "diverged",
+                                                       "d": "complete"}
+    assert exp.counts() == {"complete": 2, "stopped": 1, "diverged": 1, "total": 4}
+    assert [r["epoch"] for r in by_id["d"].history] == [1, 2, 3]
+    assert by_id["d"].history[1]["val/acc"] == 0.65
+    assert "config" not in by_id["a"].history[0] and "timestamp" not in by_id["a"].history[0]
+    # every searched parameter of the space, conditional ones None where they do not apply
+    assert set(by_id["a"].params) == set(_spec_dict()["space"])
+    assert by_id["a"].params["gce.lam"] == 0.7 and by_id["a"].params["focal.gamma"] is None
+    assert by_id["b"].params["gce.lam"] is None
+    assert by_id["a"].params["calibration.breakpoints"] == [0.5, 0.9]
+    assert by_id["b"].params["calibration.breakpoints"] is None  # breakpoints apply under ATS only
+    assert by_id["a"].temperatures == [1.5, 1.2, 0.9]
+    assert by_id["a"].node == "10.0.0.1"
+    assert by_id["a"].best_epoch()["epoch"] == 3
+
+
+def _brute_force_front(points: list[tuple[float, float]]) -> set[int]:
+    front = set()
+    for i, (a, e) in enumerate(points):
+        dominated = any((a2 >= a and e2 <= e) and (a2 > a or e2 < e) for a2, e2 in points)
+        if not dominated:
+            front.add(i)
+    return front
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_front_matches_brute_force_and_ignores_stopped_and_diverged(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    trials = {}
+    complete_points = {}
+    for k in range(12):
+        acc = float(np.round(rng.uniform(0.5, 0.95), 2))  # rounding makes ties and duplicates likely
+        ece = float(np.round(rng.uniform(0.01, 0.2), 2))
+        kind = rng.choice(["complete", "complete", "stopped", "diverged"])
+        tid = f"t{k:02d}"
+        if kind == "complete":
+            rows = [_epoch(1, acc - 0.1, ece, False), _epoch(2, acc, ece, True)]
+            complete_points[tid] = (acc, ece)
+        elif kind == "stopped":  # better than everything, but never ran its full budget
+            rows = [_epoch(1, 0.99, 0.001, False)]
+        else:
+            rows = [_epoch(1, 0.99, 0.001, False), _epoch(2, 0, 0, False, status="diverged")]
+        trials[tid] = (_trial_config(GCE), rows)
+    if not complete_points:
+        trials["zz"] = (_trial_config(GCE), [_epoch(1, 0.6, 0.1, True)])
+        complete_points["zz"] = (0.6, 0.1)
+    exp = load_experiment(make_experiment(tmp_path, trials))
+    ids = sorted(complete_points)
+    expected = {ids[i] for i in _brute_force_front([complete_points[t] for t in ids])}
+    assert {t.trial_id for t in exp.front()} == expected
+    front_ece = [t.metric("val/ece") for t in exp.front()]
+    assert front_ece == sorted(front_ece)
+
+
+def test_front_indices_matches_brute_force_on_grid():
+    points = [(a, e) for a, e in itertools.product([0.6, 0.7, 0.8], [0.05, 0.1])] + [(0.8, 0.05), (0.75, 0.02)]
+    assert set(front_indices(points)) == _brute_force_front(points)
+    assert front_indices([]) == []
+
+
+def test_hypervolume_hand_computed(tmp_path):
+    # (acc, ece) = (0.9, 0.1) and (0.8, 0.05) against the reference (acc 0, ece 1): the union of the rectangles
+    # [0, 0.9] x [0.1, 1] and [0, 0.8] x [0.05, 1] has area 0.9 * 0.9 + 0.8 * 0.05 = 0.85.
+    assert REFERENCE_POINT == (0.0, 1.0)
+    exp = load_experiment(make_experiment(tmp_path, {
+        "a": (_trial_config(GCE), [_epoch(1, 0.9, 0.1, True)]),
+        "b": (_trial_config(CE), [_epoch(1, 0.8, 0.05, True)]),
+        "c": (_trial_config(CE), [_epoch(1, 0.7, 0.2, True)]),  # dominated: adds nothing
+        "d": (_trial_config(CE), [_epoch(1, 0.99, 0.0, False)]),  # stopped: never counts
+    }))
+    assert exp.hypervolume() == pytest.approx(0.85, abs=1e-12)
+    # finishing order a (t0 + 10), b (t0 + 110), c (t0 + 210); a alone: 0.9 * 0.9
+    over_time = exp.hypervolume_over_time()
+    assert [round(s) for s, _ in over_time] == [10, 110, 210]
+    assert [hv for _, hv in over_time] == pytest.approx([0.81, 0.85, 0.85])
+
+
+def test_write_results_files(tmp_path, capsys):
+    exp_dir = make_experiment(tmp_path, {
+        "a": (_trial_config(GCE), [_epoch(1, 0.9, 0.1, True)]),
+        "b": (_trial_config(CE), [_epoch(1, 0.8, 0.05, True)]),
+        "c": (_trial_config(CE), [_epoch(1, 0.7, 0.2, True)]),
+        "d": (_trial_config(GCE), [_epoch(1, 0.6, 0.1, False)]),
+        "e": (_trial_config(GCE), [_epoch(1, 0, 0, False, status="diverged")]),
+    })
+    assert main(["pareto", str(exp_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "hypervolume 0.8500" in out and "a " in out and "b " in out
+    rows = list(csv.DictReader(open(exp_dir / "pareto.csv")))
+    assert [r["trial"] for r in rows] == ["b", "a"]  # ordered by val/ece
+    for col in ("loss", "loss.lam", "calibration.breakpoints", "calibration/temperatures", "val/acc", "val/ece",
+                "val/adaece", "val/nll", "test/acc", "test/ece", "test/adaece", "test/nll", "val/n"):
+        assert col in rows[0]
+    assert rows[1]["loss"] == "gce" and float(rows[1]["loss.lam"]) == 0.7 and rows[0]["loss.lam"] == ""
+    assert float(rows[1]["val/acc"]) == 0.9 and float(rows[1]["test/ece"]) == pytest.approx(0.11)
+    assert rows[1]["calibration.breakpoints"] == "0.5 0.9"
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    assert summary["hypervolume"] == pytest.approx(0.85)
+    assert summary["reference_point"] == {"val/acc": 0.0, "val/ece": 1.0}
+    assert summary["counts"] == {"complete": 3, "stopped": 1, "diverged": 1, "total": 5}
+    assert summary["val_n"] == 1000
+    assert [m["trial"] for m in summary["front"]] == ["b", "a"]
+    unc = summary["front"][0]["val_ece_uncertainty"]
+    assert unc["n"] == 1000 and unc["std"] == pytest.approx(0.13 / math.sqrt(1000))
+    png = (exp_dir / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # the experiment-level TensorBoard run was written too
+    assert list((exp_dir / "tensorboard" / "experiment").glob("events.out.tfevents.*"))
+
+
+def test_bad_input_is_a_usage_error_and_overwrites_nothing(tmp_path, capsys):
+    with pytest.raises(UsageError, match="not a directory"):
+        write_results(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="not an experiment directory"):
+        write_results(tmp_path / "empty")
+    exp_dir = make_experiment(tmp_path, {
+        "s": (_trial_config(GCE), [_epoch(1, 0.6, 0.1, False)]),
+        "x": (_trial_config(GCE), [_epoch(1, 0, 0, False, status="diverged")]),
+    })
+    (exp_dir / "pareto.csv").write_text("previous\n")
+    with pytest.raises(UsageError, match="no trial finished its full budget"):
+        write_results(exp_dir)
+    assert (exp_dir / "pareto.csv").read_text() == "previous\n"
+    assert not (exp_dir / "summary.json").exists() and not (exp_dir / "pareto.png").exists()
+    assert main(["pareto", str(exp_dir)]) == 2
+    assert "no trial finished its full budget" in capsys.readouterr().err
+    (tmp_path / "exp" / "spec.yaml").write_text("[unclosed")
+    with pytest.raises(UsageError, match="spec.yaml: not valid YAML"):
+        write_results(exp_dir)
+
+
+def test_ece_std_from_n_matches_design_simulation():
+    # DESIGN.md: 15-bin ECE of a calibrated model reads 0.014 +- 0.004 at n = 1k, +- 0.002 at 5k, +- 0.0013 at 10k.
+    assert ece_std_from_n(1000) == pytest.approx(0.004, rel=0.05)
+    assert ece_std_from_n(5000) == pytest.approx(0.002, rel=0.1)
+    assert ece_std_from_n(10_000) == pytest.approx(0.0013, rel=0.05)
+    assert math.isnan(ece_std_from_n(0))
+
+
+def _ece_loop(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    """Independent ECE: bins ((m-1)/M, m/M] by explicit comparisons."""
+    total = 0.0
+    for m in range(n_bins):
+        lo, hi = m / n_bins, (m + 1) / n_bins
+        in_bin = (conf > lo) & (conf <= hi) if m else (conf <= hi)
+        if in_bin.any():
+            total += in_bin.sum() / len(conf) * abs(correct[in_bin].mean() - conf[in_bin].mean())
+    return total
+
+
+def test_ece_bootstrap_std_matches_sampling_std():
+    # A calibrated model: correct ~ Bernoulli(confidence). The spread of its ECE over independent validation sets
+    # of n = 1000 is the quantity a bootstrap of one set estimates.
+    rng = np.random.default_rng(0)
+    n = 1000
+
+    def draw():
+        conf = rng.beta(5, 1.2, n).clip(0.1, 1.0)
+        return conf, (rng.random(n) < conf).astype(float)
+
+    sampling_std = np.std([_ece_loop(*draw()) for _ in range(300)], ddof=1)
+    conf, correct = draw()
+    boot = ece_std_bootstrap(conf, correct, n_bins=15, resamples=300, seed=1)
+    assert boot == pytest.approx(sampling_std, rel=0.4)
+    # the bin-level bootstrap from the same sample's reliability bins agrees with the per-sample one
+    edges = np.linspace(0, 1, 16)
+    idx = np.clip(np.ceil(conf * 15).astype(int) - 1, 0, 14)
+    counts = np.bincount(idx, minlength=15)
+    acc = np.array([correct[idx == b].mean() if counts[b] else np.nan for b in range(15)])
+    mean_conf = np.array([conf[idx == b].mean() if counts[b] else np.nan for b in range(15)])
+    assert edges.shape == (16,)
+    assert ece_std_from_bins(counts, np.nan_to_num(acc), np.nan_to_num(mean_conf), resamples=300) == \
+        pytest.approx(boot, rel=0.4)
