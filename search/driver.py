@@ -284,7 +284,7 @@ def grid_front(grid) -> list[dict]:
                          "val/acc": m.get("val/acc"), "val/ece": m.get("val/ece"), "score": m.get("score")})
     if not rows:
         return []
-    idx = pareto_front([(r["val/acc"], -r["val/ece"]) for r in rows])
+    idx = pareto_front([(-r["val/acc"], r["val/ece"]) for r in rows])  # minimisation space (search.pareto)
     return sorted((rows[i] for i in idx), key=lambda r: r["val/ece"])
 
 
