@@ -69,7 +69,8 @@ def _check_probs(probs: Any, name: str = "probs") -> torch.Tensor:
     row_error = (p.sum(dim=1) - 1.0).abs().max().item()
     if row_error > _ROW_SUM_TOLERANCE:
         raise ValueError(
-            f"{name}: rows must sum to 1 (largest deviation {row_error:.3g}); valid: softmax outputs, one row per sample"
+            f"{name}: rows must sum to 1 (largest deviation {row_error:.3g}); "
+            "valid: softmax outputs, one row per sample"
         )
     return p.clamp(0.0, 1.0)
 
