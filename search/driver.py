@@ -191,7 +191,9 @@ def cluster_slots(bundle: dict[str, float], nodes: list[dict]) -> int:
     return max(1, slots)
 
 
-def build_tuner(spec, storage: str, name: str, exp_dir: str, progress, slots: int = 1):
+def build_tuner(spec, storage: str, name: str, exp_dir: str, progress, slots: int = 1, trainable=None):
+    """The Tuner of a search and its CalibratedOptunaSearch. `trainable` replaces the training trainable (the
+    overhead benchmark runs the same assembly on a synthetic one)."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.search import ConcurrencyLimiter
@@ -221,7 +223,9 @@ def build_tuner(spec, storage: str, name: str, exp_dir: str, progress, slots: in
         # A trial whose node died restarts from its checkpoint, once; a deterministic bug fails twice, not forever.
         failure_config=tune.FailureConfig(max_failures=1),
     )
-    return tune.Tuner(build_trainable(spec), tune_config=tune_config, run_config=run_config), searcher
+    if trainable is None:
+        trainable = build_trainable(spec)
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), searcher
 
 
 def inner_searcher(tuner_or_alg):
