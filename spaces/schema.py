@@ -258,8 +258,8 @@ class SearchSpec:
             if key in chosen:
                 entry = chosen[key]
                 takes = _entry_params(section, entry) or {}
-                cfg[section] = {"name": entry, **{k: copy.deepcopy(v) for k, v in self.entry_fixed.get(section, {}).items()
-                                                  if k in takes}}
+                fixed_params = self.entry_fixed.get(section, {})
+                cfg[section] = {"name": entry, **{k: copy.deepcopy(v) for k, v in fixed_params.items() if k in takes}}
         for p in self.params:
             if p.key in chosen and p.path not in ("loss.name", "model.name"):
                 value = chosen[p.key]
@@ -1021,9 +1021,6 @@ def _check_cross(ck: _Checker, params: list[SpaceParam], fixed: dict, full: dict
                 else:
                     ck.add(f"{where}: never active: it needs {path} in {list(allowed)} but {path} is fixed to "
                            f"{value!r}; valid: a condition the fixed value meets, or search {path}")
-
-    # model parameters: the model is fixed (or searched with choices) and every candidate must take the parameter
-    # (searched as <model>.<param> keys, so the check above covers it).
 
     train = full.get("train", {}) if isinstance(full.get("train"), dict) else {}
     gpus = resources.gpus_per_trial
