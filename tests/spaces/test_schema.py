@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -408,9 +409,11 @@ def test_missing_space_names_the_shipped_ones():
 
 
 def run_cli(*args, cwd=None):
+    """The installed `gce-search` console script (the module entry point where the script is not on PATH)."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True, text=True, timeout=120,
-                          cwd=cwd, env=env)
+    script = shutil.which("gce-search")
+    command = [script] if script else [sys.executable, "-m", "search.cli"]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
 
 
 def test_cli_validate_ok_without_importing_ray(tmp_path):
