@@ -23,6 +23,7 @@ COMMANDS = {
     "export": ("search.export", "cmd_export"),
     "train": ("trainables.trial", "cmd_train"),
     "tensorboard": ("search.tensorboard", "cmd_tensorboard"),
+    "study": ("search.study", "cmd_study"),
 }
 
 
@@ -67,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     tb = sub.add_parser("tensorboard", help="serve the experiment's TensorBoard on 127.0.0.1")
     tb.add_argument("experiment_dir")
     tb.add_argument("--port", type=int, default=6006)
+
+    st = sub.add_parser("study", help="fixed-hyperparameter grid of methods x seeds, post-hoc TS/ATS, on test")
+    st.add_argument("study", help="study YAML file or the name of a shipped study (spaces/studies/)")
+    st.add_argument("--out", default=None, help="output directory (default: ./gce-study-<name>)")
+    st.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    st.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override by dotted path, e.g. --set seeds=3 or --set base.train.epochs=5")
     return p
 
 

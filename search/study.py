@@ -1,0 +1,409 @@
+"""`gce-search study`: a fixed-hyperparameter grid of methods × seeds, with post-hoc calibrators, on the test split.
+
+A study answers "does GCE beat cross-entropy / the focal family on my data, before and after TS and ATS?" with
+mean ± std over seeds. Every run goes through the same trial code as a search trial (trainables.trial.run_trial),
+as a Ray Tune trial (so GPU nodes can pack several runs with fractional GPUs); the post-hoc calibrators are fitted
+on the run's calibration split and scored on its test split, which no step of the study uses for any choice.
+
+Seeds: a run's `seed` (initialisation, batch order, augmentation) varies; the data split (`data.split_seed`) is
+fixed, so all methods are compared on the same calibration and test samples and differences can be paired by seed.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables.config import deep_merge, parse_override, set_path
+from trainables.registry import ConfigError
+
+STUDIES_DIR = Path(__file__).resolve().parent.parent / "spaces" / "studies"
+METRICS = ("acc", "ece", "ece20", "adaece", "cece", "nll", "brier")
+TOP_KEYS = ("name", "description", "base", "seeds", "methods", "posthoc", "bins", "resources", "diagrams",
+            "compare")
+PREDICTIONS_FILE = "predictions.npz"
+
+
+@dataclass
+class StudySpec:
+    name: str
+    description: str
+    base: dict  # partial trial config shared by every run
+    seeds: list[int]
+    methods: dict[str, dict]  # method name -> loss section
+    posthoc: dict[str, dict]  # post-hoc name -> calibration section
+    resources: dict = field(default_factory=lambda: {"cpus_per_trial": 1, "gpus_per_trial": 0})
+    diagrams: list[str] = field(default_factory=list)  # methods whose reliability diagrams are drawn
+    compare: list[list[str]] = field(default_factory=list)  # [method_a, method_b] pairs for paired differences
+
+    def run_config(self, method: str, seed: int) -> dict:
+        """The resolved trial config of one run (no calibrator inside the trial: the study fits them post hoc)."""
+        from trainables.config import resolve
+
+        cfg = deep_merge(self.base, {"loss": self.methods[method], "seed": seed,
+                                     "calibration": {"method": "none"}})
+        return resolve(cfg, source=f"methods.{method}")
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "base": self.base, "seeds": self.seeds,
+                "methods": self.methods, "posthoc": self.posthoc, "resources": self.resources,
+                "diagrams": self.diagrams, "compare": self.compare}
+
+
+def resolve_study_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError([f"{name_or_path}: no such study file"], "study")
+        return path
+    shipped = STUDIES_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
+    raise ConfigError([f"{name_or_path}: not a file and not a shipped study; valid: a YAML path or one of "
+                       f"{', '.join(names)}"], "study")
+
+
+def load_study(name_or_path: str, overrides: list[str] = ()) -> StudySpec:
+    """Parse and validate a study file; ConfigError lists every problem (nothing runs before this passes)."""
+    from trainables.calibration import CALIBRATORS
+    from trainables.config import check_breakpoints, resolve
+
+    path = resolve_study_path(name_or_path)
+    source = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError([f"(file): not valid YAML{where}: {getattr(err, 'problem', err)}"], source) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top level): expected a mapping with base, methods, posthoc, seeds"], source)
+    problems: list[str] = []
+    for text in overrides:
+        try:
+            key, value = parse_override(text)
+        except ValueError as err:
+            problems.append(str(err))
+            continue
+        set_path(raw, key, value)
+    for key in raw:
+        if key not in TOP_KEYS:
+            problems.append(f"{key}: unknown key; valid: {', '.join(TOP_KEYS)}")
+    base = raw.get("base") or {}
+    if not isinstance(base, dict):
+        problems.append("base: expected a mapping (a partial trial config)")
+        base = {}
+    seeds = raw.get("seeds", 5)
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:
+        seeds = list(range(seeds))
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds)):
+        problems.append(f"seeds: got {seeds!r}; valid: a count >= 1 or a list of integers >= 0")
+        seeds = [0]
+    methods = raw.get("methods")
+    if not isinstance(methods, dict) or not methods:
+        problems.append("methods: expected a mapping of method name -> loss section, e.g. ce: {name: cross_entropy}")
+        methods = {}
+    posthoc = raw.get("posthoc", {"none": {"method": "none"}})
+    if not isinstance(posthoc, dict) or not posthoc:
+        problems.append("posthoc: expected a mapping of name -> calibration section, e.g. ts: {method: ts}")
+        posthoc = {}
+    spec = StudySpec(
+        name=str(raw.get("name") or path.stem), description=str(raw.get("description") or ""),
+        base=base, seeds=seeds, methods=methods, posthoc=posthoc,
+        resources={"cpus_per_trial": 1, "gpus_per_trial": 0, **(raw.get("resources") or {})},
+        diagrams=list(raw.get("diagrams") or []), compare=[list(p) for p in raw.get("compare") or []])
+    for method, loss in methods.items():
+        if not isinstance(loss, dict):
+            problems.append(f"methods.{method}: expected a loss section like {{name: gce, lam: 1.0}}")
+            continue
+        try:
+            spec.run_config(method, seeds[0])
+        except ConfigError as err:
+            problems.extend(f"methods.{method}: {p}" if p.startswith("loss") else p for p in err.problems)
+    for name, section in posthoc.items():
+        if not isinstance(section, dict) or section.get("method") not in CALIBRATORS:
+            problems.append(f"posthoc.{name}: expected {{method: ...}} with method one of "
+                            f"{', '.join(CALIBRATORS.names())}")
+            continue
+        for key in section:
+            if key not in ("method", "breakpoints", "min_samples"):
+                problems.append(f"posthoc.{name}.{key}: unknown key; valid: method, breakpoints, min_samples")
+        if "breakpoints" in section:
+            bad = check_breakpoints(section["breakpoints"])
+            if bad:
+                problems.append(f"posthoc.{name}.breakpoints: {bad}; valid: strictly increasing inside (0, 1)")
+    for method in spec.diagrams:
+        if method not in methods:
+            problems.append(f"diagrams: {method!r} is not a method of this study; valid: {', '.join(methods)}")
+    for pair in spec.compare:
+        if len(pair) != 2 or any(m not in methods for m in pair):
+            problems.append(f"compare: {pair!r}; valid: pairs of this study's methods ({', '.join(methods)})")
+    res = spec.resources
+    for key in res:
+        if key not in ("cpus_per_trial", "gpus_per_trial"):
+            problems.append(f"resources.{key}: unknown key; valid: cpus_per_trial, gpus_per_trial")
+    if not (isinstance(res.get("cpus_per_trial"), (int, float)) and res["cpus_per_trial"] > 0):
+        problems.append(f"resources.cpus_per_trial: got {res.get('cpus_per_trial')!r}; valid: a number > 0")
+    if not (isinstance(res.get("gpus_per_trial"), (int, float)) and res["gpus_per_trial"] >= 0):
+        problems.append(f"resources.gpus_per_trial: got {res.get('gpus_per_trial')!r}; valid: a number >= 0")
+    if problems:
+        raise ConfigError(problems, source)
+    try:
+        resolve(deep_merge(base, {"calibration": {"method": "none"}}))
+    except ConfigError as err:
+        raise ConfigError([f"base: {p}" for p in err.problems], source) from None
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------- one run (a trial)
+
+
+def posthoc_rows(logits: dict, posthoc: dict[str, dict], num_classes: int) -> tuple[list[dict], dict]:
+    """Fit each post-hoc calibrator on calib, score it on test: one row per calibrator, and the test
+    probabilities per calibrator (for reliability diagrams)."""
+    import torch
+
+    from trainables.calibration import build_calibrator
+    from trainables.metrics import ece, summary
+
+    calib_logits, calib_labels = logits["calib"]
+    test_logits, test_labels = logits["test"]
+    rows, probs = [], {}
+    for name, section in posthoc.items():
+        cal = build_calibrator({"breakpoints": [0.5, 0.8, 0.95], "min_samples": 50, **section})
+        cal.fit(calib_logits, calib_labels)
+        z = cal.transform(test_logits)
+        s = summary(z, test_labels, n_bins=15, num_classes=num_classes)
+        p = torch.softmax(z.double(), dim=-1)
+        rows.append({"posthoc": name, "acc": s["acc"], "ece": s["ece"], "ece20": ece(p, test_labels, n_bins=20),
+                     "adaece": s["adaece"], "cece": s["cece"], "nll": s["nll"], "brier": s["brier"],
+                     "n": int(test_labels.shape[0]), "temperatures": [float(t) for t in cal.temperatures]})
+        probs[name] = p.float().numpy()
+    return rows, probs
+
+
+def study_trainable(config: dict) -> None:
+    """Ray Tune function trainable: one (method, seed) run, then every post-hoc calibrator on its test split."""
+    import numpy as np
+    import ray.tune
+
+    from trainables.inference import split_logits
+    from trainables.trial import load_checkpoint, run_trial
+
+    last: dict[str, Any] = {}
+
+    def keep_last(metrics: dict, checkpoint_dir: str | None) -> None:
+        if last.get("dir"):
+            import shutil
+
+            shutil.rmtree(last["dir"], ignore_errors=True)
+        last.update(metrics=metrics, dir=checkpoint_dir)
+
+    t0 = time.perf_counter()
+    metrics = run_trial(config["trial_config"], reporter=keep_last)
+    train_s = time.perf_counter() - t0
+    base = {"method": config["method"], "seed": config["seed"], "train_s": train_s,
+            "status": metrics.get("status", "ok"), "images_per_s": metrics.get("train/images_per_s", math.nan)}
+    if metrics.get("status") == "diverged" or not last.get("dir"):
+        ray.tune.report({**base, "rows": "[]"})
+        return
+    state = load_checkpoint(last["dir"])
+    logits = split_logits(state, ("calib", "test"))
+    num_classes = int(logits["test"][0].shape[1])
+    rows, probs = posthoc_rows(logits, config["posthoc"], num_classes)
+    out = tempfile.mkdtemp(prefix="gce-study-")
+    np.savez_compressed(os.path.join(out, PREDICTIONS_FILE), labels=logits["test"][1].numpy(),
+                        **{f"probs_{k}": v for k, v in probs.items()})
+    ray.tune.report({**base, "rows": json.dumps(rows)}, checkpoint=ray.tune.Checkpoint.from_directory(out))
+
+
+# ---------------------------------------------------------------------------------------------------- aggregation
+
+
+def mean_std(values: list[float]) -> tuple[float, float, int]:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    n = len(vals)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = sum(vals) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
+    return mean, std, n
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean ± std (sample std, n−1) over seeds for every (method, posthoc) and metric."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["posthoc"]), []).append(r)
+    table = []
+    for (method, posthoc), rs in groups.items():
+        entry = {"method": method, "posthoc": posthoc, "seeds": len(rs)}
+        for m in METRICS:
+            entry[m], entry[f"{m}_std"], _ = mean_std([r[m] for r in rs])
+        table.append(entry)
+    return table
+
+
+def paired_difference(rows: list[dict], a: str, b: str, posthoc: str, metric: str) -> dict:
+    """Mean ± std of (a − b) over the seeds both ran, with a two-sided paired t-test (same splits, same seed)."""
+    from scipy import stats
+
+    by_seed_a = {r["seed"]: r[metric] for r in rows if r["method"] == a and r["posthoc"] == posthoc}
+    by_seed_b = {r["seed"]: r[metric] for r in rows if r["method"] == b and r["posthoc"] == posthoc}
+    seeds = sorted(set(by_seed_a) & set(by_seed_b))
+    diffs = [by_seed_a[s] - by_seed_b[s] for s in seeds]
+    mean, std, n = mean_std(diffs)
+    # With identical differences on every seed (std 0) the t statistic is undefined: no p-value is given.
+    p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if n >= 2 and std > 0 else math.nan
+    return {"a": a, "b": b, "posthoc": posthoc, "metric": metric, "mean": mean, "std": std, "n": n, "p": p}
+
+
+def _fmt(mean: float, std: float, scale: float, digits: int) -> str:
+    if not math.isfinite(mean):
+        return "—"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def markdown_tables(spec: StudySpec, table: list[dict], rows: list[dict], statuses: dict[str, int]) -> str:
+    """The report's tables: one per post-hoc calibrator, accuracy/ECE in %, NLL and Brier as is."""
+    n_test = rows[0]["n"] if rows else 0
+    lines = [f"### {spec.name}", "", spec.description.strip(), "",
+             f"Test split n = {n_test}; mean ± std over {len(spec.seeds)} seeds "
+             f"(runs: {', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}). "
+             "Accuracy, ECE (15 and 20 equal-width bins), AdaECE and classwise ECE in %.", ""]
+    cols = [("acc", 100, 2), ("ece", 100, 2), ("ece20", 100, 2), ("adaece", 100, 2), ("cece", 100, 3),
+            ("nll", 1, 4), ("brier", 1, 4)]
+    for posthoc in spec.posthoc:
+        lines += [f"**{posthoc}**", "", "| method | acc | ECE-15 | ECE-20 | AdaECE | cw-ECE | NLL | Brier |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for method in spec.methods:
+            entry = next((t for t in table if t["method"] == method and t["posthoc"] == posthoc), None)
+            if entry is None:
+                lines.append(f"| {method} | " + " | ".join("—" for _ in cols) + " |")
+                continue
+            cells = [_fmt(entry[m], entry[f"{m}_std"], s, d) for m, s, d in cols]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if spec.compare:
+        lines += ["Paired differences (a − b, same seeds and splits; p from a two-sided paired t-test; "
+                  "'noise' when p ≥ 0.05; 'p n/a' when the difference is the same on every seed or n < 2):", "", "| a − b | post-hoc | Δacc % | ΔECE-15 % | ΔNLL |", "|---|---|---|---|---|"]
+        for a, b in spec.compare:
+            for posthoc in spec.posthoc:
+                cells = []
+                for metric, scale, digits in (("acc", 100, 2), ("ece", 100, 2), ("nll", 1, 4)):
+                    d = paired_difference(rows, a, b, posthoc, metric)
+                    if not math.isfinite(d["p"]):
+                        tag = "p n/a"
+                    else:
+                        tag = "noise" if d["p"] >= 0.05 else f"p={d['p']:.3f}"
+                    cells.append(f"{_fmt(d['mean'], d['std'], scale, digits)} ({tag})")
+                lines.append(f"| {a} − {b} | {posthoc} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def draw_diagrams(spec: StudySpec, predictions: dict[str, dict], out: Path) -> list[Path]:
+    """Reliability diagrams (raw vs each post-hoc calibrator) of the diagram methods' first seed."""
+    from trainables.metrics import reliability_diagram
+
+    paths = []
+    for method in spec.diagrams:
+        pred = predictions.get(method)
+        if pred is None:
+            continue
+        for posthoc in spec.posthoc:
+            if posthoc == "none" or f"probs_{posthoc}" not in pred or "probs_none" not in pred:
+                continue
+            path = out / f"reliability_{method}_{posthoc}.png"
+            reliability_diagram(pred["probs_none"], pred["labels"], n_bins=15,
+                                calibrated_probs=pred[f"probs_{posthoc}"], names=("no calibration", posthoc),
+                                title=f"{spec.name}: {method}, test", path=str(path))
+            paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------------- the command
+
+
+def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
+    import numpy as np
+    from ray import tune
+
+    from search.driver import connect_ray
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    grid = [{"method": m, "seed": s, "trial_config": spec.run_config(m, s), "posthoc": spec.posthoc}
+            for m in spec.methods for s in spec.seeds]
+    started = connect_ray(address)
+    try:
+        resources = {"CPU": spec.resources["cpus_per_trial"], "GPU": spec.resources["gpus_per_trial"]}
+        # The grid is nested under "run" so that Ray does not flatten the run configs into its search space.
+        trainable = tune.with_resources(study_trainable_entry, tune.PlacementGroupFactory([resources]))
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"run": tune.grid_search(grid)},
+            tune_config=tune.TuneConfig(reuse_actors=True),
+            run_config=tune.RunConfig(storage_path=str((out / "ray").resolve()), name=spec.name, verbose=0),
+        )
+        t0 = time.perf_counter()
+        results = list(tuner.fit())
+        wall = time.perf_counter() - t0
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    rows, statuses, predictions, images = [], {}, {}, 0.0
+    for result in results:
+        m = result.metrics or {}
+        status = m.get("status", "error") if result.error is None else "error"
+        statuses[status] = statuses.get(status, 0) + 1
+        run = (result.config or {}).get("run", {})
+        for row in json.loads(m.get("rows", "[]")):
+            rows.append({"method": run.get("method"), "seed": run.get("seed"), **row})
+        if result.checkpoint is not None and run.get("seed") == spec.seeds[0] and run.get("method") in spec.diagrams:
+            with result.checkpoint.as_directory() as d:
+                with np.load(os.path.join(d, PREDICTIONS_FILE)) as f:
+                    predictions[run["method"]] = {k: f[k] for k in f.files}
+    rows.sort(key=lambda r: (list(spec.methods).index(r["method"]), r["seed"], list(spec.posthoc).index(r["posthoc"])))
+    table = aggregate(rows)
+    (out / "runs.json").write_text(json.dumps(rows, indent=1))
+    (out / "table.json").write_text(json.dumps(table, indent=1))
+    md = markdown_tables(spec, table, rows, statuses)
+    (out / "table.md").write_text(md + "\n")
+    diagrams = draw_diagrams(spec, predictions, out)
+    return {"rows": rows, "table": table, "markdown": md, "statuses": statuses, "wall_s": wall,
+            "diagrams": [str(p) for p in diagrams]}
+
+
+def study_trainable_entry(config: dict) -> None:
+    """The grid nests each run's settings under config['run']."""
+    study_trainable(config["run"])
+
+
+def cmd_study(args) -> int:
+    from search.cli import UsageError
+
+    spec = load_study(args.study, args.overrides)
+    out = Path(args.out or f"gce-study-{spec.name}").resolve()
+    if (out / "table.md").exists():
+        raise UsageError(f"--out {out}: already holds a finished study (table.md); valid: a new directory")
+    n = len(spec.methods) * len(spec.seeds)
+    print(f"study {spec.name}: {len(spec.methods)} methods x {len(spec.seeds)} seeds = {n} runs, "
+          f"post-hoc: {', '.join(spec.posthoc)}; writing to {out}")
+    summary = run_study(spec, out, args.address)
+    print(summary["markdown"])
+    print(f"\n{n} runs in {summary['wall_s']:.0f} s; tables: {out / 'table.md'}; per run: {out / 'runs.json'}")
+    for p in summary["diagrams"]:
+        print(f"reliability diagram: {p}")
+    return 0 if summary["rows"] else 1

@@ -1,0 +1,125 @@
+"""`gce-search study`: spec validation, aggregation against hand values, and one tiny real study on Ray."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from search.cli import main
+from search.study import aggregate, load_study, mean_std, paired_difference
+from trainables.registry import ConfigError
+
+TINY = {
+    "name": "tiny",
+    "seeds": 2,
+    "base": {"data": {"name": "digits"}, "model": {"name": "mlp", "width": 32, "depth": 1},
+             "train": {"epochs": 2, "batch_size": 64, "lr": 0.05, "device": "cpu"}},
+    "methods": {"ce": {"name": "cross_entropy"}, "gce": {"name": "gce", "lam": 1.0}},
+    "posthoc": {"none": {"method": "none"}, "ts": {"method": "ts"},
+                "ats": {"method": "ats", "breakpoints": [0.5, 0.9]}},
+    "diagrams": ["ce"],
+    "compare": [["gce", "ce"]],
+}
+
+
+def write(tmp_path, spec, name="study.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ["digits", "fashion_mnist", "fashion_mnist_lt100", "fashion_mnist_lt10",
+                                  "fashion_mnist_gpu"])
+def test_shipped_studies_validate(name):
+    spec = load_study(name)
+    assert {"cross_entropy", "gce", "flsd53", "focal", "dual_focal", "adafocal", "brier", "mmce",
+            "label_smoothing"} <= set(spec.methods)
+    assert len(spec.seeds) >= 5
+    assert {"none", "ts", "ats"} <= set(spec.posthoc)
+    cfg = spec.run_config("gce", spec.seeds[-1])
+    assert cfg["loss"] == {"name": "gce", "lam": 1.0} and cfg["seed"] == spec.seeds[-1]
+    assert cfg["calibration"]["method"] == "none"  # calibrators are fitted post hoc, on calib only
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda s: s["methods"].update(bad={"name": "crossentropy"}), r"methods\.bad.*loss\.name.*unknown loss"),
+    (lambda s: s["methods"].update(bad={"name": "gce", "lam": -1}), r"loss\.lam.*got -1"),
+    (lambda s: s["posthoc"].update(x={"method": "platt"}), r"posthoc\.x.*none, ts, ats"),
+    (lambda s: s["posthoc"].update(x={"method": "ats", "breakpoints": [0.9, 0.5]}), r"strictly increasing"),
+    (lambda s: s.update(seeds=0), r"seeds: got 0"),
+    (lambda s: s.update(diagrams=["nope"]), r"diagrams: 'nope'"),
+    (lambda s: s.update(compare=[["gce", "nope"]]), r"compare"),
+    (lambda s: s.update(method={}), r"method: unknown key"),
+    (lambda s: s["base"]["train"].update(epochs=0), r"train\.epochs"),
+])
+def test_bad_study_input_is_named(tmp_path, mutate, message):
+    spec = json.loads(json.dumps(TINY))
+    mutate(spec)
+    with pytest.raises(ConfigError, match=message):
+        load_study(write(tmp_path, spec))
+
+
+def test_unknown_study_name_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match="fashion_mnist_lt100"):
+        load_study("no_such_study")
+
+
+def test_mean_std_and_paired_difference_by_hand():
+    from scipy import stats
+
+    assert mean_std([1.0, 2.0, 4.0]) == pytest.approx((7 / 3, math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2
+                                                                          + (4 - 7 / 3) ** 2) / 2), 3))
+    rows = [{"method": m, "seed": s, "posthoc": "none", "acc": a}
+            for m, s, a in [("a", 0, 0.9), ("a", 1, 0.8), ("a", 2, 0.85), ("b", 0, 0.7), ("b", 1, 0.75),
+                            ("b", 2, 0.7), ("b", 3, 0.1)]]  # seed 3 has no pair: ignored
+    d = paired_difference(rows, "a", "b", "none", "acc")
+    diffs = [0.2, 0.05, 0.15]
+    assert d["n"] == 3
+    assert d["mean"] == pytest.approx(np.mean(diffs))
+    assert d["std"] == pytest.approx(np.std(diffs, ddof=1))
+    assert d["p"] == pytest.approx(stats.ttest_rel([0.9, 0.8, 0.85], [0.7, 0.75, 0.7]).pvalue)
+
+
+def test_aggregate_groups_by_method_and_posthoc():
+    rows = [{"method": "a", "seed": s, "posthoc": p, **{m: v + (p == "ts") for m in
+                                                          ("acc", "ece", "ece20", "adaece", "cece", "nll", "brier")}}
+            for s, v in [(0, 1.0), (1, 3.0)] for p in ("none", "ts")]
+    table = {(t["method"], t["posthoc"]): t for t in aggregate(rows)}
+    assert table[("a", "none")]["acc"] == 2.0 and table[("a", "ts")]["acc"] == 3.0
+    assert table[("a", "none")]["acc_std"] == pytest.approx(math.sqrt(2))
+    assert table[("a", "none")]["seeds"] == 2
+
+
+def test_tiny_study_end_to_end(tmp_path, capsys):
+    """A real study on Ray: every run reported, the 'none' rows equal the trial's own test metrics, the calibrated
+    rows keep the accuracy, and the report files exist."""
+    from search.study import load_study
+    from trainables.trial import run_trial
+
+    path = write(tmp_path, TINY)
+    out = tmp_path / "out"
+    assert main(["study", path, "--out", str(out)]) == 0
+    rows = json.loads((out / "runs.json").read_text())
+    assert len(rows) == 2 * 2 * 3
+    assert {(r["method"], r["seed"], r["posthoc"]) for r in rows} == {
+        (m, s, p) for m in ("ce", "gce") for s in (0, 1) for p in ("none", "ts", "ats")}
+    # The study's uncalibrated test metrics equal what the trial itself reports on the test split.
+    spec = load_study(path)
+    direct = run_trial(spec.run_config("gce", 1))
+    row = next(r for r in rows if (r["method"], r["seed"], r["posthoc"]) == ("gce", 1, "none"))
+    assert row["acc"] == pytest.approx(direct["test/acc"], abs=1e-12)
+    assert row["ece"] == pytest.approx(direct["test/ece"], abs=1e-6)  # float32 logits, other batching
+    assert row["nll"] == pytest.approx(direct["test/nll"], abs=1e-6)
+    for r in rows:  # positive temperatures never change the argmax
+        same = next(x for x in rows if (x["method"], x["seed"], x["posthoc"]) == (r["method"], r["seed"], "none"))
+        assert r["acc"] == same["acc"]
+    table_md = (out / "table.md").read_text()
+    assert "| gce |" in table_md and "gce − ce" in table_md
+    assert (out / "reliability_ce_ts.png").stat().st_size > 1000
+    assert (out / "reliability_ce_ats.png").exists()
+    # A finished study is never overwritten.
+    assert main(["study", path, "--out", str(out)]) == 2
+    assert "already holds a finished study" in capsys.readouterr().err

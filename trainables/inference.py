@@ -1,0 +1,45 @@
+"""Logits of a trained trial, rebuilt from its checkpoint.
+
+A trial reports scalar metrics only; its checkpoint holds the model weights and the resolved config, and the splits
+are a pure function of `data` (split_seed included), so any split's predictions can be recomputed exactly — for
+post-hoc calibration studies, reliability diagrams and ECE uncertainty.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+SPLITS = ("train", "calib", "val", "test")
+
+
+@torch.no_grad()
+def split_logits(state: dict | str, splits: Iterable[str] = ("calib", "val", "test"),
+                 device: str | torch.device = "cpu") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{split: (float32 logits [N, K] on the CPU, int64 labels [N])} for a checkpoint (a state dict as saved by
+    trainables.trial, or a path to it / to its directory)."""
+    from trainables.config import resolve
+    from trainables.data import load_splits
+    from trainables.models import build_model
+
+    if not isinstance(state, dict):
+        from trainables.trial import load_checkpoint
+
+        state = load_checkpoint(str(state))
+    splits = list(splits)
+    for split in splits:
+        if split not in SPLITS:
+            raise ValueError(f"splits: unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    cfg = resolve(state["config"])
+    data = load_splits(cfg["data"], device=device)
+    model = build_model(cfg["model"], data.in_channels, data.num_classes, data.image_size)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    batch = cfg["train"]["eval_batch_size"]
+    out = {}
+    for split in splits:
+        x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
+        chunks = [model(x[i:i + batch]).float().cpu() for i in range(0, x.shape[0], batch)]
+        logits = torch.cat(chunks) if chunks else torch.zeros(0, data.num_classes)
+        out[split] = (logits, y.cpu())
+    return out
