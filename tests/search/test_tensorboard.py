@@ -1,0 +1,170 @@
+"""TensorBoard after a tiny real search (`gce-search run` on a local Ray instance): a real TensorBoard server on
+127.0.0.1 must list every trial with every parameter in its HParams plugin and serve the Pareto figure."""
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from search.cli import main
+from search.tensorboard import NOT_APPLICABLE_VALUE, tensorboard_command
+
+pytestmark = pytest.mark.slow
+
+# The quickstart space (loss, gce.lam, focal.gamma, lr, ATS breakpoints) cut down to a few seconds: random
+# sampling with seed 0 gives GCE and non-GCE trials among the first four; ASHA stops some of them.
+TINY_SEARCH = ["--set", "search.num_samples=4", "--set", "search.sampler=random", "--set", "search.seed=0",
+               "--set", "train.epochs=2", "--set", "scheduler.grace_period=1", "--set", "data.max_train=300"]
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(tmp_path_factory) -> Path:
+    """Run one tiny search through the driver (shared by the TensorBoard and export tests of a session)."""
+    import ray
+
+    storage = tmp_path_factory.mktemp("storage")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert main(["run", "quickstart", "--storage", str(storage), "--name", "tiny", *TINY_SEARCH]) == 0
+    finally:
+        ray.shutdown()
+    return storage / "tiny"
+
+
+def _results(exp: Path) -> dict[str, list[dict]]:
+    out = {}
+    for f in exp.glob("*/result.json"):
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        if rows:
+            out[rows[-1]["trial_id"]] = rows
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, data: dict | None = None):
+    body = json.dumps(data).encode() if data is not None else None
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"} if body else {})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        raw = resp.read()
+        return json.loads(raw) if resp.headers.get_content_type() == "application/json" else raw
+
+
+def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 90.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"tensorboard exited with {proc.returncode}")
+        try:
+            return _get(url)
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"tensorboard did not answer {url} within {timeout} s")
+
+
+def test_tensorboard_serves_every_trial_parameter_and_the_pareto_figure(tiny_experiment):
+    exp = tiny_experiment
+    results = _results(exp)
+    space = __import__("yaml").safe_load((exp / "spec.yaml").read_text())["space"]
+    losses = {rows[-1]["config"]["trial_config"]["loss"]["name"] for rows in results.values()}
+    assert "gce" in losses and losses - {"gce"}, f"the tiny search should mix GCE and other losses: {losses}"
+    assert (exp / "pareto.png").is_file() and (exp / "summary.json").is_file()  # written when the search ended
+
+    port = _free_port()
+    cmd = tensorboard_command(exp / "tensorboard", port)
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(f"{base}/data/plugins_listing", proc)
+        # TensorBoard loads event files in the background: wait until every trial run is there.
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            runs = _get(f"{base}/data/runs")
+            if set(results) <= set(runs):
+                break
+            time.sleep(0.5)
+        experiment = _get(f"{base}/data/plugin/hparams/experiment", {"experimentName": ""})
+        declared = {h["name"] for h in experiment["hparamInfos"]}
+        assert set(space) | {"calibration.pieces", "trial.status"} <= declared
+        metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
+        assert {"best/val/acc", "best/val/ece", "final/test/acc"} <= metrics
+
+        groups = _get(f"{base}/data/plugin/hparams/session_groups", {
+            "experimentName": "", "startIndex": 0, "sliceSize": 1000,
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+            "colParams": []})["sessionGroups"]
+        by_trial = {g["name"]: g for g in groups}
+        assert set(by_trial) == set(results)  # every trial, nothing else
+        for trial_id, rows in results.items():
+            hparams = by_trial[trial_id]["hparams"]
+            assert set(space) <= set(hparams), f"{trial_id} lacks {set(space) - set(hparams)}"
+            cfg = rows[-1]["config"]["trial_config"]
+            assert hparams["loss.name"] == cfg["loss"]["name"]
+            assert hparams["train.lr"] == pytest.approx(cfg["train"]["lr"])
+            if cfg["loss"]["name"] == "gce":
+                assert hparams["gce.lam"] == pytest.approx(cfg["loss"]["lam"])
+            else:
+                assert hparams["gce.lam"] == NOT_APPLICABLE_VALUE
+            expected_status = "complete" if rows[-1].get("final") is True else "stopped"
+            assert hparams["trial.status"] == expected_status
+            # the HParams metrics are the best epoch's (highest score), not the last epoch's
+            best = max((r for r in rows if math.isfinite(r["score"])), key=lambda r: r["score"])
+            values = {m["name"]["tag"]: m["value"] for m in by_trial[trial_id]["metricValues"]}
+            assert values["best/val/acc"] == pytest.approx(best["val/acc"], abs=1e-6)
+            assert values["best/val/ece"] == pytest.approx(best["val/ece"], abs=1e-6)
+            assert values["best/epoch"] == best["epoch"]
+
+        # per trial, every numeric metric key per epoch
+        tags = _get(f"{base}/data/plugin/scalars/tags")
+        for trial_id, rows in results.items():
+            reported = {k for k, v in rows[-1].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and "/" in k and math.isfinite(v)}
+            assert reported <= set(tags[trial_id]), f"{trial_id} lacks {reported - set(tags[trial_id])}"
+            series = _get(f"{base}/data/plugin/scalars/scalars?run={trial_id}&tag=val/acc")
+            assert [s[1] for s in series] == [r["epoch"] for r in rows]
+            assert [s[2] for s in series] == pytest.approx([r["val/acc"] for r in rows], abs=1e-6)
+        assert "hypervolume" in tags["experiment"]
+
+        images = _get(f"{base}/data/plugin/images/tags")
+        assert "pareto" in images["experiment"]
+        reliability = [t for t in images["experiment"] if t.startswith("reliability/")]
+        assert reliability, "reliability diagrams of the front's members"
+        listing = _get(f"{base}/data/plugin/images/images?run=experiment&tag=pareto&sample=0")
+        png = _get(f"{base}/data/plugin/images/individualImage?{listing[-1]['query']}")
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_summary_backfills_trials_a_callback_did_not_write(tiny_experiment, tmp_path):
+    """An experiment without TensorBoard event files (a search run without the callback) gets every trial's
+    session and curves from its result.json when the results are written."""
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from search.results import write_results
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_experiment, copy, ignore=shutil.ignore_patterns("tensorboard", "checkpoint_*"))
+    write_results(copy)
+    for trial_id, rows in _results(copy).items():
+        acc = EventAccumulator(str(copy / "tensorboard" / trial_id), size_guidance={"tensors": 0, "scalars": 0})
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("val/acc")] == [r["epoch"] for r in rows]
+        assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
