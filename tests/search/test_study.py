@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from search.cli import main
-from search.study import aggregate, load_study, mean_std, paired_difference
+from search.study import STUDIES_DIR, aggregate, load_study, mean_std, paired_difference
 from trainables.registry import ConfigError
 
 TINY = {
@@ -31,8 +31,15 @@ def write(tmp_path, spec, name="study.yaml"):
     return str(path)
 
 
-@pytest.mark.parametrize("name", ["digits", "fashion_mnist", "fashion_mnist_lt100", "fashion_mnist_lt10",
-                                  "fashion_mnist_gpu"])
+SHIPPED = sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
+
+
+def test_the_report_studies_are_shipped():
+    assert {"digits", "fashion_mnist", "fashion_mnist_lt100", "fashion_mnist_lt10", "fashion_mnist_gpu",
+            "cifar10_resnet50", "cifar100_resnet50", "cifar10_fast"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_studies_validate(name):
     spec = load_study(name)
     assert {"cross_entropy", "gce", "flsd53", "focal", "dual_focal", "adafocal", "brier", "mmce",
