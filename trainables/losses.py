@@ -185,18 +185,19 @@ class _GCEFunction(torch.autograd.Function):
     ``G_jk = lam * A_jk * sum_{i: y_i = k} g_i - g_j * 1[k = y_j]``.
     The column sums of P are used directly when none is tiny (then log of the sum is exact to rounding); otherwise
     (a class whose probability underflows in every row, e.g. logits of magnitude 1e4) the columns are shifted by
-    their maximum first. On accelerators the shifted form is always used, since deciding would cost a device sync.
+    their maximum first. On accelerators the shifted form is always used (`always_shift`): deciding would cost a
+    device sync.
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, lam: float) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, lam: float, always_shift: bool) -> torch.Tensor:
         work = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         log_probs = F.log_softmax(work, dim=1)
         probs = _exp_via_exp2(log_probs)
         column_weights = probs
         column_norm = probs.sum(dim=0)
         shift = None
-        if work.device.type != "cpu" or bool((column_norm < torch.finfo(work.dtype).tiny ** 0.5).any()):
+        if always_shift or bool((column_norm < torch.finfo(work.dtype).tiny ** 0.5).any()):
             shift = log_probs.amax(dim=0)
             column_weights = _exp_via_exp2(log_probs - shift)
             column_norm = column_weights.sum(dim=0)  # >= 1: the column maximum contributes exp(0)
@@ -218,7 +219,7 @@ class _GCEFunction(torch.autograd.Function):
         grad = column_weights * per_class.mul_(ctx.lam).div_(column_norm)
         grad.scatter_add_(1, targets[:, None], -grad_out[:, None])
         grad.addcmul_(probs, grad.sum(dim=1, keepdim=True), value=-1.0)
-        return grad.to(ctx.input_dtype), None, None
+        return grad.to(ctx.input_dtype), None, None, None
 
 
 def gce(logits: torch.Tensor, targets: torch.Tensor, lam: float = 1.0, process_group=None, *,
@@ -247,7 +248,7 @@ def gce(logits: torch.Tensor, targets: torch.Tensor, lam: float = 1.0, process_g
     targets = _checked(logits, targets, validate)
     lam = float(_hp("lam", _LAM_GCE, lam))
     if process_group is None:
-        return _GCEFunction.apply(logits, targets, lam)
+        return _GCEFunction.apply(logits, targets, lam, logits.device.type != "cpu")
     log_probs = F.log_softmax(logits, dim=1)
     nll = -_target_log_prob(log_probs, targets)
     batch_log_probs = _all_gather_rows(log_probs, process_group)

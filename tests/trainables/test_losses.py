@@ -200,6 +200,21 @@ def test_gce_hand_written_gradient_matches_autograd_of_the_formula():
     torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5)
 
 
+def test_gce_shifted_column_path_equals_the_direct_one():
+    """Accelerators always take the max-shifted column sums (CPU only when a column underflows): same result."""
+    logits, targets = random_batch(batch=40, classes=6, seed=23, dtype=torch.float32)
+    weights = torch.rand(40, generator=torch.Generator().manual_seed(24))
+    results = []
+    for always_shift in (False, True):
+        x = logits.clone().requires_grad_(True)
+        values = L._GCEFunction.apply(x, targets, 0.7, always_shift)
+        (values * weights).sum().backward()
+        results.append((values.detach(), x.grad))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    torch.testing.assert_close(results[1][0], gce_autograd_reference(logits, targets, 0.7))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_gce_is_finite_and_exact_at_logit_magnitude_1e4(dtype):
     g = torch.Generator().manual_seed(6)
