@@ -20,7 +20,6 @@ import io
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -486,7 +485,7 @@ def tensorboard_command(logdir: Path, port: int) -> list[str]:
 
 
 def cmd_tensorboard(args) -> int:
-    """`gce-search tensorboard EXPERIMENT_DIR [--port N]`: serve `<exp>/tensorboard` on 127.0.0.1."""
+    """`gce-search tensorboard EXPERIMENT_DIR [--port N]`: serve `<exp>/tensorboard` on 127.0.0.1 until Ctrl-C."""
     from search.results import load_experiment
 
     exp = load_experiment(args.experiment_dir)
@@ -498,11 +497,10 @@ def cmd_tensorboard(args) -> int:
         if not exp.trials:
             raise UsageError(f"{exp.path}: no trial has reported yet; nothing to show in TensorBoard")
         write_tensorboard_summary(exp.path, experiment=exp)
+    from tensorboard import program
+
+    # In-process (no child to orphan when this process is killed). argv[0] is ignored by configure().
+    board = program.TensorBoard()
+    board.configure(argv=[None, *tensorboard_command(root, port)[3:]])
     print(f"TensorBoard for {exp.path} at http://127.0.0.1:{port}/ (Ctrl-C to stop)", flush=True)
-    proc = subprocess.Popen(tensorboard_command(root, port))
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=10)
-        return 0
+    return int(board.main() or 0)

@@ -6,10 +6,12 @@ import json
 import math
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from search.cli import main
@@ -83,10 +85,15 @@ def test_tensorboard_serves_every_trial_parameter_and_the_pareto_figure(tiny_exp
     port = _free_port()
     cmd = tensorboard_command(exp / "tensorboard", port)
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # what a user runs: `gce-search tensorboard EXP --port P`
+    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "tensorboard", str(exp), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_for(f"{base}/data/plugins_listing", proc)
+        listening = {c.laddr.ip for c in psutil.Process(proc.pid).net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN}
+        assert listening == {"127.0.0.1"}, f"TensorBoard must listen on loopback only, got {listening}"
         # TensorBoard loads event files in the background: wait until every trial run is there.
         deadline = time.time() + 60
         while time.time() < deadline:
