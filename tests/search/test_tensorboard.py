@@ -175,3 +175,46 @@ def test_summary_backfills_trials_a_callback_did_not_write(tiny_experiment, tmp_
         acc.Reload()
         assert [e.step for e in acc.Scalars("val/acc")] == [r["epoch"] for r in rows]
         assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
+
+
+def test_hparam_declarations_and_values_for_conditional_parameters():
+    from tensorboard.plugins.hparams import api_pb2
+
+    from search.tensorboard import hparam_infos, hparam_values
+    from spaces.schema import load_spec
+
+    spec = load_spec("quickstart")
+    infos = {i.name: i for i in hparam_infos(spec.to_dict()["space"])}
+    assert set(infos) == set(spec.to_dict()["space"]) | {"calibration.pieces", "trial.status"}
+    assert infos["loss.name"].type == api_pb2.DATA_TYPE_STRING
+    assert [v.string_value for v in infos["loss.name"].domain_discrete.values] == \
+        ["cross_entropy", "gce", "focal", "label_smoothing"]
+    lam = infos["gce.lam"]
+    assert lam.type == api_pb2.DATA_TYPE_FLOAT64
+    assert (lam.domain_interval.min_value, lam.domain_interval.max_value) == \
+        (spec.param("gce.lam").low, spec.param("gce.lam").high)
+    bp = spec.param("calibration.breakpoints").breakpoints
+    assert (infos["calibration.pieces"].domain_interval.min_value,
+            infos["calibration.pieces"].domain_interval.max_value) == (bp.pieces_min, bp.pieces_max)
+
+    gce = spec.apply({"loss.name": "gce", "gce.lam": 0.25, "train.lr": 0.05,
+                      "calibration.breakpoints": [0.5, 0.9]})
+    focal = spec.apply({"loss.name": "focal", "focal.gamma": 3.0, "train.lr": 0.05,
+                        "calibration.breakpoints": [0.7]})
+    v_gce = hparam_values(spec, gce, "complete")
+    v_focal = hparam_values(spec, focal, "stopped")
+    assert v_gce["gce.lam"] == 0.25 and v_gce["focal.gamma"] == NOT_APPLICABLE_VALUE
+    assert v_focal["gce.lam"] == NOT_APPLICABLE_VALUE and v_focal["focal.gamma"] == 3.0
+    assert v_gce["calibration.breakpoints"] == "0.5 0.9" and v_gce["calibration.pieces"] == 3.0
+    assert v_focal["calibration.pieces"] == 2.0 and v_focal["trial.status"] == "stopped"
+    # without ATS the breakpoints do not apply, even though the config still holds a list
+    ts = dict(gce, calibration=dict(gce["calibration"], method="ts"))
+    assert hparam_values(spec, ts, "complete")["calibration.breakpoints"] == NOT_APPLICABLE_VALUE
+
+
+def test_tensorboard_command_refuses_what_is_not_an_experiment(tmp_path, capsys):
+    assert main(["tensorboard", str(tmp_path)]) == 2
+    assert "not an experiment directory" in capsys.readouterr().err
+    assert main(["tensorboard", str(tmp_path / "nope")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert not (tmp_path / "tensorboard").exists()
