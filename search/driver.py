@@ -7,9 +7,12 @@ the experiment directory gets `spec.yaml`, and Ray Tune runs Optuna's define-by-
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import time
 from typing import Any
+
+from ray.tune import Callback
 
 from search.cli import UsageError
 from trainables.registry import ConfigError
@@ -175,6 +178,28 @@ def optional_callbacks(exp_dir: str, spec) -> list:
     return [TensorBoardCallback(exp_dir, spec)]
 
 
+class SchedulerState(Callback):
+    """Carries the scheduler's state (ASHA's rungs) through Ray's experiment checkpoints.
+
+    Ray saves the searcher's and the callbacks' state with the experiment, not the scheduler's (ray 2.60): after
+    `Tuner.restore` ASHA would start with empty rungs and let every resumed trial run to the full budget. This
+    callback and the scheduler are pickled together into Ray's tuner.pkl, so after a restore it still holds the
+    scheduler the Tuner uses, and `set_state` refills it.
+    """
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict:
+        return {"scheduler": pickle.dumps(self.scheduler.__dict__)}
+
+    def set_state(self, state: dict) -> None:
+        self.scheduler.__dict__.update(pickle.loads(state["scheduler"]))
+        recorded = sum(len(rec) for bracket in getattr(self.scheduler, "_brackets", [])
+                       for _, rec in getattr(bracket, "_rungs", []))
+        print(f"gce-search: scheduler state restored ({recorded} result(s) recorded at rungs)", flush=True)
+
+
 def trial_dirname(trial) -> str:
     # Ray's default folder name lists every parameter and overflows path limits with breakpoint vectors.
     return f"trial_{trial.trial_id}"
@@ -206,9 +231,9 @@ def build_tuner(spec, storage: str, name: str, exp_dir: str, progress, slots: in
     # (importing torch, ~5-10 s) idles every other slot. So the limiter is always there, at the slot count.
     max_concurrent = int(spec.search.get("max_concurrent") or slots)
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+    scheduler = build_scheduler(dict(spec.scheduler), max_t=max_epochs(spec))
     tune_config = tune.TuneConfig(
-        metric="score", mode="max", search_alg=search_alg,
-        scheduler=build_scheduler(dict(spec.scheduler), max_t=max_epochs(spec)),
+        metric="score", mode="max", search_alg=search_alg, scheduler=scheduler,
         num_samples=int(spec.search.get("num_samples", 16)),
         reuse_actors=bool(spec.resources.get("reuse_actors", True)),
         time_budget_s=spec.search.get("timeout_s"),
@@ -217,7 +242,8 @@ def build_tuner(spec, storage: str, name: str, exp_dir: str, progress, slots: in
     run_config = tune.RunConfig(
         storage_path=storage, name=name, verbose=0,
         # result.json (JSON lines) is what search.results reads; progress.csv is for users' own tools.
-        callbacks=[progress, JsonLoggerCallback(), CSVLoggerCallback(), *optional_callbacks(exp_dir, spec)],
+        callbacks=[progress, JsonLoggerCallback(), CSVLoggerCallback(), SchedulerState(scheduler),
+                   *optional_callbacks(exp_dir, spec)],
         # The latest checkpoint is what resume needs; older ones only fill the disk.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         # A trial whose node died restarts from its checkpoint, once; a deterministic bug fails twice, not forever.
@@ -250,6 +276,27 @@ def frequent_experiment_checkpoints() -> None:
 
 # --------------------------------------------------------------------------------------------------------------
 # After the search
+
+
+def unfinished_trials(grid) -> int:
+    """Trials neither terminated nor errored: Ray returns from fit() like this after Ctrl+C (or a time budget)."""
+    analysis = getattr(grid, "_experiment_analysis", None)
+    trials = getattr(analysis, "trials", None) or []
+    return sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
+
+
+def finish(exp_dir: str, grid, searcher, started: float) -> int:
+    """Close a fit(): the summary when the search is done; how to continue when it was interrupted."""
+    pending = unfinished_trials(grid)
+    if pending:
+        # The Optuna trials of the unfinished Ray trials stay RUNNING: resume continues exactly those.
+        print(f"\nSearch interrupted with {pending} trial(s) unfinished; the state is saved. Continue with:\n"
+              f"  gce-search resume {exp_dir}", flush=True)
+        return 130
+    if searcher is not None and hasattr(searcher, "fail_orphans"):
+        searcher.fail_orphans()
+    summarize(exp_dir, grid, None, started)
+    return 0
 
 
 def summarize(exp_dir: str, grid, progress, started: float) -> None:
@@ -339,12 +386,10 @@ def cmd_run(args) -> int:
         slots = cluster_slots(trial_resources(spec), ray.nodes())
         tuner, searcher = build_tuner(spec, storage, name, exp_dir, progress, slots=slots)
         grid = tuner.fit()
-        searcher.fail_orphans()
-        summarize(exp_dir, grid, progress, started)
+        return finish(exp_dir, grid, searcher, started)
     finally:
         if owns_ray:
             ray.shutdown()
-    return 0
 
 
 def cmd_resume(args) -> int:
@@ -380,16 +425,18 @@ def cmd_resume(args) -> int:
         # reconciles its saved state with the Optuna journal.
         tuner = tune.Tuner.restore(exp_dir, trainable=build_trainable(spec), resume_unfinished=True,
                                    resume_errored=True)
+        local = getattr(tuner, "_local_tuner", None)
+        if local is not None:  # make sure the state goes into the scheduler this Tuner runs
+            for callback in local._run_config.callbacks or []:
+                if isinstance(callback, SchedulerState):
+                    callback.scheduler = local._tune_config.scheduler
         grid = tuner.fit()
         local = getattr(tuner, "_local_tuner", None)
         searcher = inner_searcher(local._tune_config.search_alg) if local is not None else None
-        if searcher is not None and hasattr(searcher, "fail_orphans"):
-            searcher.fail_orphans()
-        summarize(exp_dir, grid, None, started)
+        return finish(exp_dir, grid, searcher, started)
     finally:
         if owns_ray:
             ray.shutdown()
-    return 0
 
 
 def _cluster_words() -> str:

@@ -58,3 +58,4 @@ def build_scheduler(settings: dict, max_t: int):
     info = SCHEDULERS.get(settings.get("name", "asha"))
     kwargs = {k: v for k, v in settings.items() if k != "name"}
     return info.build(kwargs, max_t)
+

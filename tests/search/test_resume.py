@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -93,6 +94,9 @@ def test_resume_after_sigkill_finishes_consistently(tmp_path):
     resumed = subprocess.run(cli("resume", str(exp)), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "Search finished" in resumed.stdout and f"gce-search export {exp}" in resumed.stdout
+    # ASHA's rungs came back with the experiment (Ray itself does not save the scheduler)
+    restored = re.search(r"scheduler state restored \((\d+) result", resumed.stdout)
+    assert restored and int(restored.group(1)) >= 1, resumed.stdout[-3000:]
 
     from ray.tune import ExperimentAnalysis
 
