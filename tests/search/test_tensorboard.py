@@ -25,18 +25,28 @@ TINY_SEARCH = ["--set", "search.num_samples=4", "--set", "search.sampler=random"
                "--set", "train.epochs=2", "--set", "scheduler.grace_period=1", "--set", "data.max_train=300"]
 
 
+_TINY: dict[str, Path] = {}
+
+
+def tiny_experiment_dir(tmp_path_factory) -> Path:
+    """Run one tiny search through the driver, once per session (test_export imports this module's fixture; a
+    fixture imported into another module is a separate fixture, so the memo is what shares the run)."""
+    if "path" not in _TINY:
+        import ray
+
+        storage = tmp_path_factory.mktemp("storage")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            assert main(["run", "quickstart", "--storage", str(storage), "--name", "tiny", *TINY_SEARCH]) == 0
+        finally:
+            ray.shutdown()
+        _TINY["path"] = storage / "tiny"
+    return _TINY["path"]
+
+
 @pytest.fixture(scope="session")
 def tiny_experiment(tmp_path_factory) -> Path:
-    """Run one tiny search through the driver (shared by the TensorBoard and export tests of a session)."""
-    import ray
-
-    storage = tmp_path_factory.mktemp("storage")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        assert main(["run", "quickstart", "--storage", str(storage), "--name", "tiny", *TINY_SEARCH]) == 0
-    finally:
-        ray.shutdown()
-    return storage / "tiny"
+    return tiny_experiment_dir(tmp_path_factory)
 
 
 def _results(exp: Path) -> dict[str, list[dict]]:
