@@ -654,7 +654,7 @@ def pareto_figure(exp: Experiment):
                  f"(acc {REFERENCE_POINT[0]:g}, ece {REFERENCE_POINT[1]:g})"
                  + (f"; {n_div} diverged not shown" if n_div else ""), fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 
