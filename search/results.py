@@ -29,18 +29,24 @@ __all__ = [
     "TrialRecord",
     "Experiment",
     "load_experiment",
+    "require_complete",
+    "searched_values",
     "front_indices",
+    "latest_checkpoint",
+    "val_predictions",
+    "ece_uncertainty",
     "ece_std_from_n",
+    "ece_std_bootstrap",
     "ece_std_from_bins",
+    "chosen_metrics",
     "pareto_rows",
+    "summary_dict",
+    "pareto_figure",
     "write_results",
     "cmd_pareto",
 ]
 
 STATUSES = ("complete", "stopped", "diverged")
-METRIC_KEYS = ("train/loss", "val/acc", "val/ece", "val/ece_raw", "val/adaece", "val/cece", "val/nll", "val/brier",
-               "score")
-TEST_KEYS = ("test/acc", "test/ece", "test/ece_raw", "test/adaece", "test/cece", "test/nll", "test/brier")
 # Ray's bookkeeping keys in every result line; not metrics.
 RAY_KEYS = frozenset({
     "config", "timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "training_iteration", "trial_id",
@@ -54,7 +60,8 @@ NOT_APPLICABLE = None
 
 # 15-bin ECE of a perfectly calibrated model, simulated on realistic confidences (DESIGN.md, "ECE is noisy at small
 # n"): std 0.004 at n = 1k, 0.002 at 5k, 0.0013 at 10k, i.e. std * sqrt(n) = 0.126, 0.141, 0.130. We use
-# ECE_STD_TIMES_SQRT_N / sqrt(n) when a trial reports no reliability bins to bootstrap from.
+# ECE_STD_TIMES_SQRT_N / sqrt(n) only when neither the validation predictions nor reliability bins can be
+# bootstrapped (ece_uncertainty).
 ECE_STD_TIMES_SQRT_N = 0.13
 BOOTSTRAP_RESAMPLES = 400
 
@@ -240,7 +247,7 @@ def searched_values(spec: Any, config: dict, keys: list[str] | None = None) -> d
 def _read_result_lines(path: Path) -> list[dict]:
     lines = []
     with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
+        for line in fh:
             line = line.strip()
             if not line:
                 continue
