@@ -89,7 +89,8 @@ class TrialRecord:
     params: dict
     history: list[dict]
     status: str
-    node: str | None = None
+    node: str | None = None  # readable: "<node ip> (<start of the Ray node id>)"
+    node_id: str | None = None  # Ray's node id, as tune_adapter reports it
     started_at: float = float("nan")  # unix seconds, start of the first epoch
     finished_at: float = float("nan")  # unix seconds, last result
     tune_params: dict = field(default_factory=dict)  # what the searcher proposed (Ray's config minus trial_config)
@@ -297,6 +298,7 @@ def _load_trial(folder: Path, spec: Any) -> TrialRecord | None:
         history=history,
         status=_status_of(history[-1]),
         node=node,
+        node_id=last.get("node_id"),
         started_at=started,
         finished_at=_num(last.get("timestamp")),
         tune_params=tune_params,
