@@ -15,6 +15,7 @@ from typing import Any
 from ray.tune import Callback
 
 from search.cli import UsageError
+from search.cluster import check_storage, job_address
 from trainables.registry import ConfigError
 
 DEFAULT_SPACE = "quickstart"
@@ -122,6 +123,7 @@ def connect_ray(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
+    address = address or job_address()  # inside `ray job submit`: the cluster, not a second local Ray
     if address is None:
         # The dashboard would listen on every interface; gce-search serves nothing beyond 127.0.0.1 by default.
         ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
@@ -278,21 +280,18 @@ def frequent_experiment_checkpoints() -> None:
 # After the search
 
 
-def unfinished_trials(grid) -> int:
-    """Trials neither terminated nor errored: Ray returns from fit() like this after Ctrl+C (or a time budget)."""
-    analysis = getattr(grid, "_experiment_analysis", None)
-    trials = getattr(analysis, "trials", None) or []
-    return sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
-
-
-def finish(exp_dir: str, grid, searcher, started: float) -> int:
+def finish(exp_dir: str, grid, searcher, started: float, timeout_s: float | None = None) -> int:
     """Close a fit(): the summary when the search is done; how to continue when it was interrupted."""
-    pending = unfinished_trials(grid)
-    if pending:
-        # The Optuna trials of the unfinished Ray trials stay RUNNING: resume continues exactly those.
-        print(f"\nSearch interrupted with {pending} trial(s) unfinished; the state is saved. Continue with:\n"
+    cut_off = searcher.unfinished() if searcher is not None and hasattr(searcher, "unfinished") else []
+    budget_spent = timeout_s is not None and time.time() - started >= float(timeout_s)
+    if cut_off and not budget_spent:
+        # Ray does not tell the searcher about trials it leaves on Ctrl+C: their Optuna trials stay RUNNING, and
+        # resume continues exactly those Ray trials.
+        print(f"\nSearch interrupted with {len(cut_off)} trial(s) unfinished; the state is saved. Continue with:\n"
               f"  gce-search resume {exp_dir}", flush=True)
         return 130
+    for trial_id in cut_off:  # the time budget ended them: stopped before the full budget
+        searcher.on_trial_complete(trial_id, result=None)
     if searcher is not None and hasattr(searcher, "fail_orphans"):
         searcher.fail_orphans()
     summarize(exp_dir, grid, None, started)
@@ -375,6 +374,7 @@ def cmd_run(args) -> int:
     owns_ray = connect_ray(args.address)
     try:
         check_resources(trial_resources(spec), ray.nodes())
+        check_storage(storage, ray.nodes(), ray.get_runtime_context().get_node_id())
         os.makedirs(exp_dir, exist_ok=False)
         write_spec(exp_dir, spec)
         frequent_experiment_checkpoints()
@@ -386,7 +386,7 @@ def cmd_run(args) -> int:
         slots = cluster_slots(trial_resources(spec), ray.nodes())
         tuner, searcher = build_tuner(spec, storage, name, exp_dir, progress, slots=slots)
         grid = tuner.fit()
-        return finish(exp_dir, grid, searcher, started)
+        return finish(exp_dir, grid, searcher, started, spec.search.get("timeout_s"))
     finally:
         if owns_ray:
             ray.shutdown()
@@ -419,6 +419,7 @@ def cmd_resume(args) -> int:
     owns_ray = connect_ray(address)
     try:
         check_resources(trial_resources(spec), ray.nodes())
+        check_storage(os.path.dirname(exp_dir), ray.nodes(), ray.get_runtime_context().get_node_id())
         frequent_experiment_checkpoints()
         print(f"gce-search: resuming {exp_dir}, cluster {_cluster_words()}", flush=True)
         # Searcher, scheduler and callbacks come back from Ray's tuner.pkl; the searcher's own restore() then
@@ -433,7 +434,7 @@ def cmd_resume(args) -> int:
         grid = tuner.fit()
         local = getattr(tuner, "_local_tuner", None)
         searcher = inner_searcher(local._tune_config.search_alg) if local is not None else None
-        return finish(exp_dir, grid, searcher, started)
+        return finish(exp_dir, grid, searcher, started, None)
     finally:
         if owns_ray:
             ray.shutdown()

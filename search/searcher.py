@@ -189,6 +189,10 @@ class CalibratedOptunaSearch(OptunaSearch):
         if self._orphans:
             logger.info("%d Optuna trial(s) asked before the interruption will be run now", len(self._orphans))
 
+    def unfinished(self) -> list[str]:
+        """Ray trial ids asked but never told: after fit() returns, trials cut off by Ctrl+C or a time budget."""
+        return sorted(set(self._ot_trials) - self._completed_trials)
+
     def fail_orphans(self) -> int:
         """Tell FAIL for Optuna trials no Ray trial took over (call when the search has ended); returns how many."""
         for storage_id in self._orphans:
