@@ -334,6 +334,28 @@ def draw_diagrams(spec: StudySpec, predictions: dict[str, dict], out: Path) -> l
 # ----------------------------------------------------------------------------------------------------- the command
 
 
+def _progress_callback(total: int):
+    """One line per finished run: method, seed, wall time, and its test accuracy/ECE before and after TS."""
+    from ray import tune
+
+    class StudyProgress(tune.Callback):
+        done = 0
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            StudyProgress.done += 1
+            rows = {r["posthoc"]: r for r in json.loads(result.get("rows", "[]"))}
+            run = trial.config.get("run", {})
+            head = f"[{StudyProgress.done}/{total}] {run.get('method')} seed {run.get('seed')}: " \
+                   f"{result.get('train_s', math.nan):.0f} s"
+            if not rows:
+                print(f"{head}, {result.get('status', 'failed')}", flush=True)
+                return
+            parts = [f"{name} acc {r['acc']:.4f} ece {r['ece']:.4f}" for name, r in rows.items()]
+            print(f"{head}, test " + "; ".join(parts), flush=True)
+
+    return StudyProgress()
+
+
 def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
     import numpy as np
     from ray import tune
@@ -353,7 +375,8 @@ def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
             trainable,
             param_space={"run": tune.grid_search(grid)},
             tune_config=tune.TuneConfig(reuse_actors=True),
-            run_config=tune.RunConfig(storage_path=str((out / "ray").resolve()), name=spec.name, verbose=0),
+            run_config=tune.RunConfig(storage_path=str((out / "ray").resolve()), name=spec.name, verbose=0,
+                                      callbacks=[_progress_callback(len(grid))]),
         )
         t0 = time.perf_counter()
         results = list(tuner.fit())
@@ -370,7 +393,8 @@ def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
         statuses[status] = statuses.get(status, 0) + 1
         run = (result.config or {}).get("run", {})
         for row in json.loads(m.get("rows", "[]")):
-            rows.append({"method": run.get("method"), "seed": run.get("seed"), **row})
+            rows.append({"method": run.get("method"), "seed": run.get("seed"), "train_s": m.get("train_s"),
+                         "images_per_s": m.get("images_per_s"), **row})
         if result.checkpoint is not None and run.get("seed") == spec.seeds[0] and run.get("method") in spec.diagrams:
             with result.checkpoint.as_directory() as d:
                 with np.load(os.path.join(d, PREDICTIONS_FILE)) as f:
@@ -382,7 +406,13 @@ def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
     md = markdown_tables(spec, table, rows, statuses)
     (out / "table.md").write_text(md + "\n")
     diagrams = draw_diagrams(spec, predictions, out)
+    train_s = [m for m in {(r["method"], r["seed"]): r["train_s"] for r in rows}.values() if m is not None]
+    speed = [r["images_per_s"] for r in rows if r.get("images_per_s") is not None and r["posthoc"] == rows[0]["posthoc"]]
+    throughput = {"runs": len(train_s), "wall_s": wall, "mean_run_s": sum(train_s) / max(len(train_s), 1),
+                  "mean_images_per_s_per_run": sum(speed) / max(len(speed), 1)}
+    (out / "throughput.json").write_text(json.dumps(throughput, indent=1))
     return {"rows": rows, "table": table, "markdown": md, "statuses": statuses, "wall_s": wall,
+            "throughput": throughput,
             "diagrams": [str(p) for p in diagrams]}
 
 
@@ -403,7 +433,10 @@ def cmd_study(args) -> int:
           f"post-hoc: {', '.join(spec.posthoc)}; writing to {out}")
     summary = run_study(spec, out, args.address)
     print(summary["markdown"])
-    print(f"\n{n} runs in {summary['wall_s']:.0f} s; tables: {out / 'table.md'}; per run: {out / 'runs.json'}")
+    t = summary["throughput"]
+    print(f"\nthroughput: {t['mean_run_s']:.1f} s per run, {t['mean_images_per_s_per_run']:.0f} training images/s "
+          f"per run")
+    print(f"{n} runs in {summary['wall_s']:.0f} s; tables: {out / 'table.md'}; per run: {out / 'runs.json'}")
     for p in summary["diagrams"]:
         print(f"reliability diagram: {p}")
     return 0 if summary["rows"] else 1
