@@ -1,0 +1,155 @@
+"""What `gce-search run/resume` checks when it joins a Ray cluster, beyond the resources (search.driver).
+
+Storage. Since Ray 2.7 every Tune trial writes its results and checkpoints to `storage_path` from the node it runs
+on, and a trial restarted after a node failure (or `gce-search resume`) reads its checkpoint back from there on
+whatever node it lands ("Configuring Persistent Storage", Ray Tune user guide). A directory that exists only on the
+driver's machine therefore splits the experiment over the nodes' local disks: results go missing and a trial moved
+to another node restarts from scratch, silently. So on a cluster whose trials can run on another node than the
+driver, a local directory is refused unless it is
+
+- a URI (s3://, gs://, abfs://, hdfs://, …): pyarrow's filesystems, reachable from every node, or
+- declared shared: the environment variable GCE_SEARCH_SHARED_STORAGE=1 in the driver's environment, or a file
+  named `.gce-search-shared` in the storage directory (created once by whoever mounts it, e.g. an NFS export
+  mounted at the same path on every node).
+
+A declared directory is then verified: one zero-CPU task pinned to each node that may run trials looks for a fresh
+probe file the driver wrote there, so a node that lacks the mount is named before any trial starts.
+
+Inside `ray job submit` the entrypoint runs with RAY_ADDRESS set to the cluster's GCS, and an explicit `ray.init(
+address="local")` would start a second, private Ray on the head instead: `job_address` gives the driver that
+address when `--address` is left out.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterable
+
+from search.cli import UsageError
+
+SHARED_ENV = "GCE_SEARCH_SHARED_STORAGE"
+SHARED_MARKER = ".gce-search-shared"
+PROBE_PREFIX = ".gce-search-probe-"
+PROBE_TIMEOUT_S = 60.0
+# Set by Ray's job supervisor for the entrypoint of `ray job submit` (ray/dashboard/modules/job/job_supervisor.py),
+# together with RAY_ADDRESS pointing at the cluster's GCS.
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
+def is_uri(storage: str) -> bool:
+    return "://" in storage
+
+
+def job_address(environ: dict | None = None) -> str | None:
+    """The cluster address when this process is the entrypoint of a Ray job, else None."""
+    environ = os.environ if environ is None else environ
+    if RAY_JOB_ENV in environ and environ.get("RAY_ADDRESS"):
+        return environ["RAY_ADDRESS"]
+    return None
+
+
+def _alive(nodes: Iterable[dict]) -> list[dict]:
+    return [n for n in nodes if n.get("Alive", n.get("alive", True))]
+
+
+def trial_nodes(nodes: Iterable[dict]) -> list[dict]:
+    """Alive nodes that can run a trial: every trial reserves CPU, so nodes without CPUs (a head started with
+    `--num-cpus=0`, as in cluster.yaml) only run the driver."""
+    return [n for n in _alive(nodes) if n.get("Resources", {}).get("CPU", 0.0) > 0]
+
+
+def is_multi_node(nodes: Iterable[dict], driver_node_id: str | None = None) -> bool:
+    """True when trials may run on a node other than the driver's: more than one node with CPUs, or (when the
+    driver's node is known) one that is not the driver's, or none yet (an autoscaler will add them)."""
+    runners = trial_nodes(nodes)
+    if len(runners) > 1:
+        return True
+    if driver_node_id is None:
+        return False
+    return not runners or runners[0].get("NodeID") != driver_node_id
+
+
+def declared_shared(storage: str, environ: dict | None = None) -> str | None:
+    """How `storage` was declared shared (a phrase for messages), or None."""
+    environ = os.environ if environ is None else environ
+    if environ.get(SHARED_ENV, "").strip().lower() in TRUE_WORDS:
+        return f"{SHARED_ENV}={environ[SHARED_ENV]}"
+    if os.path.isfile(os.path.join(storage, SHARED_MARKER)):
+        return f"{os.path.join(storage, SHARED_MARKER)} exists"
+    return None
+
+
+def _node_words(node: dict) -> str:
+    res = node.get("Resources", {})
+    return (f"node {node.get('NodeManagerAddress', '?')} ({node.get('NodeID', '?')[:12]}, "
+            f"{res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU)")
+
+
+def _sees_file(path: str) -> bool:
+    return os.path.isfile(path)
+
+
+def nodes_missing_file(path: str, nodes: list[dict], timeout_s: float = PROBE_TIMEOUT_S) -> list[dict]:
+    """The nodes among `nodes` on which `path` is not a file, asked by one task pinned to each node.
+
+    Zero CPUs: the check must not wait behind trials for a CPU, and runs on CPU-less nodes too. A node that does
+    not answer within `timeout_s` counts as missing the file."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(_sees_file)
+    refs = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(path):
+            n for n in nodes}
+    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    missing = []
+    for ref, node in refs.items():
+        try:
+            seen = ref in ready and ray.get(ref, timeout=0)
+        except Exception:  # the node died between listing and probing
+            seen = False
+        if not seen:
+            missing.append(node)
+    return missing
+
+
+def verify_shared(storage: str, nodes: list[dict], timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Refuse when a node that may run trials does not see a file written into `storage` by the driver."""
+    os.makedirs(storage, exist_ok=True)
+    probe_path = os.path.join(storage, PROBE_PREFIX + secrets.token_hex(8))
+    with open(probe_path, "w") as f:
+        f.write("gce-search: shared-storage probe, safe to delete\n")
+    try:
+        missing = nodes_missing_file(probe_path, nodes, timeout_s)
+    finally:
+        os.remove(probe_path)
+    if missing:
+        lines = [f"--storage {storage}: declared shared, but a file the driver wrote there is not visible on:"]
+        lines += [f"  {_node_words(n)}" for n in missing]
+        lines.append("valid: mount the shared directory at the same path on every node (check with `ray exec` or "
+                     "ssh), or use a bucket URI such as s3://BUCKET/gce-search")
+        raise UsageError("\n".join(lines))
+
+
+def check_storage(storage: str, nodes: list[dict], driver_node_id: str | None = None,
+                  environ: dict | None = None, verify: bool = True) -> None:
+    """Refuse a node-local storage directory for a search whose trials may run on other nodes (module docstring).
+
+    `nodes` is `ray.nodes()`; `driver_node_id` the driver's node (`ray.get_runtime_context().get_node_id()`);
+    `storage` the resolved --storage (absolute path or URI). Raises search.cli.UsageError with what to do."""
+    if is_uri(storage) or not is_multi_node(nodes, driver_node_id):
+        return
+    how = declared_shared(storage, environ)
+    if how is not None:
+        if verify:
+            verify_shared(storage, trial_nodes(nodes))
+        return
+    runners = trial_nodes(nodes)
+    where = ", ".join(n.get("NodeManagerAddress", "?") for n in runners) or "nodes the autoscaler has yet to start"
+    raise UsageError(
+        f"--storage {storage}: a local directory, but this cluster runs trials on other nodes than the driver "
+        f"({len(runners)} node(s) with CPUs: {where}). Ray Tune writes each trial's results and checkpoints on the "
+        f"node that runs it, so they would be scattered over local disks, and a trial moved off a failed node would "
+        f"restart from scratch. valid: a bucket URI (--storage s3://BUCKET/gce-search, gs://…), or a directory "
+        f"shared by every node at the same path (NFS), declared with {SHARED_ENV}=1 or by creating "
+        f"{os.path.join(storage, SHARED_MARKER)}")

@@ -1,0 +1,422 @@
+"""The submitting path on a multi-node Ray cluster simulated on this machine (ray.cluster_utils.Cluster): a head with
+no CPUs for trials (as in cluster.yaml) and two worker nodes with 1 CPU and 1 declared fake GPU each. The real
+driver runs as a subprocess with --address; faults are injected by removing a worker node and by SIGKILLing the
+driver. The storage refusal and the multi-node decision are tested on plain node records too."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+import ray
+from optuna.trial import TrialState
+
+from search.cli import UsageError, main
+from search.cluster import (SHARED_ENV, SHARED_MARKER, check_storage, is_multi_node, job_address,
+                            nodes_missing_file, trial_nodes)
+from search.searcher import optuna_records
+from tests.search.test_resume import cli, completed_trials, result_lines
+
+# Fake GPU ids: a raylet takes its GPU ids from the CUDA_VISIBLE_DEVICES it starts with, so two distinct ids tell
+# which node's GPU a trial was given.
+GPU_IDS = ("3", "5")
+SPACE = """\
+name: NAME
+description: tiny digits trials for the simulated cluster
+data: {name: digits, max_train: 400}
+model: {name: mlp}
+train: {epochs: EPOCHS, batch_size: 64, device: cpu}
+calibration: {method: ats}
+search: {sampler: random, num_samples: NUM_SAMPLES, seed: 0}
+scheduler: {name: fifo}
+resources: {cpus_per_trial: FRACTION, gpus_per_trial: FRACTION}
+space:
+  loss.name: {choices: [cross_entropy, gce]}
+  gce.lam: {low: 0.0, high: 1.0}
+  train.lr: {low: 0.01, high: 0.3, log: true}
+"""
+
+
+def write_space(folder: Path, name: str, num_samples: int, epochs: int, fraction: float) -> str:
+    """A space whose trials each take `fraction` of a CPU and of a GPU (the fake GPU; training runs on CPU)."""
+    path = folder / f"{name}.yaml"
+    path.write_text(SPACE.replace("NAME", name).replace("NUM_SAMPLES", str(num_samples))
+                    .replace("EPOCHS", str(epochs)).replace("FRACTION", str(fraction)))
+    return str(path)
+
+
+@dataclass
+class SimulatedCluster:
+    cluster: object  # ray.cluster_utils.Cluster
+    token: str
+    workers: dict = field(default_factory=dict)  # fake GPU id -> ray._private.node.Node
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def gpu_of(self) -> dict[str, str]:
+        """node id -> its fake GPU id."""
+        return {node.node_id: gpu for gpu, node in self.workers.items()}
+
+    def add_worker(self, gpu_id: str):
+        saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+        try:
+            node = self.cluster.add_node(num_cpus=1, num_gpus=1)
+        finally:
+            _restore_env("CUDA_VISIBLE_DEVICES", saved)
+        self.workers[gpu_id] = node
+        return node
+
+
+def _restore_env(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+
+
+def _refresh_ray_auth() -> None:
+    # RayConfig and the token are cached per process; other test modules' ray.init may have loaded others.
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+@pytest.fixture(scope="module")
+def sim():
+    # Token authentication on for every process of the cluster and its drivers, with a token of this module's own
+    # (Ray >= 2.59 turns it on by itself only for ray.init()'s local instances, not for `ray start`).
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    token = secrets.token_hex(32)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = token
+    _refresh_ray_auth()
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    sim = SimulatedCluster(cluster, token)
+    try:
+        for gpu in GPU_IDS:
+            sim.add_worker(gpu)
+        cluster.wait_for_nodes()
+        yield sim
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+        for key, value in saved.items():
+            _restore_env(key, value)
+        _refresh_ray_auth()
+
+
+def driver_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, **extra}
+
+
+def trial_rows(exp: Path) -> dict[str, list[dict]]:
+    """trial id -> its result.json lines."""
+    rows = {}
+    for folder in sorted(exp.glob("trial_*")):
+        lines = result_lines(folder)
+        if lines:
+            rows[lines[0]["trial_id"]] = lines
+    return rows
+
+
+def read_study(exp: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal"))))
+
+
+def assert_every_trial_accounted_for(exp: Path, name: str, num_samples: int, epochs: int) -> dict[str, list[dict]]:
+    """Every trial ran its full budget exactly once (one final line), Ray's and Optuna's records name the same
+    trials, and Optuna holds one COMPLETE trial per Ray trial with the values of its final result."""
+    from ray.tune import ExperimentAnalysis
+
+    rows = trial_rows(exp)
+    ray_trials = ExperimentAnalysis(str(exp)).trials
+    assert len(ray_trials) == num_samples == len(rows), (len(ray_trials), sorted(rows))
+    assert all(t.status == "TERMINATED" for t in ray_trials), [(t.trial_id, t.status) for t in ray_trials]
+    assert {t.trial_id for t in ray_trials} == set(rows)
+    for trial_id, lines in rows.items():
+        assert sum(r.get("final") is True for r in lines) == 1, (trial_id, [r["epoch"] for r in lines])
+        assert lines[-1]["final"] is True and lines[-1]["epoch"] == epochs
+        seen = [r["epoch"] for r in lines]
+        assert seen == sorted(seen) and sorted(set(seen)) == list(range(1, epochs + 1)), (trial_id, seen)
+        # Ray's own iteration count continues with the epochs (it is restored with the checkpoint too)
+        assert all(r["training_iteration"] == r["epoch"] for r in lines), trial_id
+    study = read_study(exp, name)
+    assert len(study.trials) == num_samples, [t.user_attrs for t in study.trials]
+    records = optuna_records(study)
+    assert set(records) == set(rows)
+    for trial_id, record in records.items():
+        assert record.state == TrialState.COMPLETE, (trial_id, record.state)
+        assert record.values == pytest.approx([rows[trial_id][-1]["val/acc"], rows[trial_id][-1]["val/ece"]])
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- no cluster needed
+
+
+def node(node_id: str, cpus: float, gpus: float = 0.0, alive: bool = True) -> dict:
+    return {"NodeID": node_id, "Alive": alive, "NodeManagerAddress": f"10.0.0.{len(node_id)}",
+            "Resources": {"CPU": cpus, "GPU": gpus} if cpus else {"GPU": gpus}}
+
+
+LAPTOP = [node("a", 8)]
+HEAD_PLUS_TWO = [node("head", 0), node("w1", 8, 1), node("w2", 8, 1)]
+HEAD_PLUS_ONE = [node("head", 0), node("w1", 8, 1)]
+HEAD_ONLY = [node("head", 0)]  # an autoscaling cluster before its first worker starts
+ONE_DEAD = [node("a", 8), node("b", 8, alive=False)]
+
+
+@pytest.mark.parametrize("nodes, driver, expected", [
+    (LAPTOP, "a", False),
+    (LAPTOP, None, False),
+    (ONE_DEAD, "a", False),                # a dead node runs nothing
+    (HEAD_PLUS_TWO, "head", True),
+    (HEAD_PLUS_TWO, None, True),
+    (HEAD_PLUS_ONE, "head", True),         # one node with CPUs, but not the driver's: its disk is not the driver's
+    (HEAD_PLUS_ONE, None, False),          # (without the driver's node id only the node count can tell)
+    (HEAD_ONLY, "head", True),             # trials will run on nodes yet to come
+])
+def test_multi_node_decision(nodes, driver, expected):
+    assert is_multi_node(nodes, driver) is expected
+
+
+def test_trial_nodes_are_alive_nodes_with_cpus():
+    assert [n["NodeID"] for n in trial_nodes(HEAD_PLUS_TWO + [node("w3", 4, alive=False)])] == ["w1", "w2"]
+
+
+def test_storage_check_without_a_cluster(tmp_path):
+    local = str(tmp_path / "results")
+    check_storage(local, LAPTOP, "a", environ={})  # one machine: any directory
+    check_storage("s3://bucket/gce-search", HEAD_PLUS_TWO, "head", environ={})  # a URI reaches every node
+    check_storage("gs://bucket/x", HEAD_ONLY, "head", environ={})
+    with pytest.raises(UsageError) as err:
+        check_storage(local, HEAD_PLUS_TWO, "head", environ={})
+    message = str(err.value)
+    assert f"--storage {local}: a local directory" in message
+    assert "2 node(s) with CPUs: 10.0.0.2, 10.0.0.2" in message
+    assert "s3://" in message and f"{SHARED_ENV}=1" in message and SHARED_MARKER in message
+    with pytest.raises(UsageError, match="nodes the autoscaler has yet to start"):
+        check_storage(local, HEAD_ONLY, "head", environ={})
+    # declared shared (verification off: it needs a running cluster, tested below)
+    check_storage(local, HEAD_PLUS_TWO, "head", environ={SHARED_ENV: "1"}, verify=False)
+    for no in ("0", "", "false"):
+        with pytest.raises(UsageError):
+            check_storage(local, HEAD_PLUS_TWO, "head", environ={SHARED_ENV: no}, verify=False)
+    os.makedirs(local)
+    Path(local, SHARED_MARKER).touch()
+    check_storage(local, HEAD_PLUS_TWO, "head", environ={}, verify=False)
+
+
+def test_job_address_only_inside_a_ray_job():
+    job_env = {"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}", "RAY_ADDRESS": "10.0.0.1:6379"}
+    assert job_address(job_env) == "10.0.0.1:6379"
+    # A user's shell often exports RAY_ADDRESS=http://127.0.0.1:8265 for `ray job submit`: not a driver address.
+    assert job_address({"RAY_ADDRESS": "http://127.0.0.1:8265"}) is None
+    assert job_address({"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}) is None
+
+
+# --------------------------------------------------------------------------------------- on the simulated cluster
+
+
+def test_local_storage_refused_on_multi_node_cluster(sim, tmp_path, capsys):
+    storage = tmp_path / "results"
+    space = write_space(tmp_path, "refused", num_samples=2, epochs=2, fraction=0.5)
+    code = main(["run", space, "--address", sim.address, "--storage", str(storage), "--name", "refused"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"gce-search run: --storage {storage}: a local directory, but this cluster runs trials on other nodes" \
+        in err
+    assert "2 node(s) with CPUs" in err and f"{SHARED_ENV}=1" in err and "Traceback" not in err
+    assert not storage.exists(), "the refused search wrote into its storage"
+    assert not ray.is_initialized()
+
+
+def test_declared_shared_storage_is_verified_on_every_node(sim, tmp_path):
+    ray.init(address=sim.address, log_to_driver=False, logging_level="WARNING")
+    try:
+        nodes = trial_nodes(ray.nodes())
+        assert sorted(n["NodeID"] for n in nodes) == sorted(sim.gpu_of())
+        seen = tmp_path / "seen"
+        seen.write_text("x")
+        assert nodes_missing_file(str(seen), nodes) == []
+        missing = nodes_missing_file(str(tmp_path / "never-written"), nodes)
+        assert sorted(n["NodeID"] for n in missing) == sorted(sim.gpu_of())
+        # the whole check on the live cluster: declared, probed on both workers, accepted, probe file removed
+        driver = ray.get_runtime_context().get_node_id()
+        check_storage(str(tmp_path / "shared"), ray.nodes(), driver, environ={SHARED_ENV: "1"})
+        assert list((tmp_path / "shared").iterdir()) == []
+    finally:
+        ray.shutdown()
+
+
+def test_head_keeps_dashboard_on_loopback_and_token_auth_on(sim):
+    head_params = sim.cluster.head_node._ray_params
+    assert head_params.dashboard_host == "127.0.0.1"  # Ray's default, and cluster.yaml's --dashboard-host
+    if sim.cluster.webui_url:  # the dashboard runs only where ray[default] is installed
+        host, port = sim.cluster.webui_url.rsplit(":", 1)
+        assert host == "127.0.0.1"
+        listening = [c.laddr.ip for c in psutil.net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == int(port)]
+        assert listening and set(listening) <= {"127.0.0.1", "::1"}, listening
+    # The GCS answers a client holding the cluster's token, and refuses one with another token or none at all.
+    code = (f"import ray._raylet as r; g = r.GcsClient(address={sim.address!r}); "
+            f"print('NODES', len(g.get_all_node_info(timeout=10)))")
+
+    def ask(**env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code], env=driver_env(**env), capture_output=True, text=True,
+                              timeout=120)
+
+    assert "NODES 3" in ask().stdout
+    for refused in (ask(RAY_AUTH_TOKEN="0" * 64), ask(RAY_AUTH_MODE="disabled", RAY_AUTH_TOKEN="")):
+        assert refused.returncode != 0 and "NODES" not in refused.stdout
+        assert "InvalidAuthToken" in refused.stderr, refused.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_fractional_gpu_trials_pack_four_per_gpu_across_both_workers(sim, tmp_path):
+    storage = tmp_path / "results"
+    space = write_space(tmp_path, "packed", num_samples=8, epochs=4, fraction=0.25)
+    run = subprocess.run(cli("run", space, "--address", sim.address, "--storage", str(storage), "--name", "packed"),
+                         env=driver_env(**{SHARED_ENV: "1"}), cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "2 GPU on 3 node(s)" in run.stdout  # the driver saw the whole cluster
+    rows = assert_every_trial_accounted_for(storage / "packed", "packed", num_samples=8, epochs=4)
+
+    gpu_of = sim.gpu_of()
+    by_node: dict[str, list[list[dict]]] = {}
+    for trial_id, lines in rows.items():
+        nodes = {r["node_id"] for r in lines}
+        assert len(nodes) == 1, (trial_id, nodes)
+        node_id = nodes.pop()
+        assert node_id in gpu_of, f"trial {trial_id} ran on {node_id}, not a worker (the head has no CPUs)"
+        # each trial is given its node's GPU (a quarter of it), as Ray's CUDA_VISIBLE_DEVICES
+        assert {r["cuda_visible_devices"] for r in lines} == {gpu_of[node_id]}, trial_id
+        by_node.setdefault(node_id, []).append(lines)
+    assert sorted(len(trials) for trials in by_node.values()) == [4, 4], {n: len(t) for n, t in by_node.items()}
+    for node_id, trials in by_node.items():
+        # Ray's timestamps are whole seconds: a trial started at most 1 s after (first timestamp - its duration),
+        # and ended no earlier than its last timestamp. All four overlap when the latest start precedes the
+        # earliest end.
+        starts = [t[0]["timestamp"] - t[0]["time_this_iter_s"] + 1 for t in trials]
+        ends = [t[-1]["timestamp"] for t in trials]
+        assert max(starts) < min(ends), (gpu_of[node_id], starts, ends)
+
+
+def _trial_processes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any("ImplicitFunc" in part for part in proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+@pytest.mark.slow
+def test_driver_killed_then_resume_with_address_finishes(sim, tmp_path):
+    storage = tmp_path / "results"
+    exp = storage / "killed"
+    num_samples, epochs = 6, 8
+    space = write_space(tmp_path, "killed", num_samples=num_samples, epochs=epochs, fraction=0.5)
+    env = driver_env(**{SHARED_ENV: "1"})
+    log = open(tmp_path / "run.log", "w")
+    proc = subprocess.Popen(cli("run", space, "--address", sim.address, "--storage", str(storage), "--name",
+                                "killed"), env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline and proc.poll() is None and not completed_trials(exp):
+            time.sleep(0.1)
+        assert proc.poll() is None, "the search ended before it could be killed:\n" + (tmp_path / "run.log").read_text()
+        assert completed_trials(exp), "no trial completed in time:\n" + (tmp_path / "run.log").read_text()
+        time.sleep(1.5)  # past the driver's 1 s experiment-state period, so Ray's record holds the completion
+        done_before = completed_trials(exp)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    assert len(done_before) < num_samples, "every trial finished before the kill; nothing left to resume"
+    # Ray ends a dead driver's actors itself (they run under the worker nodes' raylets, not under the driver)
+    deadline = time.time() + 60
+    while _trial_processes() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _trial_processes(), "the killed driver's trials kept running"
+
+    resumed = subprocess.run(cli("resume", str(exp), "--address", sim.address), env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Search finished" in resumed.stdout and "on 3 node(s)" in resumed.stdout
+    rows = assert_every_trial_accounted_for(exp, "killed", num_samples=num_samples, epochs=epochs)
+    for trial_id in done_before:  # finished before the kill: not run again
+        assert sum(r.get("final") is True for r in rows[trial_id]) == 1
+    assert {r["node_id"] for lines in rows.values() for r in lines} <= set(sim.gpu_of())
+
+
+@pytest.mark.slow
+def test_worker_node_killed_mid_search_trials_resume_on_the_survivor(sim, tmp_path):
+    storage = tmp_path / "results"
+    exp = storage / "nodefail"
+    num_samples, epochs = 4, 20
+    space = write_space(tmp_path, "nodefail", num_samples=num_samples, epochs=epochs, fraction=0.5)
+    node_of = {node.node_id: gpu for gpu, node in sim.workers.items()}
+    log = open(tmp_path / "run.log", "w")
+    proc = subprocess.Popen(cli("run", space, "--address", sim.address, "--storage", str(storage), "--name",
+                                "nodefail"), env=driver_env(**{SHARED_ENV: "1"}), cwd=tmp_path, stdout=log,
+                            stderr=subprocess.STDOUT)
+    victim = None
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline and proc.poll() is None and victim is None:
+            for lines in trial_rows(exp).values():
+                last = lines[-1]
+                # at least one checkpoint (every epoch reports one) and well before the end
+                if last["node_id"] in node_of and 2 <= last["epoch"] <= epochs - 5:
+                    victim = last["node_id"]
+                    break
+            else:
+                time.sleep(0.1)
+        assert victim is not None, "no trial reached epoch 2 in time:\n" + (tmp_path / "run.log").read_text()
+        before_kill = trial_rows(exp)
+        sim.cluster.remove_node(sim.workers.pop(node_of[victim]), allow_graceful=False)  # SIGKILL, no goodbye
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+        if victim is not None and node_of[victim] not in sim.workers:
+            sim.add_worker(node_of[victim])  # a replacement, for any test after this one
+            sim.cluster.wait_for_nodes()
+    output = (tmp_path / "run.log").read_text()
+    assert proc.returncode == 0, output[-4000:]
+    rows = assert_every_trial_accounted_for(exp, "nodefail", num_samples=num_samples, epochs=epochs)
+
+    survivor = next(n for n in node_of if n != victim)
+    moved = [tid for tid, lines in before_kill.items() if lines[-1]["node_id"] == victim and not lines[-1]["final"]]
+    assert moved, "no unfinished trial was on the removed node"
+    for trial_id in moved:
+        lines = rows[trial_id]
+        switch = next(i for i, r in enumerate(lines) if r["node_id"] == survivor)
+        assert all(r["node_id"] == victim for r in lines[:switch])
+        assert all(r["node_id"] == survivor for r in lines[switch:]), "a trial went back to the removed node"
+        last_on_victim, first_on_survivor = lines[switch - 1]["epoch"], lines[switch]["epoch"]
+        # Continued from its last checkpoint, not from epoch 1. The epoch after it may have been reported just
+        # before the node died, without its checkpoint having been registered: that epoch is then run again.
+        assert last_on_victim >= 2
+        assert first_on_survivor in (last_on_victim, last_on_victim + 1), (trial_id, [r["epoch"] for r in lines])
+        assert lines[switch]["cuda_visible_devices"] == node_of[survivor]
