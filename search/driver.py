@@ -88,6 +88,21 @@ def check_address(address: str) -> None:
         raise UsageError(f"--address {address!r}: port {port} out of range; valid: 1-65535")
 
 
+def probe_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast when nothing listens at HOST:PORT: ray.init would wait minutes for the GCS before giving up."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    host, port = address.split("://", 1)[-1].rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise UsageError(f"--address {address!r}: nothing answers at {host}:{port} ({err.strerror or err}); valid: "
+                         f"the address of a running cluster's head (see `ray status` on it), or leave --address "
+                         f"out for a local instance") from None
+
+
 def trial_resources(spec) -> dict[str, float]:
     res = spec.resources
     bundle = {"CPU": float(res.get("cpus_per_trial", 1))}
@@ -129,6 +144,7 @@ def connect_ray(address: str | None) -> bool:
         ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
                  configure_logging=True, logging_level="WARNING")
         return True
+    probe_address(address)
     try:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     except Exception as err:  # ConnectionError, RuntimeError, ValueError depending on the address form

@@ -70,6 +70,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     (["run", "SPACE", "--set", "train.epochs=0"], "train.epochs"),
     (["run", "SPACE", "--address", "not an address"], "not a Ray address"),
     (["run", "SPACE", "--address", "10.0.0.1:99999"], "port 99999 out of range"),
+    (["run", "SPACE", "--address", "127.0.0.1:1"], "nothing answers at 127.0.0.1:1"),
     (["run", "SPACE", "--name", "../escape"], "not a usable experiment name"),
     (["resume", "STORAGE/missing"], "not a gce-search experiment directory (not a directory"),
     (["resume", "STORAGE"], "no spec.yaml"),
