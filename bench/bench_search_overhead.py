@@ -142,7 +142,7 @@ def main() -> None:
 
     cpus = os.cpu_count() or 1
     per_epoch = calibrate(args.trial_seconds / EPOCHS)
-    print(f"machine: {cpus} CPUs; {per_epoch} matmuls ({MATRIX}x{MATRIX}) per epoch "
+    print(f"machine: {cpus} CPUs, load average {os.getloadavg()[0]:.1f} at start; {per_epoch} matmuls ({MATRIX}x{MATRIX}) per epoch "
           f"~ {args.trial_seconds / EPOCHS:.1f} s on one thread; torch {torch.__version__}, ray {ray.__version__}")
     root = tempfile.mkdtemp(prefix="gce-overhead-")
     frequent_experiment_checkpoints()
@@ -164,6 +164,7 @@ def main() -> None:
               f"(this process: Tuner, searcher, callbacks; Ray's own daemons not included)")
     finally:
         ray.shutdown()
+    print(f"load average {os.getloadavg()[0]:.1f} after the overhead runs")
     if not args.no_quickstart:
         wall = time_quickstart(root)
         if wall is not None:
