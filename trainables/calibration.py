@@ -348,7 +348,8 @@ class TemperatureScaling(Calibrator):
         self.temperature = 1.0
 
     def _fit(self, shifted, gap) -> None:
-        beta, _ = _fit_inverse_temperature(_solver_copy(shifted), gap)
+        solver_shifted = _solver_copy(shifted)
+        beta, _ = _fit_inverse_temperature(solver_shifted, gap, torch.empty_like(solver_shifted))
         self.temperature = 1.0 / beta
         self.fit_info = {"at_bound": _at_bound(self.temperature)}
 
