@@ -126,8 +126,8 @@ def _nll_gradient_curvature(shifted: torch.Tensor, gap: torch.Tensor, beta: floa
                             work: torch.Tensor | None = None) -> tuple[float, float]:
     """Gradient and curvature in beta of sum_i [beta * gap_i + log sum_k exp(beta * shifted_ik)].
 
-    `work` (at least as many rows as `shifted`) is reused across calls: allocating a fresh [N, K] float64 buffer
-    per evaluation costs more than the arithmetic (page faults on every new multi-MB block).
+    `work` (at least as many rows as `shifted`) is reused across calls: allocating a fresh multi-MB [N, K] buffer
+    per evaluation can cost more than the arithmetic (measured: page faults on each new block).
     """
     weights = torch.empty_like(shifted) if work is None else work[: shifted.shape[0]]
     torch.mul(shifted, beta, out=weights)
