@@ -373,7 +373,9 @@ class _Trial:
         metrics["score"] = float(obj["w_acc"] * metrics["val/acc"] - obj["w_ece"] * metrics["val/ece"])
         metrics["calibration/temperatures"] = [float(t) for t in calibrator.temperatures]
         metrics["status"] = "ok"
-        self.loss_fn.on_epoch_end(val_logits.to(self.device), self.data.val_y)
+        # AdaFocal adapts its gammas to held-out calibration statistics (Ghosh 2022 uses a validation split); we
+        # give it the calib split so that nothing about training depends on val, which ranks the trials.
+        self.loss_fn.on_epoch_end(calib_logits.to(self.device), self.data.calib_y)
         self.epoch = epoch
         metrics["final"] = epoch >= tc["epochs"]
         if metrics["final"]:
@@ -433,7 +435,9 @@ def run_loop(cfg: dict, reporter: Reporter | None, restore_from: str | None,
         trial.history.append(_plain({k: v for k, v in metrics.items() if k != "data/info"}))
         diverged = metrics["status"] == "diverged"
         checkpoint_dir = None
-        state = None if diverged else trial.state_dict(metrics)  # collective under DDP: every rank joins
+        # state_dict is a collective under DDP (every rank joins); without a reporter nobody takes it.
+        wanted = not diverged and (reporter is not None or dist_ctx is not None)
+        state = trial.state_dict(metrics) if wanted else None
         if reporter is not None:
             if state is not None:
                 checkpoint_dir = tempfile.mkdtemp(prefix="gce-checkpoint-")
@@ -525,12 +529,25 @@ def cmd_train(args) -> int:
     if os.path.isfile(os.path.join(out, "metrics.json")):
         raise UsageError(f"--out {out}: already holds a finished run (metrics.json); valid: a new or empty "
                          f"directory")
+    restore_from, history = None, []
+    if os.path.isfile(os.path.join(out, CHECKPOINT_FILE)):
+        # An interrupted run of the same config continues from its last epoch; anything else is refused.
+        saved = None
+        if os.path.isfile(os.path.join(out, "config.yaml")):
+            with open(os.path.join(out, "config.yaml")) as fh:
+                saved = yaml.safe_load(fh)
+        if saved != cfg:
+            raise UsageError(f"--out {out}: holds the checkpoint of a run with a different config; valid: the "
+                             f"same config (to resume it) or a new directory")
+        restore_from = out
+        state = load_checkpoint(out)
+        history = list(state.get("history", []))
+        print(f"gce-search train: resuming {out} after epoch {state['epoch']}", flush=True)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.yaml"), "w") as fh:
         yaml.safe_dump(cfg, fh, sort_keys=False)
 
     epochs = cfg["train"]["epochs"]
-    history: list[dict] = []
     started = time.perf_counter()
 
     def reporter(metrics: dict, checkpoint_dir: str | None) -> None:
@@ -545,7 +562,7 @@ def cmd_train(args) -> int:
 
     print(f"gce-search train: {args.config} -> {out} ({epochs} epochs, {cfg['data']['name']}, "
           f"{cfg['model']['name']}, {cfg['loss']['name']})", flush=True)
-    final = run_trial(cfg, reporter)
+    final = run_trial(cfg, reporter, restore_from=restore_from)
     result = dict(final)
     result["wall_s"] = time.perf_counter() - started
     result["history"] = history

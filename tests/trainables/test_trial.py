@@ -267,6 +267,15 @@ def test_cmd_train_writes_metrics_checkpoint_and_refuses_to_overwrite(tmp_path, 
     assert cli_main(["train", str(bare), "--out", str(out), "--set", "train.epochs=1"]) == 2
     assert "metrics.json" in capsys.readouterr().err
 
+    # Without metrics.json (an interrupted run), the same config resumes from the checkpoint; another is refused.
+    (out / "metrics.json").unlink()
+    assert cli_main(["train", str(bare), "--out", str(out), "--set", "train.epochs=1"]) == 2
+    assert "different config" in capsys.readouterr().err
+    assert cli_main(["train", str(path), "--out", str(out), "--set", "train.epochs=2"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["test/acc"] == metrics["test/acc"] and again["history"] == metrics["history"]
+
 
 def test_cmd_train_lists_every_config_problem_before_running(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
