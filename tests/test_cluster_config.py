@@ -79,5 +79,15 @@ def test_nothing_binds_beyond_loopback(name):
     starts = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in starts
     assert "0.0.0.0" not in (ROOT / name).read_text()
-    # Ray's token authentication stays on: nothing disables it.
-    assert "RAY_AUTH_MODE" not in (ROOT / name).read_text()
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_token_authentication_on_every_node(name):
+    # `ray start` turns token authentication on only with RAY_AUTH_MODE=token (or a token file already on the
+    # node; ray/scripts/scripts.py), unlike ray.init(): every start command sets it, every node gets the token.
+    config = _load(name)
+    starts = [cmd for key in ("head_start_ray_commands", "worker_start_ray_commands") for cmd in config[key]
+              if "ray start" in cmd]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token ray start" in cmd for cmd in starts), starts
+    assert config["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
+    assert "RAY_AUTH_MODE=disabled" not in (ROOT / name).read_text()
