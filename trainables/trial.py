@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from trainables.config import parse_override, resolve, set_path
+from trainables.registry import ConfigError
 
 Reporter = Callable[[dict, "str | None"], None]
 
@@ -448,6 +449,18 @@ def run_loop(cfg: dict, reporter: Reporter | None, restore_from: str | None,
     return _plain(metrics)
 
 
+def trial_problems(cfg: dict) -> list[str]:
+    """Problems between settings of a resolved config that each look valid alone (run before anything starts)."""
+    tc = cfg["train"]
+    problems = []
+    if tc["batch_size"] % tc["workers"]:
+        problems.append(f"train.batch_size: got {tc['batch_size']} with train.workers {tc['workers']}; valid: a "
+                        f"multiple of train.workers (every process gets an equal share of the global batch)")
+    if tc["optimizer"] == "sgd" and tc["nesterov"] and tc["momentum"] <= 0:
+        problems.append("train.nesterov: true needs train.momentum > 0; valid: momentum in (0, 1) or nesterov false")
+    return problems
+
+
 def run_trial(config: dict, reporter: Reporter | None = None, restore_from: str | None = None) -> dict:
     """Train one trial config for its full budget (from the epoch after `restore_from`'s checkpoint).
 
@@ -456,6 +469,9 @@ def run_trial(config: dict, reporter: Reporter | None = None, restore_from: str 
     metrics. `train.workers > 1` runs the loop in that many processes (trainables.ddp); rank 0 reports.
     """
     cfg = resolve(config)
+    problems = trial_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
     if cfg["train"]["workers"] > 1:
         from trainables.ddp import run_distributed
 
@@ -524,6 +540,9 @@ def cmd_train(args) -> int:
             raise UsageError(str(err)) from None
         set_path(partial, key, value)
     cfg = resolve(partial, source=args.config)  # ConfigError lists every problem before anything runs
+    problems = trial_problems(cfg)
+    if problems:
+        raise ConfigError(problems, args.config)
     stem = os.path.splitext(os.path.basename(args.config))[0]
     out = os.path.abspath(args.out or f"train-{stem}")
     if os.path.isfile(os.path.join(out, "metrics.json")):
@@ -562,7 +581,12 @@ def cmd_train(args) -> int:
 
     print(f"gce-search train: {args.config} -> {out} ({epochs} epochs, {cfg['data']['name']}, "
           f"{cfg['model']['name']}, {cfg['loss']['name']})", flush=True)
-    final = run_trial(cfg, reporter, restore_from=restore_from)
+    try:
+        final = run_trial(cfg, reporter, restore_from=restore_from)
+    except ConfigError:
+        raise
+    except ValueError as err:  # what the user can fix (missing data files, a model too big for the images, ...)
+        raise UsageError(str(err)) from None
     result = dict(final)
     result["wall_s"] = time.perf_counter() - started
     result["history"] = history

@@ -16,8 +16,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from trainables.config import resolve
-from trainables.trial import CHECKPOINT_FILE, forward_backward, load_checkpoint, local_shard, run_trial
+from trainables.trial import forward_backward, load_checkpoint, local_shard, run_trial
 
 WORLD = 2
 GLOBAL_BATCH = 12

@@ -287,6 +287,14 @@ def test_cmd_train_lists_every_config_problem_before_running(tmp_path, capsys):
     assert not out.exists()
     assert cli_main(["train", str(path), "--out", str(out), "--set", "novalue"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+    # Settings valid one by one but not together are caught before anything runs, too.
+    path.write_text(yaml.safe_dump({"train": {"workers": 3, "batch_size": 64, "nesterov": True, "momentum": 0.0}}))
+    assert cli_main(["train", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "train.batch_size" in err and "multiple of train.workers" in err and "train.nesterov" in err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="multiple of train.workers"):
+        run_trial({"train": {"workers": 2, "batch_size": 63}})
 
 
 # ------------------------------------------------------------------------------------------------ Ray Tune adapter
