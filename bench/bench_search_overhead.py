@@ -69,6 +69,7 @@ def calibrate(seconds_per_epoch: float) -> int:
 def synthetic_trainable(config: dict) -> None:
     from ray import tune
 
+    entered = time.time()
     torch.set_num_threads(1)
     compute = 0.0
     for epoch in range(1, EPOCHS + 1):
@@ -77,7 +78,8 @@ def synthetic_trainable(config: dict) -> None:
         compute += time.perf_counter() - t0
         rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         tune.report({"epoch": epoch, "val/acc": 0.5, "val/ece": 0.05, "score": 0.45, "status": "ok",
-                     "final": epoch == EPOCHS, "compute_s": compute, "rss_mib": rss_mib})
+                     "final": epoch == EPOCHS, "compute_s": compute, "rss_mib": rss_mib,
+                     "entered_at": entered, "left_at": time.time()})
 
 
 def run_search(num_trials: int, reuse: bool, matmuls_per_epoch: int, root: str, slots: int) -> dict:
@@ -103,13 +105,20 @@ def run_search(num_trials: int, reuse: bool, matmuls_per_epoch: int, root: str, 
         tuner, _ = build_tuner(spec, root, name, exp_dir, ProgressPrinter(max_t=EPOCHS, stream=quiet),
                                slots=slots, trainable=tune.with_resources(
                                    with_work, PlacementGroupFactory([trial_resources(spec)])))
+        fit_at = time.time()
         t0 = time.perf_counter()
         grid = tuner.fit()
         wall = time.perf_counter() - t0
     compute = sum(r.metrics.get("compute_s", 0.0) for r in grid)
     trial_rss = max(r.metrics.get("rss_mib", 0.0) for r in grid)
     errors = sum(r.error is not None for r in grid)
-    return {"wall": wall, "compute": compute, "trial_rss_mib": trial_rss, "errors": errors, "n": len(grid)}
+    entered = sorted(r.metrics.get("entered_at", float("inf")) for r in grid)
+    # Cold start: the slot-seconds each slot waits from fit() to its first trial (Ray starts a worker, which imports
+    # torch and the trainable); after that a slot only pays the hand-over from one trial to the next.
+    firsts = entered[:min(slots, len(entered))]
+    cold_idle = sum(t - fit_at for t in firsts)
+    return {"wall": wall, "compute": compute, "trial_rss_mib": trial_rss, "errors": errors, "n": len(grid),
+            "first_start": firsts[0] - fit_at, "all_busy": firsts[-1] - fit_at, "cold_idle": cold_idle}
 
 
 def time_quickstart(root: str) -> float | None:
@@ -153,9 +162,14 @@ def main() -> None:
             r = run_search(args.trials, reuse, per_epoch, root, slots=cpus)
             ratio = r["wall"] * cpus / r["compute"]
             start_cost = (r["wall"] * cpus - r["compute"]) / r["n"]
+            warm_ratio = (r["wall"] * cpus - r["cold_idle"]) / r["compute"]
+            warm_cost = (r["wall"] * cpus - r["cold_idle"] - r["compute"]) / r["n"]
             print(f"reuse_actors={'on ' if reuse else 'off'}: {r['n']} trials ({r['errors']} errors), wall "
                   f"{r['wall']:.1f} s x {cpus} slots, compute {r['compute']:.1f} s -> overhead ratio {ratio:.3f}, "
                   f"start cost {start_cost:.2f} slot-s/trial; trial process peak RSS {r['trial_rss_mib']:.0f} MiB")
+            print(f"    cold start: first trial running {r['first_start']:.1f} s after fit(), every slot busy after "
+                  f"{r['all_busy']:.1f} s ({r['cold_idle']:.1f} slot-s); without it: overhead ratio "
+                  f"{warm_ratio:.3f}, start cost {warm_cost:.2f} slot-s/trial")
         if args.rss_trials:
             r = run_search(args.rss_trials, True, 1, root, slots=cpus)
             print(f"{r['n']} near-empty trials: wall {r['wall']:.1f} s "

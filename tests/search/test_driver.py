@@ -18,7 +18,7 @@ name: tiny
 description: a few seconds per trial on digits, for tests
 data: {name: digits, max_train: 400}
 model: {name: mlp}
-train: {epochs: 3, batch_size: 64}
+train: {epochs: 3, batch_size: BATCH_SIZE}
 calibration: {method: ats}
 search: {sampler: random, num_samples: NUM_SAMPLES, seed: 0}
 scheduler: {name: asha, grace_period: 1, reduction_factor: 2}
@@ -31,9 +31,9 @@ space:
 """
 
 
-def write_tiny_space(folder: Path, num_samples: int = 6) -> str:
+def write_tiny_space(folder: Path, num_samples: int = 6, batch_size: int = 64) -> str:
     path = folder / "tiny.yaml"
-    path.write_text(TINY_SPACE.replace("NUM_SAMPLES", str(num_samples)))
+    path.write_text(TINY_SPACE.replace("NUM_SAMPLES", str(num_samples)).replace("BATCH_SIZE", str(batch_size)))
     return str(path)
 
 

@@ -69,7 +69,8 @@ def kill_tree(proc: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_resume_after_sigkill_finishes_consistently(tmp_path):
-    space = write_tiny_space(tmp_path, num_samples=NUM_SAMPLES)
+    # batch 8: ~1 s per epoch, so that most of the search is still ahead when the driver is killed
+    space = write_tiny_space(tmp_path, num_samples=NUM_SAMPLES, batch_size=8)
     storage = tmp_path / "results"
     exp = storage / "killed"
     log = open(tmp_path / "run.log", "w")
