@@ -171,16 +171,17 @@ def assert_every_trial_accounted_for(exp: Path, name: str, num_samples: int, epo
 # --------------------------------------------------------------------------------------------- no cluster needed
 
 
-def node(node_id: str, cpus: float, gpus: float = 0.0, alive: bool = True) -> dict:
-    return {"NodeID": node_id, "Alive": alive, "NodeManagerAddress": f"10.0.0.{len(node_id)}",
+def node(node_id: str, ip: str, cpus: float, gpus: float = 0.0, alive: bool = True) -> dict:
+    """A `ray.nodes()` record (the keys gce-search reads); a node without CPUs may lack the CPU key."""
+    return {"NodeID": node_id, "Alive": alive, "NodeManagerAddress": ip,
             "Resources": {"CPU": cpus, "GPU": gpus} if cpus else {"GPU": gpus}}
 
 
-LAPTOP = [node("a", 8)]
-HEAD_PLUS_TWO = [node("head", 0), node("w1", 8, 1), node("w2", 8, 1)]
-HEAD_PLUS_ONE = [node("head", 0), node("w1", 8, 1)]
-HEAD_ONLY = [node("head", 0)]  # an autoscaling cluster before its first worker starts
-ONE_DEAD = [node("a", 8), node("b", 8, alive=False)]
+LAPTOP = [node("a", "10.0.0.1", 8)]
+HEAD_PLUS_TWO = [node("head", "10.0.0.1", 0), node("w1", "10.0.0.2", 8, 1), node("w2", "10.0.0.3", 8, 1)]
+HEAD_PLUS_ONE = [node("head", "10.0.0.1", 0), node("w1", "10.0.0.2", 8, 1)]
+HEAD_ONLY = [node("head", "10.0.0.1", 0)]  # an autoscaling cluster before its first worker starts
+ONE_DEAD = [node("a", "10.0.0.1", 8), node("b", "10.0.0.2", 8, alive=False)]
 
 
 @pytest.mark.parametrize("nodes, driver, expected", [
@@ -198,7 +199,7 @@ def test_multi_node_decision(nodes, driver, expected):
 
 
 def test_trial_nodes_are_alive_nodes_with_cpus():
-    assert [n["NodeID"] for n in trial_nodes(HEAD_PLUS_TWO + [node("w3", 4, alive=False)])] == ["w1", "w2"]
+    assert [n["NodeID"] for n in trial_nodes(HEAD_PLUS_TWO + [node("w3", "10.0.0.4", 4, alive=False)])] == ["w1", "w2"]
 
 
 def test_storage_check_without_a_cluster(tmp_path):
@@ -210,7 +211,7 @@ def test_storage_check_without_a_cluster(tmp_path):
         check_storage(local, HEAD_PLUS_TWO, "head", environ={})
     message = str(err.value)
     assert f"--storage {local}: a local directory" in message
-    assert "2 node(s) with CPUs: 10.0.0.2, 10.0.0.2" in message
+    assert "2 node(s) with CPUs: 10.0.0.2, 10.0.0.3" in message
     assert "s3://" in message and f"{SHARED_ENV}=1" in message and SHARED_MARKER in message
     with pytest.raises(UsageError, match="nodes the autoscaler has yet to start"):
         check_storage(local, HEAD_ONLY, "head", environ={})
