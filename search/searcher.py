@@ -171,6 +171,10 @@ class CalibratedOptunaSearch(OptunaSearch):
         self._journal_path = state["journal_path"]
         self._study_name = state["study_name"]
         self._metric, self._mode = state["metric"], state["mode"]
+        if self._sampler is not None and hasattr(self._sampler, "reseed_rng"):
+            # The sampler comes back from Ray's tuner.pkl as it was before the first trial: with its seed intact it
+            # would propose the first trials' random start-up points again.
+            self._sampler.reseed_rng()
         self._ot_study = optuna.load_study(
             study_name=self._study_name, storage=open_journal(self._journal_path), sampler=self._sampler,
             pruner=optuna.pruners.NopPruner())

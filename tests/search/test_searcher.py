@@ -107,7 +107,7 @@ def test_save_restore_adopts_trials_asked_after_the_checkpoint(tmp_path):
     first = CalibratedOptunaSearch(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=1))
     config_a = first.suggest("trial_a")
     first.on_trial_complete("trial_a", {"epoch": 3, "val/acc": 0.8, "val/ece": 0.05, "final": True})
-    first.suggest("trial_b")
+    config_b = first.suggest("trial_b")
     state_file = str(tmp_path / "searcher.pkl")
     first.save(state_file)  # Ray's experiment checkpoint: knows a (told) and b (running)
     config_c = first.suggest("trial_c")  # asked after the checkpoint; the driver is then killed
@@ -122,7 +122,8 @@ def test_save_restore_adopts_trials_asked_after_the_checkpoint(tmp_path):
     assert config_d == config_c != config_a
     second.on_trial_complete("trial_d", {"epoch": 3, "val/acc": 0.7, "val/ece": 0.03, "final": True})
     config_e = second.suggest("trial_e")
-    assert config_e != config_c
+    # the restored sampler does not replay the seeded start-up points of the first driver
+    assert config_e not in (config_a, config_b, config_c)
     assert second.fail_orphans() == 0
 
     study = second.study
