@@ -15,6 +15,12 @@ driver, a local directory is refused unless it is
 A declared directory is then verified: one zero-CPU task pinned to each node that may run trials looks for a fresh
 probe file the driver wrote there, so a node that lacks the mount is named before any trial starts.
 
+Bucket storage. With a URI, Ray Tune's files (trial folders, experiment state) are in the bucket, while the driver's
+own files (spec.yaml, the Optuna journal, which needs a POSIX file lock, and what search.results writes) are in a
+local directory on the driver's machine. `pull_experiment` copies the trials' records (not their checkpoints) into
+that directory so that pareto/export/tensorboard read one place; `push_driver_files` copies the driver's files into
+the bucket so that it holds the whole experiment once the head is gone.
+
 Inside `ray job submit` the entrypoint runs with RAY_ADDRESS set to the cluster's GCS, and an explicit `ray.init(
 address="local")` would start a second, private Ray on the head instead: `job_address` gives the driver that
 address when `--address` is left out.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from collections.abc import Iterable
 
 from search.cli import UsageError
@@ -153,3 +160,68 @@ def check_storage(storage: str, nodes: list[dict], driver_node_id: str | None = 
         f"restart from scratch. valid: a bucket URI (--storage s3://BUCKET/gce-search, gs://…), or a directory "
         f"shared by every node at the same path (NFS), declared with {SHARED_ENV}=1 or by creating "
         f"{os.path.join(storage, SHARED_MARKER)}")
+
+
+# The driver's files that exist only in its local directory when the storage is a URI.
+DRIVER_FILES = ("spec.yaml", "optuna.journal", "pareto.csv", "pareto.png", "summary.json", "tensorboard")
+
+
+def _uri_filesystem(storage: str, name: str):
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(storage.rstrip("/") + "/" + name)
+
+
+def _reported(copy):
+    """A copy after the search: a failure (credentials, network) is reported, not raised over a finished search."""
+    def wrapper(*args) -> int:
+        try:
+            return copy(*args)
+        except OSError as err:  # pyarrow's IO errors are OSErrors
+            print(f"(gce-search: {copy.__name__}{args}: {type(err).__name__}: {err}; copy it with your storage's "
+                  f"own tool, e.g. `aws s3 sync`)", file=sys.stderr, flush=True)
+            return 0
+    wrapper.__name__, wrapper.__doc__ = copy.__name__, copy.__doc__
+    return wrapper
+
+
+@_reported
+def pull_experiment(storage: str, name: str, exp_dir: str) -> int:
+    """Copy `<storage>/<name>` (a URI) into `exp_dir`, without checkpoints: the trials' result files and Ray's
+    experiment state. Returns the number of files copied."""
+    import pyarrow.fs
+
+    fs, root = _uri_filesystem(storage, name)
+    root = root.rstrip("/")
+    copied = 0
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True)):
+        relative = info.path[len(root):].lstrip("/")
+        # Model weights stay in the bucket: one per trial, up to hundreds of MB each for the larger models.
+        if info.type != pyarrow.fs.FileType.File or any(p.startswith("checkpoint_") for p in relative.split("/")):
+            continue
+        target = os.path.join(exp_dir, *relative.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with fs.open_input_stream(info.path) as src, open(target, "wb") as dst:
+            dst.write(src.read())
+        copied += 1
+    return copied
+
+
+@_reported
+def push_driver_files(exp_dir: str, storage: str, name: str) -> int:
+    """Copy the driver's own files (DRIVER_FILES, where present) from `exp_dir` into `<storage>/<name>`; returns
+    the number of files copied."""
+    fs, root = _uri_filesystem(storage, name)
+    root = root.rstrip("/")
+    copied = 0
+    for entry in DRIVER_FILES:
+        local = os.path.join(exp_dir, entry)
+        paths = [local] if os.path.isfile(local) else [
+            os.path.join(d, f) for d, _, files in os.walk(local) for f in files]
+        for path in paths:
+            target = root + "/" + os.path.relpath(path, exp_dir).replace(os.sep, "/")
+            fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            with open(path, "rb") as src, fs.open_output_stream(target) as dst:
+                dst.write(src.read())
+            copied += 1
+    return copied

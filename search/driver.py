@@ -15,7 +15,7 @@ from typing import Any
 from ray.tune import Callback
 
 from search.cli import UsageError
-from search.cluster import check_storage, job_address
+from search.cluster import check_storage, job_address, pull_experiment, push_driver_files
 from trainables.registry import ConfigError
 
 DEFAULT_SPACE = "quickstart"
@@ -402,7 +402,12 @@ def cmd_run(args) -> int:
         slots = cluster_slots(trial_resources(spec), ray.nodes())
         tuner, searcher = build_tuner(spec, storage, name, exp_dir, progress, slots=slots)
         grid = tuner.fit()
-        return finish(exp_dir, grid, searcher, started, spec.search.get("timeout_s"))
+        if is_uri(storage):  # trials in the bucket, the driver's files here: one complete copy in each (cluster.py)
+            pull_experiment(storage, name, exp_dir)
+        code = finish(exp_dir, grid, searcher, started, spec.search.get("timeout_s"))
+        if is_uri(storage):
+            push_driver_files(exp_dir, storage, name)
+        return code
     finally:
         if owns_ray:
             ray.shutdown()

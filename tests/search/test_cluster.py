@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from search.cli import UsageError, main
 from search.cluster import (SHARED_ENV, SHARED_MARKER, check_storage, is_multi_node, job_address,
-                            nodes_missing_file, trial_nodes)
+                            nodes_missing_file, pull_experiment, push_driver_files, trial_nodes)
 from search.searcher import optuna_records
 from tests.search.test_resume import cli, completed_trials, result_lines
 
@@ -231,6 +231,33 @@ def test_job_address_only_inside_a_ray_job():
     # A user's shell often exports RAY_ADDRESS=http://127.0.0.1:8265 for `ray job submit`: not a driver address.
     assert job_address({"RAY_ADDRESS": "http://127.0.0.1:8265"}) is None
     assert job_address({"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}) is None
+
+
+def test_bucket_experiment_pulled_without_checkpoints_and_driver_files_pushed(tmp_path):
+    # pyarrow's local filesystem behind a file:// URI stands in for s3:// (the same pyarrow.fs interface)
+    bucket = tmp_path / "bucket"
+    trial = bucket / "exp1" / "trial_abc"
+    (trial / "checkpoint_000003").mkdir(parents=True)
+    (trial / "checkpoint_000003" / "checkpoint.pt").write_bytes(b"weights")
+    (trial / "result.json").write_text('{"epoch": 1}\n')
+    (bucket / "exp1" / "tuner.pkl").write_bytes(b"state")
+    mirror = tmp_path / "mirror" / "exp1"
+    (mirror / "tensorboard" / "experiment").mkdir(parents=True)
+    (mirror / "spec.yaml").write_text("name: x\n")
+    (mirror / "optuna.journal").write_text("{}\n")
+    (mirror / "tensorboard" / "experiment" / "events.out.tfevents.1").write_bytes(b"tb")
+    storage = f"file://{bucket}"
+
+    assert pull_experiment(storage, "exp1", str(mirror)) == 2
+    assert (mirror / "trial_abc" / "result.json").read_text() == '{"epoch": 1}\n'
+    assert (mirror / "tuner.pkl").read_bytes() == b"state"
+    assert not (mirror / "trial_abc" / "checkpoint_000003").exists()
+
+    assert push_driver_files(str(mirror), storage, "exp1") == 3
+    assert (bucket / "exp1" / "spec.yaml").read_text() == "name: x\n"
+    assert (bucket / "exp1" / "optuna.journal").read_text() == "{}\n"
+    assert (bucket / "exp1" / "tensorboard" / "experiment" / "events.out.tfevents.1").read_bytes() == b"tb"
+    assert (bucket / "exp1" / "trial_abc" / "checkpoint_000003" / "checkpoint.pt").read_bytes() == b"weights"
 
 
 # --------------------------------------------------------------------------------------- on the simulated cluster
