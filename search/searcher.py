@@ -76,6 +76,7 @@ class CalibratedOptunaSearch(OptunaSearch):
         self._journal_path = os.path.abspath(journal_path)
         self._orphans: list[int] = []
         self._outcomes: dict[str, str] = {}
+        self._max_concurrent: int | None = None
         super().__init__(
             space=space,
             metric=list(metric or OBJECTIVES),
@@ -101,7 +102,17 @@ class CalibratedOptunaSearch(OptunaSearch):
 
     # -- asking ---------------------------------------------------------------------------------------------
 
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        # Taking the limit here makes Ray's ConcurrencyLimiter pass every call through. Its own bookkeeping drops
+        # the completion of a trial it no longer counts as live, which is what an errored trial re-run by
+        # `resume` (resume_errored) is: its ending would never reach Optuna.
+        self._max_concurrent = int(max_concurrent)
+        return True
+
     def suggest(self, trial_id: str) -> dict | None:
+        if (self._max_concurrent and trial_id not in self._ot_trials
+                and len(self.unfinished()) >= self._max_concurrent):
+            return None
         if trial_id not in self._ot_trials and self._orphans:
             # Re-use an Optuna trial asked before an interruption but unknown to Ray's restored record: the define-
             # by-run function re-suggests the same names, and Optuna returns the values already stored.
@@ -130,11 +141,14 @@ class CalibratedOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
         storage = self._ot_study._storage
         current = storage.get_trial(ot_trial._trial_id)
+        state, values, outcome = classify(result, error, list(self.metric))
         if current.state.is_finished():
+            if current.user_attrs.get("outcome") == "error" and outcome != "error":
+                self._record_retry(trial_id, current, state, values, outcome, result)
+                return
             # Told before an interruption that came before Ray saved this searcher: telling again would raise.
             self._outcomes[trial_id] = current.user_attrs.get("outcome", current.state.name.lower())
             return
-        state, values, outcome = classify(result, error, list(self.metric))
         if result:
             if "epoch" in result:
                 ot_trial.set_user_attr("last_epoch", result["epoch"])
@@ -144,6 +158,18 @@ class CalibratedOptunaSearch(OptunaSearch):
                     ot_trial.set_user_attr(f"last {key}", float(value))
         ot_trial.set_user_attr("outcome", outcome)
         self._ot_study.tell(ot_trial, values, state=state)
+        self._outcomes[trial_id] = outcome
+
+    def _record_retry(self, trial_id, failed, state, values, outcome, result) -> None:
+        """An errored trial that `gce-search resume` ran again (resume_errored) and that now ended otherwise: Optuna
+        cannot re-tell a finished trial, so the retry becomes a new trial with the same parameters, linked to the
+        failed attempt by `retry_of` (its Optuna number) and now carrying the Ray trial id."""
+        attrs = {"ray_trial_id": trial_id, "outcome": outcome, "retry_of": failed.number}
+        if result and "epoch" in result:
+            attrs["last_epoch"] = result["epoch"]
+        retry = optuna.trial.create_trial(
+            state=state, values=values, params=failed.params, distributions=failed.distributions, user_attrs=attrs)
+        self._ot_study.add_trial(retry)
         self._outcomes[trial_id] = outcome
 
     # -- resume ---------------------------------------------------------------------------------------------
@@ -181,6 +207,8 @@ class CalibratedOptunaSearch(OptunaSearch):
         self._ot_trials = {rid: optuna.Trial(self._ot_study, sid) for rid, sid in state["trials"].items()}
         self._completed_trials = set(state["completed"])
         self._outcomes = dict(state["outcomes"])
+        # Errored trials run again under resume_errored=True: let their next ending be told (as a retry).
+        self._completed_trials -= {rid for rid, outcome in self._outcomes.items() if outcome == "error"}
         self.reconcile()
 
     def reconcile(self) -> None:
@@ -208,5 +236,6 @@ class CalibratedOptunaSearch(OptunaSearch):
 
 
 def optuna_records(study: optuna.Study) -> dict[str, Any]:
-    """Ray trial id -> FrozenTrial, for trials that carry one (what the resume test and results join on)."""
+    """Ray trial id -> FrozenTrial, for trials that carry one (what the resume test and results join on); for an
+    errored trial re-run by resume, its latest attempt."""
     return {t.user_attrs["ray_trial_id"]: t for t in study.get_trials(deepcopy=False) if "ray_trial_id" in t.user_attrs}

@@ -136,6 +136,34 @@ def test_save_restore_adopts_trials_asked_after_the_checkpoint(tmp_path):
     assert "trial_c" not in records  # its Optuna trial now names d
 
 
+def test_errored_trial_rerun_by_resume_is_recorded_as_a_retry(tmp_path):
+    journal = str(tmp_path / "optuna.journal")
+    first = CalibratedOptunaSearch(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=2))
+    config = first.suggest("trial_err")
+    first.on_trial_complete("trial_err", error=True)
+    state_file = str(tmp_path / "searcher.pkl")
+    first.save(state_file)
+
+    second = CalibratedOptunaSearch(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=2))
+    second.restore(state_file)
+    second.on_trial_complete("trial_err", {"epoch": 3, "val/acc": 0.6, "val/ece": 0.04, "final": True})
+    trials = second.study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    retry = optuna_records(second.study)["trial_err"]
+    assert retry.values == [0.6, 0.04] and retry.params == {"x": config["x"]}
+    assert retry.user_attrs["retry_of"] == trials[0].number
+
+
+def test_concurrency_limit_held_by_the_searcher(tmp_path):
+    searcher = CalibratedOptunaSearch(synthetic_space, str(tmp_path / "j.journal"))
+    assert searcher.set_max_concurrency(2) is True  # Ray's ConcurrencyLimiter then passes calls through
+    assert searcher.suggest("a") is not None and searcher.suggest("b") is not None
+    assert searcher.suggest("c") is None
+    searcher.on_trial_complete("a", {"epoch": 1, "val/acc": 0.5, "val/ece": 0.1, "final": False})
+    assert searcher.suggest("c") is not None
+    assert searcher.unfinished() == ["b", "c"]
+
+
 def test_restore_refuses_foreign_state(tmp_path):
     import pickle
 
