@@ -32,6 +32,8 @@ import secrets
 import sys
 from collections.abc import Iterable
 
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
 from search.cli import UsageError
 
 SHARED_ENV = "GCE_SEARCH_SHARED_STORAGE"
@@ -225,3 +227,28 @@ def push_driver_files(exp_dir: str, storage: str, name: str) -> int:
                 dst.write(src.read())
             copied += 1
     return copied
+
+
+
+class _KeepLocalResults:
+    """Keeps the driver's own result file when a trial restarts (mixed into Ray's JSON and CSV loggers).
+
+    On a trial restart Ray copies the file from the storage over the driver's local one (`_restore_from_remote`,
+    ray/tune/logger/logger.py). The storage copy is synced from the driver's staging directory in the background
+    (at each experiment-state save, here each second), so after a node failure it can lack the results reported
+    just before: seen as a result.json starting at epoch 3 for a trial whose node died after epoch 2. The local
+    file is the fresher one whenever it exists; it does not after the driver itself restarted (`gce-search
+    resume`), and then the storage copy is all there is."""
+
+    def _restore_from_remote(self, file_name: str, trial) -> None:
+        if os.path.exists(os.path.join(trial.local_path, file_name)):
+            return
+        super()._restore_from_remote(file_name, trial)
+
+
+class JsonLoggerKeepingLocal(_KeepLocalResults, JsonLoggerCallback):
+    pass
+
+
+class CSVLoggerKeepingLocal(_KeepLocalResults, CSVLoggerCallback):
+    pass

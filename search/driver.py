@@ -15,7 +15,8 @@ from typing import Any
 from ray.tune import Callback
 
 from search.cli import UsageError
-from search.cluster import check_storage, job_address, pull_experiment, push_driver_files
+from search.cluster import (CSVLoggerKeepingLocal, JsonLoggerKeepingLocal, check_storage, job_address,
+                            pull_experiment, push_driver_files)
 from trainables.registry import ConfigError
 
 DEFAULT_SPACE = "quickstart"
@@ -238,7 +239,6 @@ def build_tuner(spec, storage: str, name: str, exp_dir: str, progress, slots: in
     """The Tuner of a search and its CalibratedOptunaSearch. `trainable` replaces the training trainable (the
     overhead benchmark runs the same assembly on a synthetic one)."""
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.search import ConcurrencyLimiter
 
     from search.schedulers import build_scheduler
@@ -260,7 +260,8 @@ def build_tuner(spec, storage: str, name: str, exp_dir: str, progress, slots: in
     run_config = tune.RunConfig(
         storage_path=storage, name=name, verbose=0,
         # result.json (JSON lines) is what search.results reads; progress.csv is for users' own tools.
-        callbacks=[progress, JsonLoggerCallback(), CSVLoggerCallback(), SchedulerState(scheduler),
+        # (Ray's JSON/CSV loggers, keeping the driver's file when a trial restarts after a node failure)
+        callbacks=[progress, JsonLoggerKeepingLocal(), CSVLoggerKeepingLocal(), SchedulerState(scheduler),
                    *optional_callbacks(exp_dir, spec)],
         # The latest checkpoint is what resume needs; older ones only fill the disk.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
