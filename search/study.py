@@ -135,8 +135,9 @@ def load_study(name_or_path: str, overrides: list[str] = ()) -> StudySpec:
                             f"{', '.join(CALIBRATORS.names())}")
             continue
         for key in section:
-            if key not in ("method", "breakpoints", "min_samples"):
-                problems.append(f"posthoc.{name}.{key}: unknown key; valid: method, breakpoints, min_samples")
+            if key not in ("method", "breakpoints", "min_samples", "prior_samples"):
+                problems.append(f"posthoc.{name}.{key}: unknown key; valid: method, breakpoints, min_samples, "
+                                "prior_samples")
         if "breakpoints" in section:
             bad = check_breakpoints(section["breakpoints"])
             if bad:
@@ -179,7 +180,7 @@ def posthoc_rows(logits: dict, posthoc: dict[str, dict], num_classes: int) -> tu
     test_logits, test_labels = logits["test"]
     rows, probs = [], {}
     for name, section in posthoc.items():
-        cal = build_calibrator({"breakpoints": [0.5, 0.8, 0.95], "min_samples": 50, **section})
+        cal = build_calibrator(section)
         cal.fit(calib_logits, calib_labels)
         z = cal.transform(test_logits)
         s = summary(z, test_labels, n_bins=15, num_classes=num_classes)

@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
         "method": "ats",  # trainables.calibration.CALIBRATORS key
         "breakpoints": [0.5, 0.8, 0.95],  # ATS: confidence breakpoints, strictly increasing in (0, 1)
         "min_samples": 50,  # ATS: pieces with fewer calibration samples use the global temperature
+        "prior_samples": 10.0,  # ATS: each piece's 1/T is shrunk toward the global 1/T with this many samples' weight
     },
     "objective": {
         "w_acc": 1.0,  # score = w_acc * val/acc - w_ece * val/ece
@@ -98,6 +99,7 @@ SCHEMA: dict[str, Param] = {
     "calibration.method": Param("ats", kind="str"),
     "calibration.breakpoints": Param([0.5, 0.8, 0.95], kind="list"),
     "calibration.min_samples": Param(50, low=1, kind="int"),
+    "calibration.prior_samples": Param(10.0, low=0.0),
     "objective.w_acc": Param(1.0, low=0.0),
     "objective.w_ece": Param(1.0, low=0.0),
     "objective.n_bins": Param(15, low=1, kind="int"),
