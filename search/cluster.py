@@ -21,6 +21,9 @@ local directory on the driver's machine. `pull_experiment` copies the trials' re
 that directory so that pareto/export/tensorboard read one place; `push_driver_files` copies the driver's files into
 the bucket so that it holds the whole experiment once the head is gone.
 
+Node failures. A trial on a lost node is restarted by Ray from its checkpoint elsewhere; the driver's result loggers
+here keep its result.json intact through that restart (`_KeepLocalResults`).
+
 Inside `ray job submit` the entrypoint runs with RAY_ADDRESS set to the cluster's GCS, and an explicit `ray.init(
 address="local")` would start a second, private Ray on the head instead: `job_address` gives the driver that
 address when `--address` is left out.
