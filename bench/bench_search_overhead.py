@@ -147,14 +147,14 @@ def main() -> None:
 
     import ray
 
-    from search.driver import frequent_experiment_checkpoints
+    from search.driver import configure_tune_environment
 
     cpus = os.cpu_count() or 1
     per_epoch = calibrate(args.trial_seconds / EPOCHS)
     print(f"machine: {cpus} CPUs, load average {os.getloadavg()[0]:.1f} at start; {per_epoch} matmuls ({MATRIX}x{MATRIX}) per epoch "
           f"~ {args.trial_seconds / EPOCHS:.1f} s on one thread; torch {torch.__version__}, ray {ray.__version__}")
     root = tempfile.mkdtemp(prefix="gce-overhead-")
-    frequent_experiment_checkpoints()
+    configure_tune_environment()
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
         for mode in args.modes.split(","):

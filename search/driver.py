@@ -280,7 +280,7 @@ def inner_searcher(tuner_or_alg):
     return alg
 
 
-def frequent_experiment_checkpoints() -> None:
+def configure_tune_environment() -> None:
     # Ray saves the experiment state (trials + searcher) at most every 10 s by default; after a kill -9 everything
     # since then is replayed or, for trials suggested in that window, lost from Ray's record. Saving every second
     # keeps that window small; the journal covers the rest (see search.searcher).
@@ -291,6 +291,11 @@ def frequent_experiment_checkpoints() -> None:
     # Ray's default TensorBoard logger declares the hparams of one run only (DESIGN.md); search.tensorboard writes
     # the experiment-level record instead. The JSON/CSV loggers are added explicitly in build_tuner.
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    # The progress lines replace Ray's output; Ray's newer console output prints its own header even at verbose=0.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -394,7 +399,7 @@ def cmd_run(args) -> int:
         check_storage(storage, ray.nodes(), ray.get_runtime_context().get_node_id())
         os.makedirs(exp_dir, exist_ok=False)
         write_spec(exp_dir, spec)
-        frequent_experiment_checkpoints()
+        configure_tune_environment()
         from search.progress import ProgressPrinter
 
         progress = ProgressPrinter(max_t=max_epochs(spec))
@@ -442,7 +447,7 @@ def cmd_resume(args) -> int:
     try:
         check_resources(trial_resources(spec), ray.nodes())
         check_storage(os.path.dirname(exp_dir), ray.nodes(), ray.get_runtime_context().get_node_id())
-        frequent_experiment_checkpoints()
+        configure_tune_environment()
         print(f"gce-search: resuming {exp_dir}, cluster {_cluster_words()}", flush=True)
         # Searcher, scheduler and callbacks come back from Ray's tuner.pkl; the searcher's own restore() then
         # reconciles its saved state with the Optuna journal.
