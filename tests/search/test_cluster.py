@@ -46,12 +46,14 @@ space:
 """
 
 
-def write_space(folder: Path, name: str, num_samples: int, epochs: int, fraction: float, batch_size: int = 64) -> str:
+def write_space(folder: Path, name: str, num_samples: int, epochs: int, fraction: float,
+                batch_size: int = 64) -> str:
     """A space whose trials each take `fraction` of a CPU and of a GPU (the fake GPU; training runs on CPU).
     An epoch takes ~0.03 s at batch size 64; small batches make it longer where a fault must land mid-trial."""
     path = folder / f"{name}.yaml"
-    path.write_text(SPACE.replace("NAME", name).replace("NUM_SAMPLES", str(num_samples)).replace("BATCH", str(batch_size))
-                    .replace("EPOCHS", str(epochs)).replace("FRACTION", str(fraction)))
+    path.write_text(SPACE.replace("NAME", name).replace("NUM_SAMPLES", str(num_samples))
+                    .replace("BATCH", str(batch_size)).replace("EPOCHS", str(epochs))
+                    .replace("FRACTION", str(fraction)))
     return str(path)
 
 
