@@ -151,8 +151,9 @@ def main() -> None:
 
     cpus = os.cpu_count() or 1
     per_epoch = calibrate(args.trial_seconds / EPOCHS)
-    print(f"machine: {cpus} CPUs, load average {os.getloadavg()[0]:.1f} at start; {per_epoch} matmuls ({MATRIX}x{MATRIX}) per epoch "
-          f"~ {args.trial_seconds / EPOCHS:.1f} s on one thread; torch {torch.__version__}, ray {ray.__version__}")
+    print(f"machine: {cpus} CPUs, load average {os.getloadavg()[0]:.1f} at start; {per_epoch} matmuls "
+          f"({MATRIX}x{MATRIX}) per epoch ~ {args.trial_seconds / EPOCHS:.1f} s on one thread; "
+          f"torch {torch.__version__}, ray {ray.__version__}")
     root = tempfile.mkdtemp(prefix="gce-overhead-")
     configure_tune_environment()
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")

@@ -316,11 +316,11 @@ def finish(exp_dir: str, grid, searcher, started: float, timeout_s: float | None
         searcher.on_trial_complete(trial_id, result=None)
     if searcher is not None and hasattr(searcher, "fail_orphans"):
         searcher.fail_orphans()
-    summarize(exp_dir, grid, None, started)
+    summarize(exp_dir, grid, started)
     return 0
 
 
-def summarize(exp_dir: str, grid, progress, started: float) -> None:
+def summarize(exp_dir: str, grid, started: float) -> None:
     from search.progress import print_summary, trial_outcome
 
     outcomes = {"complete": 0, "stopped": 0, "diverged": 0, "error": 0}
@@ -471,4 +471,5 @@ def _cluster_words() -> str:
     import ray
 
     res: dict[str, Any] = ray.cluster_resources()
-    return f"{res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU on {len([n for n in ray.nodes() if n['Alive']])} node(s)"
+    alive = sum(1 for n in ray.nodes() if n["Alive"])
+    return f"{res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU on {alive} node(s)"
