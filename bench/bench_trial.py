@@ -8,12 +8,12 @@ the same process, with bf16 autocast and channels_last each on and off:
   - small_cnn on Fashion-MNIST (28×28, 1 channel),
   - fast_cnn (airbench-style) on synthetic 32×32×3 images.
 "bare" is the loop anyone would write (randperm, index, forward, cross-entropy, backward, SGD step); "trial" is
-run_trial's own training phase (`time/train_s`: LR schedule, per-sample loss, divergence bookkeeping), and
-"trial e2e" adds what a trial does per epoch besides training (logits on calib and val, ATS fit, metrics).
-The first epoch of each run is a warm-up and is not counted; each loop runs --rounds times, interleaved, and
-the best run counts (the machine is shared). The evaluation share of "trial e2e" is large here because calib +
-val (256 + 256 images) are as large as the tiny training subsample; in a real run (45k train, 5k + 5k held
-out) it is a few percent. A benchmark measures; it does not pass or fail.
+the trial loop's training phase (`time/train_s` of `_Trial.run_epoch`: per-step LR, per-sample loss, loss
+bookkeeping), and "with eval" adds what a trial does per epoch besides training (logits on calib and val, ATS
+fit, metrics). Adjacent (bare, trial) epochs are paired and the median per-pair ratio reported, since the load of
+a shared machine drifts by several times within a minute. The evaluation share is large here because calib + val
+(256 + 256 images) are as large as the tiny training subsample; in a real run (45k train, 5k + 5k held out) it is
+a few percent. A benchmark measures; it does not pass or fail.
 
 Part 2: `gce-search train` of small_cnn on Fashion-MNIST in a subprocess: wall time, peak RSS, test acc/ECE.
 Subsampled (--train-images, --test-images) to fit a few minutes on 2 CPU cores; the numbers say so.
@@ -37,59 +37,40 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trainables.config import resolve  # noqa: E402
-from trainables.data import load_splits  # noqa: E402
 from trainables.models import build_model  # noqa: E402
 from trainables.trial import run_trial  # noqa: E402
 
 
-def bare_loop(cfg: dict, epochs: int) -> float:
-    """Images/s of a plain training loop over epochs 2..epochs (epoch 1 warms up)."""
-    tc = cfg["train"]
-    data = load_splits(cfg["data"], device="cpu")
-    torch.manual_seed(cfg["seed"])
-    fmt = torch.channels_last if tc["channels_last"] else torch.contiguous_format
-    model = build_model(cfg["model"], data.in_channels, data.num_classes, data.image_size).to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=tc["lr"], momentum=tc["momentum"], weight_decay=tc["weight_decay"])
-    gen = torch.Generator().manual_seed(cfg["seed"])
-    n, bs = data.train_x.shape[0], tc["batch_size"]
-    steps = n // bs
-    model.train()
-    timed, images = 0.0, 0
-    for epoch in range(epochs):
+class BareLoop:
+    """The loop anyone would write, on the trial's own data tensors: randperm, index, forward, CE, backward, step."""
+
+    def __init__(self, cfg: dict, data):
+        tc = cfg["train"]
+        self.data, self.bs, self.bf16 = data, tc["batch_size"], tc["bf16"]
+        self.fmt = torch.channels_last if tc["channels_last"] else torch.contiguous_format
+        torch.manual_seed(cfg["seed"])
+        self.model = build_model(cfg["model"], data.in_channels, data.num_classes,
+                                 data.image_size).to(memory_format=self.fmt)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=tc["lr"], momentum=tc["momentum"],
+                                   weight_decay=tc["weight_decay"])
+        self.gen = torch.Generator().manual_seed(cfg["seed"])
+
+    def epoch(self) -> float:
+        """Seconds for one pass over the training split (the last partial batch dropped, as the trial does)."""
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen)
-        for s in range(steps):
+        x_all, y_all, bs = self.data.train_x, self.data.train_y, self.bs
+        perm = torch.randperm(x_all.shape[0], generator=self.gen)
+        self.model.train()
+        for s in range(x_all.shape[0] // bs):
             idx = perm[s * bs:(s + 1) * bs]
-            x, y = data.train_x[idx].contiguous(memory_format=fmt), data.train_y[idx]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc["bf16"]):
-                logits = model(x)
+            x, y = x_all[idx].contiguous(memory_format=self.fmt), y_all[idx]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-        if epoch > 0:
-            timed += time.perf_counter() - t0
-            images += steps * bs
-    return images / timed
-
-
-def trial_loop(cfg: dict) -> tuple[float, float]:
-    """(training-phase images/s, end-to-end images/s incl. per-epoch evaluation) over epochs 2..end."""
-    seen: list[dict] = []
-
-    def reporter(metrics: dict, checkpoint_dir: str | None) -> None:
-        seen.append(metrics)
-        if checkpoint_dir:
-            import shutil
-
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
-
-    run_trial(cfg, reporter)
-    later = seen[1:]
-    images = sum(m["train/images_per_s"] * m["time/train_s"] for m in later)
-    train_s = sum(m["time/train_s"] for m in later)
-    total_s = sum(m["time/train_s"] + m["time/eval_s"] for m in later)
-    return images / train_s, images / total_s
+            self.opt.step()
+        return time.perf_counter() - t0
 
 
 CASES = {
@@ -106,9 +87,19 @@ CASES = {
 
 
 def throughput(args) -> list[dict]:
+    """Pairs of adjacent epochs (bare, trial), alternating which goes first, after one warm-up epoch each.
+
+    The trial side is the trial loop's own epoch (`_Trial.run_epoch`: training, then logits on calib and val, ATS
+    fit and metrics), timed by the trial itself. On a shared machine the load drifts by several times within a
+    minute, so we report the median over pairs of the per-pair ratio: adjacent epochs see nearly the same load.
+    """
+    from trainables.trial import _Trial
+
     rows = []
     for case, base in CASES.items():
-        max_train = args.small_cnn_images if case.startswith("small_cnn") else args.fast_cnn_images
+        small = case.startswith("small_cnn")
+        max_train = args.small_cnn_images if small else args.fast_cnn_images
+        pairs = args.pairs if small else max(2, args.pairs // 2)
         for bf16 in (False, True):
             for channels_last in (False, True):
                 cfg = resolve({
@@ -117,32 +108,39 @@ def throughput(args) -> list[dict]:
                     "model": base["model"],
                     "loss": {"name": "cross_entropy"},
                     "calibration": {"method": "ats", "min_samples": 20},
-                    "train": {"epochs": args.epochs, "batch_size": 128, "lr": 0.05, "schedule": "constant",
+                    "train": {"epochs": 1000, "batch_size": 128, "lr": 0.05, "schedule": "constant",
                               "device": "cpu", "bf16": bf16, "channels_last": channels_last,
                               "eval_batch_size": 256},
                 })
-                loads, bare, trial, e2e = [], [], [], []
-                # Rounds in ABBA order, best of each: on a shared machine the load drifts and spikes, and the
-                # best run is the one least disturbed by it.
-                for r in range(args.rounds):
-                    loads.append(os.getloadavg()[0])
-                    order = ("bare", "trial") if r % 2 == 0 else ("trial", "bare")
-                    for which in order:
-                        if which == "bare":
-                            bare.append(bare_loop(cfg, args.epochs))
-                        else:
-                            t, e = trial_loop(cfg)
-                            trial.append(t)
-                            e2e.append(e)
-                b, t, e = max(bare), max(trial), max(e2e)
-                row = {"case": case, "bf16": bf16, "channels_last": channels_last, "train_images": max_train,
-                       "bare_img_s": b, "trial_img_s": t, "trial_e2e_img_s": e, "ratio": t / b,
-                       "ratio_e2e": e / b, "runs": {"bare": bare, "trial": trial, "trial_e2e": e2e},
+                trial = _Trial(cfg, None)
+                bare = BareLoop(cfg, trial.data)
+                images = trial.steps_per_epoch * trial.batch_size
+                bare.epoch()
+                trial.run_epoch()  # warm-up
+                bare_s, train_s, eval_s = [], [], []
+                loads = [os.getloadavg()[0]]
+                for r in range(pairs):
+                    if r % 2:
+                        m = trial.run_epoch()
+                        bare_s.append(bare.epoch())
+                    else:
+                        bare_s.append(bare.epoch())
+                        m = trial.run_epoch()
+                    train_s.append(m["time/train_s"])
+                    eval_s.append(m["time/eval_s"])
+                loads.append(os.getloadavg()[0])
+                ratio = statistics.median(b / t for b, t in zip(bare_s, train_s))
+                ratio_e2e = statistics.median(b / (t + e) for b, t, e in zip(bare_s, train_s, eval_s))
+                bare_ips = images / statistics.median(bare_s)
+                trial_ips = images / statistics.median(train_s)
+                row = {"case": case, "bf16": bf16, "channels_last": channels_last, "train_images": images,
+                       "pairs": pairs, "bare_img_s": bare_ips, "trial_img_s": trial_ips, "ratio": ratio,
+                       "ratio_e2e": ratio_e2e, "bare_s": bare_s, "trial_train_s": train_s, "trial_eval_s": eval_s,
                        "load_avg_1min": loads}
                 rows.append(row)
-                print(f"{case:34s} bf16={bf16!s:5s} channels_last={channels_last!s:5s}  bare {b:7.1f}  "
-                      f"trial {t:7.1f} ({t / b:4.2f}x)  trial e2e {e:7.1f} ({e / b:4.2f}x)  "
-                      f"[best of {args.rounds}; load {', '.join(f'{x:.1f}' for x in loads)}]", flush=True)
+                print(f"{case:32s} bf16={bf16!s:5s} channels_last={channels_last!s:5s}  bare {bare_ips:7.1f} img/s  "
+                      f"trial {trial_ips:7.1f} img/s  trial/bare {ratio:4.2f}  with eval {ratio_e2e:4.2f}  "
+                      f"[median of {pairs} pairs; load {loads[0]:.1f}-{loads[1]:.1f}]", flush=True)
     return rows
 
 
@@ -182,8 +180,8 @@ def full_train(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=2, help="epochs per throughput run (the first is a warm-up)")
-    p.add_argument("--rounds", type=int, default=2, help="interleaved runs of each loop; the best one counts")
+    p.add_argument("--pairs", type=int, default=6, help="adjacent (bare, trial) epoch pairs per setting "
+                                                        "(half as many for fast_cnn)")
     p.add_argument("--small-cnn-images", type=int, default=512, help="training images per epoch, small_cnn")
     p.add_argument("--fast-cnn-images", type=int, default=256, help="training images per epoch, fast_cnn")
     p.add_argument("--train-images", type=int, default=3000, help="training images for the full train run")

@@ -232,7 +232,6 @@ class _Trial:
 
             by_rank: list = [None] * self.world_size
             dist.all_gather_object(by_rank, rng)
-            rng = by_rank[self.rank]
         else:
             by_rank = [rng]
         return {

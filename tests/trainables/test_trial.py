@@ -20,10 +20,27 @@ TEST_KEYS = {"test/acc", "test/ece", "test/ece_raw", "test/adaece", "test/cece",
 TIMING_KEYS = {"time/train_s", "time/eval_s", "train/images_per_s"}
 
 
+_REPORTERS: list["Collect"] = []
+
+
+@pytest.fixture(autouse=True)
+def _remove_checkpoint_dirs():
+    """The reporter owns each checkpoint directory: every test's reporters give theirs back at teardown."""
+    yield
+    import shutil
+
+    for rep in _REPORTERS:
+        for d in rep.dirs:
+            if d:
+                shutil.rmtree(d, ignore_errors=True)
+    _REPORTERS.clear()
+
+
 class Collect:
     """A reporter that keeps every (metrics, checkpoint state) and optionally stops the trial after an epoch."""
 
     def __init__(self, stop_after: int | None = None):
+        _REPORTERS.append(self)
         self.metrics: list[dict] = []
         self.dirs: list[str | None] = []
         self.stop_after = stop_after
