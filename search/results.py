@@ -426,26 +426,17 @@ def val_predictions(trial: TrialRecord) -> dict | None:
         import torch
 
         from trainables.calibration import build_calibrator
-        from trainables.config import resolve
-        from trainables.data import load_splits
-        from trainables.models import build_model
+        from trainables.inference import split_logits
 
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        cfg = resolve(state.get("config") or trial.config)
-        data = load_splits(cfg["data"], device="cpu")
-        model = build_model(cfg["model"], data.in_channels, data.num_classes, data.image_size)
-        model.load_state_dict(state["model"])
-        model.eval()
-        batch = cfg["train"]["eval_batch_size"]
-        with torch.no_grad():
-            raw = torch.cat([model(data.val_x[i:i + batch]).float() for i in range(0, data.val_x.shape[0], batch)])
-        calibrator = build_calibrator(cfg["calibration"])
+        state.setdefault("config", trial.config)
+        raw, labels = split_logits(state, ("val",))["val"]
+        calibrated = raw
         if state.get("calibrator") is not None:
+            calibrator = build_calibrator(state["config"]["calibration"])
             calibrator.load_state_dict(state["calibrator"])
             calibrated = calibrator.transform(raw)
-        else:
-            calibrated = raw
-        result = {"raw": raw, "calibrated": calibrated, "labels": data.val_y.cpu()}
+        result = {"raw": raw, "calibrated": calibrated, "labels": labels}
     trial._val_predictions = result
     return result
 

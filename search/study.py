@@ -200,31 +200,35 @@ def study_trainable(config: dict) -> None:
     from trainables.inference import split_logits
     from trainables.trial import load_checkpoint, run_trial
 
-    last: dict[str, Any] = {}
+    final_state: dict[str, Any] = {}
 
-    def keep_last(metrics: dict, checkpoint_dir: str | None) -> None:
-        if last.get("dir"):
-            import shutil
+    def keep_final(metrics: dict, checkpoint_dir: str | None) -> None:
+        # The reporter owns each checkpoint folder: read the last epoch's state, delete every folder.
+        import shutil
 
-            shutil.rmtree(last["dir"], ignore_errors=True)
-        last.update(metrics=metrics, dir=checkpoint_dir)
+        if checkpoint_dir is not None:
+            if metrics.get("final"):
+                final_state["state"] = load_checkpoint(checkpoint_dir)
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     t0 = time.perf_counter()
-    metrics = run_trial(config["trial_config"], reporter=keep_last)
+    metrics = run_trial(config["trial_config"], reporter=keep_final)
     train_s = time.perf_counter() - t0
     base = {"method": config["method"], "seed": config["seed"], "train_s": train_s,
             "status": metrics.get("status", "ok"), "images_per_s": metrics.get("train/images_per_s", math.nan)}
-    if metrics.get("status") == "diverged" or not last.get("dir"):
+    if metrics.get("status") == "diverged" or "state" not in final_state:
         ray.tune.report({**base, "rows": "[]"})
         return
-    state = load_checkpoint(last["dir"])
-    logits = split_logits(state, ("calib", "test"))
+    logits = split_logits(final_state["state"], ("calib", "test"))
     num_classes = int(logits["test"][0].shape[1])
     rows, probs = posthoc_rows(logits, config["posthoc"], num_classes)
     out = tempfile.mkdtemp(prefix="gce-study-")
     np.savez_compressed(os.path.join(out, PREDICTIONS_FILE), labels=logits["test"][1].numpy(),
                         **{f"probs_{k}": v for k, v in probs.items()})
     ray.tune.report({**base, "rows": json.dumps(rows)}, checkpoint=ray.tune.Checkpoint.from_directory(out))
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)  # Ray has persisted it to the study's storage
 
 
 # ---------------------------------------------------------------------------------------------------- aggregation
