@@ -280,22 +280,44 @@ def inner_searcher(tuner_or_alg):
     return alg
 
 
-def configure_tune_environment() -> None:
+# Process-wide settings for the Tune run of one `gce-search run/resume`; set for the run, restored after it (a
+# library user's own Tuner in the same process keeps Ray's defaults). Values: (value, override an existing one?)
+TUNE_ENVIRONMENT = {
     # Ray saves the experiment state (trials + searcher) at most every 10 s by default; after a kill -9 everything
     # since then is replayed or, for trials suggested in that window, lost from Ray's record. Saving every second
     # keeps that window small; the journal covers the rest (see search.searcher).
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    "TUNE_GLOBAL_CHECKPOINT_S": ("1", False),
     # With CheckpointConfig(num_to_keep=1) Ray also snapshots whenever a trial checkpoints (so that the state never
     # names a deleted checkpoint), and warns each time: here that frequency is wanted, the warning is noise.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": ("0", False),
     # Ray's default TensorBoard logger declares the hparams of one run only (DESIGN.md); search.tensorboard writes
     # the experiment-level record instead. The JSON/CSV loggers are added explicitly in build_tuner.
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": ("1", True),
     # The progress lines replace Ray's output; Ray's newer console output prints its own header even at verbose=0.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    "RAY_AIR_NEW_OUTPUT": ("0", False),
+}
+
+
+def configure_tune_environment() -> dict[str, str | None]:
+    """Apply TUNE_ENVIRONMENT; returns the previous values for restore_environment."""
+    previous = {key: os.environ.get(key) for key in TUNE_ENVIRONMENT}
+    for key, (value, override) in TUNE_ENVIRONMENT.items():
+        if override:
+            os.environ[key] = value
+        else:
+            os.environ.setdefault(key, value)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return previous
+
+
+def restore_environment(previous: dict[str, str | None]) -> None:
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -394,12 +416,13 @@ def cmd_run(args) -> int:
     import ray
 
     owns_ray = connect_ray(args.address)
+    previous_environment: dict[str, str | None] = {}
     try:
         check_resources(trial_resources(spec), ray.nodes())
         check_storage(storage, ray.nodes(), ray.get_runtime_context().get_node_id())
         os.makedirs(exp_dir, exist_ok=False)
         write_spec(exp_dir, spec)
-        configure_tune_environment()
+        previous_environment = configure_tune_environment()
         from search.progress import ProgressPrinter
 
         progress = ProgressPrinter(max_t=max_epochs(spec))
@@ -415,6 +438,7 @@ def cmd_run(args) -> int:
             push_driver_files(exp_dir, storage, name)
         return code
     finally:
+        restore_environment(previous_environment)
         if owns_ray:
             ray.shutdown()
 
@@ -444,10 +468,11 @@ def cmd_resume(args) -> int:
     import ray
 
     owns_ray = connect_ray(address)
+    previous_environment: dict[str, str | None] = {}
     try:
         check_resources(trial_resources(spec), ray.nodes())
         check_storage(os.path.dirname(exp_dir), ray.nodes(), ray.get_runtime_context().get_node_id())
-        configure_tune_environment()
+        previous_environment = configure_tune_environment()
         print(f"gce-search: resuming {exp_dir}, cluster {_cluster_words()}", flush=True)
         # Searcher, scheduler and callbacks come back from Ray's tuner.pkl; the searcher's own restore() then
         # reconciles its saved state with the Optuna journal.
@@ -463,6 +488,7 @@ def cmd_resume(args) -> int:
         searcher = inner_searcher(local._tune_config.search_alg) if local is not None else None
         return finish(exp_dir, grid, searcher, started, None)
     finally:
+        restore_environment(previous_environment)
         if owns_ray:
             ray.shutdown()
 

@@ -365,13 +365,14 @@ def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
     import numpy as np
     from ray import tune
 
-    from search.driver import connect_ray
+    from search.driver import configure_tune_environment, connect_ray, restore_environment
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     grid = [{"method": m, "seed": s, "trial_config": spec.run_config(m, s), "posthoc": spec.posthoc}
             for m in spec.methods for s in spec.seeds]
     started = connect_ray(address)
+    previous_environment = configure_tune_environment()  # quiet console: the progress lines replace Ray's
     try:
         resources = {"CPU": spec.resources["cpus_per_trial"], "GPU": spec.resources["gpus_per_trial"]}
         # The grid is nested under "run" so that Ray does not flatten the run configs into its search space.
@@ -387,6 +388,7 @@ def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
         results = list(tuner.fit())
         wall = time.perf_counter() - t0
     finally:
+        restore_environment(previous_environment)
         if started:
             import ray
 

@@ -140,10 +140,17 @@ def test_unsatisfiable_resources_refused_at_start(local_ray, tmp_path, capsys, o
 
 
 def test_tiny_search_end_to_end(local_ray, tmp_path, capsys):
+    import os
+
+    from search.driver import TUNE_ENVIRONMENT
+
+    before = {key: os.environ.get(key) for key in TUNE_ENVIRONMENT}
     storage = tmp_path / "results"
     code = main(["run", write_tiny_space(tmp_path, num_samples=6), "--storage", str(storage), "--name", "e2e"])
     out = capsys.readouterr().out
     assert code == 0
+    # The run's Tune settings do not outlive it (a later Tuner in the same process keeps Ray's default loggers).
+    assert {key: os.environ.get(key) for key in TUNE_ENVIRONMENT} == before
     exp = storage / "e2e"
     assert (exp / "spec.yaml").is_file() and (exp / "optuna.journal").is_file()
     from spaces.schema import load_spec
