@@ -38,7 +38,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trainables.config import resolve  # noqa: E402
 from trainables.models import build_model  # noqa: E402
-from trainables.trial import run_trial  # noqa: E402
 
 
 class BareLoop:

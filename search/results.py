@@ -458,7 +458,6 @@ def ece_std_bootstrap(confidence, correct, n_bins: int = 15, resamples: int = BO
     for r in range(resamples):
         idx = rng.integers(0, n, n)
         b = bins[idx]
-        count = np.bincount(b, minlength=n_bins)
         gap = np.abs(np.bincount(b, weights=correct[idx], minlength=n_bins)
                      - np.bincount(b, weights=confidence[idx], minlength=n_bins))
         eces[r] = gap.sum() / n  # sum over bins of |B_m| * |acc_m - conf_m| / n

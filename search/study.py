@@ -10,7 +10,6 @@ fixed, so all methods are compared on the same calibration and test samples and 
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -393,7 +392,7 @@ def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
             import ray
 
             ray.shutdown()
-    rows, statuses, predictions, images = [], {}, {}, 0.0
+    rows, statuses, predictions = [], {}, {}
     for result in results:
         m = result.metrics or {}
         status = m.get("status", "error") if result.error is None else "error"

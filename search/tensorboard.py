@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path

@@ -39,6 +39,7 @@ import torch
 
 from trainables.config import DEFAULTS, check_breakpoints
 from trainables.registry import Registry
+from trainables.validation import as_tensor, check_labels, check_scores
 
 __all__ = [
     "CALIBRATORS",
@@ -65,45 +66,12 @@ class NotFittedError(ValueError):
     """`transform` (or `temperatures`) was used before `fit` or `load_state_dict`."""
 
 
-def _as_tensor(values: Any, name: str) -> torch.Tensor:
-    if isinstance(values, torch.Tensor):
-        return values.detach()
-    try:
-        return torch.as_tensor(np.asarray(values))
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"{name}: expected a tensor or array of numbers; got {type(values).__name__}") from err
-
-
 def _check_logits(logits: Any, name: str = "logits") -> torch.Tensor:
-    z = _as_tensor(logits, name)
+    z = as_tensor(logits, name)
     if not z.is_floating_point():
         raise ValueError(f"{name}: expected floating-point logits; got dtype {z.dtype}")
-    if z.dim() != 2:
-        raise ValueError(f"{name}: expected shape [N, K] (samples x classes); got shape {tuple(z.shape)}")
-    if z.shape[0] == 0:
-        raise ValueError(f"{name}: empty split (shape {tuple(z.shape)}); valid: at least one sample")
-    if z.shape[1] < 2:
-        raise ValueError(f"{name}: {z.shape[1]} class column(s); valid: K >= 2 columns")
-    if not torch.isfinite(z).all():
-        raise ValueError(f"{name}: contains NaN or infinite values; valid: finite logits "
-                         "(a diverged model cannot be calibrated)")
-    return z
-
-
-def _check_labels(labels: Any, n: int, num_classes: int, name: str = "labels") -> torch.Tensor:
-    y = _as_tensor(labels, name).cpu()
-    if y.dim() != 1 or y.shape[0] != n:
-        raise ValueError(f"{name}: expected shape [{n}] (one class index per row of logits); "
-                         f"got shape {tuple(y.shape)}")
-    if y.dtype == torch.bool or y.is_complex():
-        raise ValueError(f"{name}: expected integer class indices; got dtype {y.dtype}")
-    if y.is_floating_point() and (not torch.isfinite(y).all() or not torch.equal(y, y.round())):
-        raise ValueError(f"{name}: expected integer class indices; got non-integer values")
-    y = y.to(torch.int64)
-    lo, hi = y.min().item(), y.max().item()
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(f"{name}: class indices in [{lo}, {hi}]; valid: integers in [0, {num_classes - 1}]")
-    return y
+    return check_scores(z, name, empty="empty split",
+                        finite="finite logits (a diverged model cannot be calibrated)")
 
 
 def _confidence_of_shifted(shifted: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
@@ -213,7 +181,7 @@ class Calibrator:
     # -- interface -------------------------------------------------------------------------------------------
     def fit(self, logits: Any, labels: Any) -> "Calibrator":
         z = _check_logits(logits)
-        y = _check_labels(labels, z.shape[0], z.shape[1])
+        y = check_labels(labels, z.shape[0], z.shape[1])
         shifted = z.to(device="cpu", dtype=torch.float64, copy=True)
         shifted.sub_(shifted.max(dim=1, keepdim=True).values)
         gap = -shifted.gather(1, y.unsqueeze(1)).squeeze(1)

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainables.validation import as_tensor, check_labels, check_scores
+
 __all__ = [
     "accuracy",
     "ece",
@@ -38,28 +40,14 @@ _RANGE_TOLERANCE = 1e-6
 
 
 def _as_float64(values: Any, name: str) -> torch.Tensor:
-    if isinstance(values, torch.Tensor):
-        t = values.detach()
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(values))
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise ValueError(f"{name}: expected a tensor or array of numbers; got {type(values).__name__}") from err
+    t = as_tensor(values, name)
     if t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"{name}: expected real numbers; got dtype {t.dtype}")
     return t.to(device="cpu", dtype=torch.float64)
 
 
 def _check_probs(probs: Any, name: str = "probs") -> torch.Tensor:
-    p = _as_float64(probs, name)
-    if p.dim() != 2:
-        raise ValueError(f"{name}: expected shape [N, K] (samples x classes); got shape {tuple(p.shape)}")
-    if p.shape[0] == 0:
-        raise ValueError(f"{name}: no samples (shape {tuple(p.shape)}); valid: at least one row")
-    if p.shape[1] < 2:
-        raise ValueError(f"{name}: {p.shape[1]} class column(s); valid: K >= 2 columns")
-    if not torch.isfinite(p).all():
-        raise ValueError(f"{name}: contains NaN or infinite values; valid: probabilities in [0, 1]")
+    p = check_scores(_as_float64(probs, name), name, empty="no samples", finite="probabilities in [0, 1]")
     lo, hi = p.min().item(), p.max().item()
     if lo < -_RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE:
         raise ValueError(
@@ -75,29 +63,6 @@ def _check_probs(probs: Any, name: str = "probs") -> torch.Tensor:
     return p.clamp(0.0, 1.0)
 
 
-def _check_labels(labels: Any, n: int, num_classes: int, name: str = "labels") -> torch.Tensor:
-    if isinstance(labels, torch.Tensor):
-        y = labels.detach().cpu()
-    else:
-        try:
-            y = torch.as_tensor(np.asarray(labels))
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise ValueError(f"{name}: expected a tensor or array of class indices") from err
-    if y.dim() != 1 or y.shape[0] != n:
-        raise ValueError(f"{name}: expected shape [{n}] (one class index per row of the scores); "
-                         f"got shape {tuple(y.shape)}")
-    if y.dtype == torch.bool or y.is_complex():
-        raise ValueError(f"{name}: expected integer class indices; got dtype {y.dtype}")
-    if y.is_floating_point():
-        if not torch.isfinite(y).all() or not torch.equal(y, y.round()):
-            raise ValueError(f"{name}: expected integer class indices; got non-integer values")
-    y = y.to(torch.int64)
-    lo, hi = y.min().item(), y.max().item()
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(f"{name}: class indices in [{lo}, {hi}]; valid: integers in [0, {num_classes - 1}]")
-    return y
-
-
 def _check_n_bins(n_bins: Any) -> int:
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
         raise ValueError(f"n_bins: got {n_bins!r}; valid: an integer >= 1 (15 is the usual choice, 20 also common)")
@@ -106,7 +71,7 @@ def _check_n_bins(n_bins: Any) -> int:
 
 def _prepare(probs: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
     p = _check_probs(probs)
-    y = _check_labels(labels, p.shape[0], p.shape[1])
+    y = check_labels(labels, p.shape[0], p.shape[1])
     return p, y
 
 
@@ -218,7 +183,7 @@ def classwise_ece(probs: Any, labels: Any, num_classes: int | None = None, n_bin
     n_bins = _check_n_bins(n_bins)
     p = _check_probs(probs)
     _check_num_classes(num_classes, p.shape[1], "probs")
-    y = _check_labels(labels, p.shape[0], p.shape[1])
+    y = check_labels(labels, p.shape[0], p.shape[1])
     return _classwise_ece(p, y, n_bins)
 
 
@@ -314,17 +279,9 @@ def summary(logits: Any, labels: Any, n_bins: int = 15, num_classes: int | None 
     The softmax is taken in float64; NLL comes from log-softmax so that confident mistakes stay exact.
     """
     n_bins = _check_n_bins(n_bins)
-    z = _as_float64(logits, "logits")
-    if z.dim() != 2:
-        raise ValueError(f"logits: expected shape [N, K] (samples x classes); got shape {tuple(z.shape)}")
-    if z.shape[0] == 0:
-        raise ValueError(f"logits: no samples (shape {tuple(z.shape)}); valid: at least one row")
-    if z.shape[1] < 2:
-        raise ValueError(f"logits: {z.shape[1]} class column(s); valid: K >= 2 columns")
-    if not torch.isfinite(z).all():
-        raise ValueError("logits: contains NaN or infinite values; valid: finite numbers")
+    z = check_scores(_as_float64(logits, "logits"), "logits", empty="no samples", finite="finite numbers")
     _check_num_classes(num_classes, z.shape[1], "logits")
-    y = _check_labels(labels, z.shape[0], z.shape[1])
+    y = check_labels(labels, z.shape[0], z.shape[1])
     log_p = torch.log_softmax(z, dim=1)
     p = log_p.exp()
     confidence, correct = _top1(p, y)

@@ -4,7 +4,6 @@ driver runs as a subprocess with --address; faults are injected by removing a wo
 driver. The storage refusal and the multi-node decision are tested on plain node records too."""
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal

@@ -1,7 +1,6 @@
 """MultiObjectiveASHA driven by hand-built trials and results, compared with Ray's ASHAScheduler; one real Tune run."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
