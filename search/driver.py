@@ -160,12 +160,17 @@ def connect_ray(address: str | None) -> bool:
 
 
 def max_epochs(spec) -> int:
-    """ASHA's max_t: the fixed epochs, or the largest value the space may give `train.epochs`."""
+    """ASHA's max_t: the fixed epochs, or the largest value the space may give `train.epochs`.
+
+    A searched `train.epochs` replaces the base value (the default, since a path cannot be both fixed and
+    searched) in every trial, unless a `when:` condition can leave it inactive: only then can a trial run the
+    base value."""
     epochs = int(spec.base_config["train"]["epochs"])
     for param in spec.params:
         if param.path == "train.epochs":
             candidates = [param.high] if param.high is not None else list(param.choices or [])
-            epochs = max([epochs, *(int(c) for c in candidates)])
+            searched = max(int(c) for c in candidates)
+            epochs = max(epochs, searched) if param.conditions() else searched
     return epochs
 
 
@@ -214,8 +219,9 @@ class SchedulerState(Callback):
 
     def set_state(self, state: dict) -> None:
         self.scheduler.__dict__.update(pickle.loads(state["scheduler"]))
+        # Ray's ASHA brackets keep their rungs in `_rungs`, MultiObjectiveASHA's in `rungs`.
         recorded = sum(len(rec) for bracket in getattr(self.scheduler, "_brackets", [])
-                       for _, rec in getattr(bracket, "_rungs", []))
+                       for _, rec in getattr(bracket, "_rungs", getattr(bracket, "rungs", [])))
         print(f"gce-search: scheduler state restored ({recorded} result(s) recorded at rungs)", flush=True)
 
 

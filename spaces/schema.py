@@ -1034,7 +1034,18 @@ def _check_cross(ck: _Checker, params: list[SpaceParam], fixed: dict, full: dict
                f"GPU per process (gpus_per_trial >= {workers}), or train.workers: 1")
     epochs = train.get("epochs")
     grace = scheduler.params.get("grace_period")
-    if _is_number(grace) and _is_number(epochs) and "train.epochs" not in by_path and grace > epochs:
+    searched_epochs = by_path.get("train.epochs", [])
+    if searched_epochs:
+        # the longest budget a trial may get (search.driver.max_epochs): ASHA's rungs start at grace_period
+        p = searched_epochs[0]
+        values = [p.high] if p.high is not None else [c for c in (p.choices or []) if _is_number(c)]
+        longest = max(values) if values else None
+        if longest is not None and p.conditions() and _is_number(epochs):
+            longest = max(longest, epochs)
+        if _is_number(grace) and longest is not None and grace > longest:
+            ck.add(f"scheduler.grace_period: {grace} is more than the largest searched train.epochs ({longest}); "
+                   f"valid: 1 .. {longest}")
+    elif _is_number(grace) and _is_number(epochs) and "train.epochs" not in ck.unparsed and grace > epochs:
         ck.add(f"scheduler.grace_period: {grace} is more than train.epochs ({epochs}); valid: 1 .. {epochs}")
 
 

@@ -58,6 +58,52 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+# ---------------------------------------------------------------------------------------------- assembly, no Ray
+
+
+def test_max_epochs_is_the_longest_budget_a_trial_can_get(tmp_path):
+    import yaml
+
+    from search.driver import max_epochs
+    from spaces.schema import spec_from_dict
+
+    raw = yaml.safe_load(TINY_SPACE.replace("NUM_SAMPLES", "4").replace("BATCH_SIZE", "64"))
+    assert max_epochs(spec_from_dict(raw)) == 3
+    del raw["train"]["epochs"]  # searched: the base value (the default, 10) is never run
+    raw["space"]["train.epochs"] = {"low": 2, "high": 4}
+    assert max_epochs(spec_from_dict(raw)) == 4
+    raw["space"]["train.epochs"] = {"choices": [5, 20]}
+    assert max_epochs(spec_from_dict(raw)) == 20
+    # a condition can leave it inactive: such a trial runs the base value
+    raw["space"]["train.epochs"] = {"low": 2, "high": 4, "when": {"loss.name": "gce"}}
+    spec = spec_from_dict(raw)
+    assert max_epochs(spec) == spec.base_config["train"]["epochs"] == 10
+
+
+def test_scheduler_state_reports_the_restored_rungs_of_either_asha(capsys):
+    from ray.tune.schedulers import ASHAScheduler
+
+    from search.driver import SchedulerState
+    from search.moasha import MultiObjectiveASHA
+
+    class FakeTrial:
+        def __init__(self, trial_id):
+            self.trial_id = trial_id
+
+    for make in (lambda: ASHAScheduler(time_attr="epoch", metric="score", mode="max", max_t=9, grace_period=1),
+                 lambda: MultiObjectiveASHA(max_t=9, grace_period=1)):
+        scheduler = make()
+        for i, trial_id in enumerate(("a", "b")):
+            trial = FakeTrial(trial_id)
+            scheduler.on_trial_add(None, trial)
+            scheduler.on_trial_result(None, trial, {"epoch": 1, "score": 0.5 + i, "val/acc": 0.5 + 0.1 * i,
+                                                    "val/ece": 0.1, "status": "ok"})
+        state = SchedulerState(scheduler).get_state()
+        fresh = make()
+        SchedulerState(fresh).set_state(state)
+        assert "scheduler state restored (2 result(s) recorded at rungs)" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------------------------- bad input, no Ray
 
 

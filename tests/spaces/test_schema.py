@@ -346,6 +346,9 @@ BAD_INPUTS = [
     ("override with an invalid value", [], ("search.max_concurrent=0",),
      r"^search\.max_concurrent: got 0; valid: a int in \[1, inf\] or null$"),
     ("override typo", [], ("train.epoch=3",), r"^train\.epoch: unknown key \(did you mean 'epochs'\?\)"),
+    ("grace period beyond the searched epochs",
+     [("train/epochs", DELETE), ("space/train.epochs", {"low": 2, "high": 3}), ("scheduler/grace_period", 4)], (),
+     r"^scheduler\.grace_period: 4 is more than the largest searched train\.epochs \(3\); valid: 1 \.\. 3$"),
 ]
 
 
