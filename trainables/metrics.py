@@ -77,7 +77,9 @@ def _prepare(probs: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _equal_width_bin_index(values: torch.Tensor, n_bins: int) -> torch.Tensor:
     """Bin m-1 holds ((m-1)/M, m/M]; a value of exactly 0 goes to bin 0."""
-    edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64)
+    # m / M, correctly rounded: linspace's edges are off by an ulp at some m (0.55 of 20 bins comes out as
+    # 0.5499999999999999), which moves a confidence sitting on that edge into the next bin.
+    edges = torch.arange(n_bins + 1, dtype=torch.float64) / n_bins
     # bucketize(right=False) returns i with edges[i-1] < v <= edges[i]: the left-open, right-closed convention.
     return torch.bucketize(values, edges[1:-1], right=False)
 
@@ -217,7 +219,7 @@ def reliability_bins(probs: Any, labels: Any, n_bins: int = 15) -> dict[str, np.
         mean_conf = np.where(count.numpy() > 0, conf_sum.numpy() / count.numpy(), np.nan)
         mean_acc = np.where(count.numpy() > 0, correct_sum.numpy() / count.numpy(), np.nan)
     return {
-        "edges": np.linspace(0.0, 1.0, n_bins + 1),
+        "edges": np.arange(n_bins + 1) / n_bins,
         "count": count.numpy().astype(np.int64),
         "confidence": mean_conf,
         "accuracy": mean_acc,

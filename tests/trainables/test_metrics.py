@@ -166,6 +166,21 @@ def test_bins_are_left_open_right_closed():
     assert bins["confidence"][2] == pytest.approx(0.75)
 
 
+@pytest.mark.parametrize("n_bins", [10, 15, 20])
+def test_a_confidence_on_every_edge_m_over_m_lands_in_the_bin_it_closes(n_bins):
+    # m / M as a float64 belongs to ((m-1)/M, m/M] for every m and both usual bin counts (0.55 of 20 bins and
+    # 0.7333... of 15 are not exact in binary, so the edges must be computed the same way as the value).
+    edges = [m / n_bins for m in range(1, n_bins)]
+    probs = [[c, 1.0 - c] if c >= 0.5 else [1.0 - c, c] for c in edges]
+    conf = [max(row) for row in probs]
+    bins = metrics.reliability_bins(probs, [0] * len(probs), n_bins=n_bins)
+    expected = np.bincount(loop_bins(conf, n_bins), minlength=n_bins)
+    assert bins["count"].tolist() == expected.tolist()
+    # A sample on the edge and one just inside the same bin share it: one gap, not two.
+    p = [[0.55, 0.45], [0.52, 0.48]]
+    assert metrics.ece(p, [0, 1], n_bins=20) == pytest.approx(abs(1 - (0.55 + 0.52)) / 2, abs=1e-12)
+
+
 def test_reliability_bins_reproduce_ece():
     p, y = random_probs(400, 6, 15, seed=7)
     bins = metrics.reliability_bins(p, y)
