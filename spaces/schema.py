@@ -331,9 +331,14 @@ _SpaceLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-
 
 
 def _float_string(value: Any) -> Any:
-    """'1e-3' (a --set value read as YAML 1.1) -> 0.001; anything else unchanged."""
+    """'1e-3' (a --set value read as YAML 1.1) -> 0.001, also inside a list or mapping
+    (`--set calibration.breakpoints=[1e-1,0.5]`), as a space file reads it; anything else unchanged."""
     if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
         return float(value)
+    if isinstance(value, list):
+        return [_float_string(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _float_string(v) for k, v in value.items()}
     return value
 
 

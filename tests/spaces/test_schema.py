@@ -208,6 +208,10 @@ def test_overrides_apply_to_any_fixed_setting(tmp_path):
     assert spec.resources.gpus_per_trial == 0.5
     assert spec.base_config["train"]["weight_decay"] == 1e-4  # '1e-4' read as a number, not a string
     assert spec.name == "renamed"
+    # inside a list too, as a space file reads it
+    spec = load_spec(write(tmp_path, with_changes(("space/calibration.breakpoints", DELETE))),
+                     ["calibration.breakpoints=[1e-1, 5e-1]", "train.milestones=[2, 3]"])
+    assert spec.base_config["calibration"]["breakpoints"] == [0.1, 0.5]
 
 
 def test_yaml_reads_exponent_floats_without_a_dot(tmp_path):
