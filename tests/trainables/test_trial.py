@@ -166,6 +166,27 @@ def test_synthetic_run_reports_contract_keys_and_consistent_metrics():
         assert last["val/ece_raw"] == pytest.approx(_ece_15(probs, labels), abs=1e-9)
         # ATS refits on calib each epoch and never changes the argmax.
         assert last["val/ece"] != last["val/ece_raw"]
+
+        # The calibrator is fitted on the calib split alone: refitting it on the rebuilt calib logits gives the
+        # reported temperatures and calibrated val metrics; a fit on val (or test) would not.
+        from trainables.calibration import build_calibrator
+        from trainables.metrics import summary
+
+        def fitted_on(split):
+            with torch.no_grad():
+                split_logits = model(getattr(data, f"{split}_x")).float()
+            return build_calibrator(cfg["calibration"]).fit(split_logits, getattr(data, f"{split}_y"))
+
+        on_calib = fitted_on("calib")
+        assert last["calibration/temperatures"] == pytest.approx(on_calib.temperatures, rel=1e-6)
+        assert state["calibrator"]["temperatures"] == pytest.approx(on_calib.temperatures, rel=1e-6)
+        for other in ("val", "test"):
+            assert fitted_on(other).temperatures != pytest.approx(on_calib.temperatures, rel=1e-3), other
+        with torch.no_grad():
+            val_logits = model(data.val_x).float()
+        refit = summary(on_calib.transform(val_logits), data.val_y, n_bins=15)
+        assert last["val/ece"] == pytest.approx(refit["ece"], abs=1e-9)
+        assert last["val/nll"] == pytest.approx(refit["nll"], rel=1e-6)
     finally:
         for d in rep.dirs:
             if d:
