@@ -555,6 +555,9 @@ class DataSplits:
     info: dict = field(default_factory=dict)  # JSON-serialisable: sizes, per-class counts, normalisation
 
 
+_MAX_TRAIN = Param(None, low=1, kind="int", doc="cap on training samples")
+
+
 def split_indices(y_pool: np.ndarray, num_classes: int, data_cfg: dict,
                   rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Indices into the pool for train / calib / val, after the long-tail profile and the training cap."""
@@ -577,9 +580,13 @@ def split_indices(y_pool: np.ndarray, num_classes: int, data_cfg: dict,
             keep[members[:target[c]]] = True
         train = train[keep]
     max_train = data_cfg.get("max_train")
+    if max_train is not None:
+        # Checked here too (not only by trainables.config): 0 or a fraction would empty the training split and a
+        # negative count would slice off the end of it, silently.
+        max_train = int(_MAX_TRAIN.check("data.max_train", max_train))
     if max_train is not None and train.size > max_train:
         # Stratified, so the cap keeps the (possibly long-tailed) class profile.
-        train = train[_stratified_order(y_pool[train], rng)[:int(max_train)]]
+        train = train[_stratified_order(y_pool[train], rng)[:max_train]]
     return {"train": np.sort(train), "calib": np.sort(calib), "val": np.sort(val)}
 
 

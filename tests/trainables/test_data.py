@@ -168,6 +168,11 @@ def test_test_fraction_subsamples_an_official_test_split_and_leaves_the_pool_alo
     ({"name": "cifar11"}, "unknown dataset 'cifar11'.*cifar10"),
     ({"subset": "classes=1"}, "data.subset"),
     ({"subset": "colour=red"}, "data.subset.*classes"),
+    # load_splits is public: a cap of 0 or 0.5 would empty the training split, -3 would drop its last 3 samples
+    ({"max_train": 0}, "data.max_train: got 0"),
+    ({"max_train": 0.5}, "data.max_train: got 0.5"),
+    ({"max_train": -3}, "data.max_train: got -3"),
+    ({"max_train": 2.5}, "data.max_train: got 2.5"),
 ])
 def test_bad_split_config_names_the_key(kw, path):
     with pytest.raises(ValueError, match=path):
