@@ -306,6 +306,17 @@ class TensorBoardCallback(Callback):
         state["_writers"] = {}
         return state
 
+    def get_state(self) -> dict:
+        # Saved with Ray's experiment checkpoint: after `gce-search resume` a resumed trial's epochs are compared
+        # with its best epoch from before the restart (best/* would otherwise restart from its first new epoch) and
+        # its HParams session keeps its real start time. Only the best score is needed for the comparison.
+        return {"best": {tid: {"score": m["score"]} for tid, m in self._best.items()},
+                "started": dict(self._started)}
+
+    def set_state(self, state: dict) -> None:
+        self._best.update(state.get("best") or {})
+        self._started.update(state.get("started") or {})
+
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
         run_dir = self.root / EXPERIMENT_RUN
         if run_dir.is_dir() and any(run_dir.glob("events.out.tfevents.*")):

@@ -187,6 +187,32 @@ def test_summary_backfills_trials_a_callback_did_not_write(tiny_experiment, tmp_
         assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
 
 
+def test_best_epoch_survives_a_resumed_driver(tmp_path):
+    """The callback's state goes through Ray's experiment checkpoint: a trial resumed after the driver restarted
+    keeps its best epoch from before (best/* is the best over every epoch, not over the resumed ones)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from search.tensorboard import TensorBoardCallback
+
+    class FakeTrial:
+        trial_id, config, last_result = "t1", {}, {}
+
+    trial = FakeTrial()
+    first = TensorBoardCallback(tmp_path, None)
+    first.on_trial_result(0, [], trial, {"epoch": 1, "score": 0.9, "val/acc": 0.95, "time_this_iter_s": 1.0})
+    state = first.get_state()
+    first.on_experiment_end([])
+    second = TensorBoardCallback(tmp_path, None)  # the resumed driver's copy, as pickled when the run began
+    second.set_state(state)
+    second.on_trial_result(0, [], trial, {"epoch": 2, "score": 0.5, "val/acc": 0.6, "time_this_iter_s": 1.0})
+    second.on_experiment_end([])
+    acc = EventAccumulator(str(tmp_path / "tensorboard" / "t1"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("best/score")] == [(1, pytest.approx(0.9))]
+    assert [e.step for e in acc.Scalars("score")] == [1, 2]
+    assert second._started == first._started
+
+
 def test_hparam_declarations_and_values_for_conditional_parameters():
     from tensorboard.plugins.hparams import api_pb2
 
