@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -67,6 +68,16 @@ def test_bad_study_input_is_named(tmp_path, mutate, message):
     mutate(spec)
     with pytest.raises(ConfigError, match=message):
         load_study(write(tmp_path, spec))
+
+
+@pytest.mark.parametrize("override", ["seeds.x=1", "seeds.x.y=1", "compare.x=1"])
+def test_override_into_a_value_is_named(tmp_path, capsys, override):
+    path = write(tmp_path, TINY)
+    with pytest.raises(ConfigError, match=re.escape(f"--set {override!r}: ")):
+        load_study(path, [override])
+    assert main(["study", path, "--set", override, "--out", str(tmp_path / "out")]) == 2
+    assert "is not a mapping" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_study_name_lists_the_shipped_ones():
