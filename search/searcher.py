@@ -213,6 +213,16 @@ class CalibratedOptunaSearch(OptunaSearch):
 
     def reconcile(self) -> None:
         """Match the journal with the restored Ray-side state (see the module docstring)."""
+        storage = self._ot_study._storage
+        for rid, trial in self._ot_trials.items():
+            # Told in the journal after Ray's last save of this state (e.g. the trials a time budget cut off, told
+            # when the search ended): Ray will not end them again, so they are not unfinished. Errored ones are
+            # left to their re-run (resume_errored).
+            told = storage.get_trial(trial._trial_id)
+            if rid not in self._completed_trials and told.state.is_finished() \
+                    and told.user_attrs.get("outcome") != "error":
+                self._completed_trials.add(rid)
+                self._outcomes[rid] = told.user_attrs.get("outcome", told.state.name.lower())
         known = {t._trial_id for t in self._ot_trials.values()}
         self._orphans = [
             ft._trial_id for ft in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

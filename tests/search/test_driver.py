@@ -240,3 +240,21 @@ def test_tiny_search_end_to_end(local_ray, tmp_path, capsys):
     before = snapshot(exp)
     assert main(["run", write_tiny_space(tmp_path), "--storage", str(storage), "--name", "e2e"]) == 2
     assert snapshot(exp) == before
+
+
+
+
+def test_resume_of_a_search_its_time_budget_ended(local_ray, tmp_path, capsys):
+    """The trials a time budget cut off are told when the search ends, after Ray's last save of the searcher: a
+    later resume finds nothing unfinished (not an interruption to resume again and again)."""
+    storage = tmp_path / "results"
+    space = write_tiny_space(tmp_path, num_samples=40)
+    assert main(["run", space, "--storage", str(storage), "--name", "budget", "--set", "search.timeout_s=4"]) == 0
+    capsys.readouterr()
+    exp = storage / "budget"
+    code = main(["resume", str(exp)])
+    out = capsys.readouterr().out
+    assert code == 0 and "Search interrupted" not in out, out[-3000:]
+    study = optuna.load_study(study_name="budget", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal"))))
+    assert study.trials and all(t.state.is_finished() for t in study.trials), [t.state for t in study.trials]

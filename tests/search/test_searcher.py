@@ -136,6 +136,23 @@ def test_save_restore_adopts_trials_asked_after_the_checkpoint(tmp_path):
     assert "trial_c" not in records  # its Optuna trial now names d
 
 
+def test_trials_told_after_the_last_save_are_not_unfinished_after_restore(tmp_path):
+    # A time budget ends the search: Ray saves this state, then the driver tells the trials it cut off (PRUNED).
+    journal = str(tmp_path / "optuna.journal")
+    first = CalibratedOptunaSearch(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=3))
+    first.suggest("cut_a")
+    first.suggest("cut_b")
+    state_file = str(tmp_path / "searcher.pkl")
+    first.save(state_file)
+    for trial_id in first.unfinished():
+        first.on_trial_complete(trial_id, result=None)
+    # a resume finds nothing to run again: nothing is left unfinished (else it would report an interruption)
+    second = CalibratedOptunaSearch(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=3))
+    second.restore(state_file)
+    assert second.unfinished() == []
+    assert second.outcomes == {"cut_a": "stopped", "cut_b": "stopped"}
+
+
 def test_errored_trial_rerun_by_resume_is_recorded_as_a_retry(tmp_path):
     journal = str(tmp_path / "optuna.journal")
     first = CalibratedOptunaSearch(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=2))
