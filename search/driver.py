@@ -225,6 +225,45 @@ class SchedulerState(Callback):
         print(f"gce-search: scheduler state restored ({recorded} result(s) recorded at rungs)", flush=True)
 
 
+class TimeBudget(Callback):
+    """Keeps the time left of `search.timeout_s` as Ray's own time-budget stopper does (loop time, counted per
+    step) and through the same experiment checkpoint: Ray carries the *remaining* budget through `Tuner.restore`,
+    so after fit() only this record tells whether the budget ended the search (the trials it cut off are told as
+    stopped) or the user interrupted it (they are left to `gce-search resume`)."""
+
+    # Ray's stopper checks once per loop step (~0.1 s) after this callback; a margin covers the last step.
+    MARGIN_S = 1.0
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = float(timeout_s)
+        self.remaining = self.timeout_s
+        self._last: float | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_last": None}  # a restored run starts counting at its first step, as Ray's
+
+    def on_step_begin(self, iteration, trials, **info):
+        now = time.time()
+        if self._last is not None:
+            self.remaining -= now - self._last
+        self._last = now
+
+    def get_state(self) -> dict:
+        return {"remaining": self.remaining}
+
+    def set_state(self, state: dict) -> None:
+        self.remaining = float(state["remaining"])
+        self._last = None
+
+    @property
+    def spent(self) -> bool:
+        return self.remaining <= self.MARGIN_S
+
+
+def time_budget_of(callbacks) -> TimeBudget | None:
+    return next((c for c in callbacks or [] if isinstance(c, TimeBudget)), None)
+
+
 def trial_dirname(trial) -> str:
     # Ray's default folder name lists every parameter and overflows path limits with breakpoint vectors.
     return f"trial_{trial.trial_id}"
@@ -274,6 +313,8 @@ def build_tuner(spec, storage: str, name: str, exp_dir: str, progress, slots: in
         # A trial whose node died restarts from its checkpoint, once; a deterministic bug fails twice, not forever.
         failure_config=tune.FailureConfig(max_failures=1),
     )
+    if spec.search.get("timeout_s"):
+        run_config.callbacks.append(TimeBudget(spec.search["timeout_s"]))
     if trainable is None:
         trainable = build_trainable(spec)
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), searcher
@@ -330,10 +371,17 @@ def restore_environment(previous: dict[str, str | None]) -> None:
 # After the search
 
 
-def finish(exp_dir: str, grid, searcher, started: float, timeout_s: float | None = None) -> int:
-    """Close a fit(): the summary when the search is done; how to continue when it was interrupted."""
+def finish(exp_dir: str, grid, searcher, started: float, timeout_s: float | None = None,
+           budget: TimeBudget | None = None) -> int:
+    """Close a fit(): the summary when the search is done; how to continue when it was interrupted.
+
+    `budget` (the run's TimeBudget callback) says whether the time budget ended the search; without it, whether
+    `timeout_s` has passed since `started`."""
     cut_off = searcher.unfinished() if searcher is not None and hasattr(searcher, "unfinished") else []
-    budget_spent = timeout_s is not None and time.time() - started >= float(timeout_s)
+    if budget is not None:
+        budget_spent = budget.spent
+    else:
+        budget_spent = timeout_s is not None and time.time() - started >= float(timeout_s)
     if cut_off and not budget_spent:
         # Ray does not tell the searcher about trials it leaves on Ctrl+C: their Optuna trials stay RUNNING, and
         # resume continues exactly those Ray trials.
@@ -439,7 +487,9 @@ def cmd_run(args) -> int:
         grid = tuner.fit()
         if is_uri(storage):  # trials in the bucket, the driver's files here: one complete copy in each (cluster.py)
             pull_experiment(storage, name, exp_dir)
-        code = finish(exp_dir, grid, searcher, started, spec.search.get("timeout_s"))
+        code = finish(exp_dir, grid, searcher, started, spec.search.get("timeout_s"),
+                      time_budget_of(tuner._local_tuner._run_config.callbacks)
+                      if getattr(tuner, "_local_tuner", None) is not None else None)
         if is_uri(storage):
             push_driver_files(exp_dir, storage, name)
         return code
@@ -492,7 +542,9 @@ def cmd_resume(args) -> int:
         grid = tuner.fit()
         local = getattr(tuner, "_local_tuner", None)
         searcher = inner_searcher(local._tune_config.search_alg) if local is not None else None
-        return finish(exp_dir, grid, searcher, started, None)
+        # the time left of search.timeout_s comes back with Ray's state (TimeBudget)
+        budget = time_budget_of(local._run_config.callbacks) if local is not None else None
+        return finish(exp_dir, grid, searcher, started, None, budget)
     finally:
         restore_environment(previous_environment)
         if owns_ray:

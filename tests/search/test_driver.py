@@ -258,3 +258,37 @@ def test_resume_of_a_search_its_time_budget_ended(local_ray, tmp_path, capsys):
     study = optuna.load_study(study_name="budget", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal"))))
     assert study.trials and all(t.state.is_finished() for t in study.trials), [t.state for t in study.trials]
+
+
+def test_resumed_search_ends_with_the_rest_of_its_time_budget(local_ray, tmp_path, capsys):
+    """Ctrl+C, then resume: Ray carries the remaining time budget through the restore. When it ends the resumed
+    search with trials running, the search is finished (cut-off trials told as stopped, exit 0), not reported as
+    interrupted again (which would leave Optuna trials RUNNING and ask for yet another resume)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    storage = tmp_path / "results"
+    exp = storage / "budget"
+    space = write_tiny_space(tmp_path, num_samples=200)
+
+    def interrupt_after_first_result():
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(exp.glob("*/result.json")):
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)  # inside fit(): Tune's handler stops the run and saves its state
+
+    sender = threading.Thread(target=interrupt_after_first_result, daemon=True)
+    sender.start()
+    code = main(["run", space, "--storage", str(storage), "--name", "budget", "--set", "search.timeout_s=15"])
+    sender.join()
+    assert code == 130 and "Search interrupted" in capsys.readouterr().out
+
+    code = main(["resume", str(exp)])
+    out = capsys.readouterr().out
+    assert code == 0 and "Search interrupted" not in out, out[-3000:]
+    study = optuna.load_study(study_name="budget", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal"))))
+    assert len(study.trials) < 200  # the budget, not the sample count, ended it
+    assert all(t.state.is_finished() for t in study.trials), [t.state for t in study.trials]
