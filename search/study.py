@@ -95,9 +95,8 @@ def load_study(name_or_path: str, overrides: list[str] = ()) -> StudySpec:
             continue
         try:
             set_path(raw, key, value)
-        except (TypeError, AttributeError):  # a step of the path holds a value, not a mapping
-            problems.append(f"--set {text!r}: {key.rsplit('.', 1)[0]} is not a mapping in {path.name}; valid: a "
-                            f"dotted path to a setting, e.g. seeds=3 or base.train.epochs=5")
+        except ValueError as err:
+            problems.append(f"--set {text!r}: {err}, e.g. seeds=3 or base.train.epochs=5")
     for key in raw:
         if key not in TOP_KEYS:
             problems.append(f"{key}: unknown key; valid: {', '.join(TOP_KEYS)}")

@@ -128,10 +128,14 @@ def get_path(cfg: dict, path: str) -> Any:
 
 
 def set_path(cfg: dict, path: str, value: Any) -> None:
+    """Set a dotted path, creating missing mappings; ValueError when a step of the path holds a value."""
     parts = path.split(".")
     node = cfg
-    for part in parts[:-1]:
+    for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"{path}: {'.'.join(parts[:i + 1])} holds a value ({node!r}), not a mapping; valid: "
+                             f"a dotted path to a setting")
     node[parts[-1]] = value
 
 

@@ -535,9 +535,9 @@ def cmd_train(args) -> int:
     for text in getattr(args, "overrides", None) or []:
         try:
             key, value = parse_override(text)
+            set_path(partial, key, value)
         except ValueError as err:
-            raise UsageError(str(err)) from None
-        set_path(partial, key, value)
+            raise UsageError(f"--set {text!r}: {err}") from None
     cfg = resolve(partial, source=args.config)  # ConfigError lists every problem before anything runs
     problems = trial_problems(cfg)
     if problems:
