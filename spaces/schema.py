@@ -51,6 +51,7 @@ RESOURCES_SCHEMA: dict[str, Param] = {
 ENTRY_KEYS = ("low", "high", "log", "step", "type", "choices", "breakpoints", "when")
 BREAKPOINT_KEYS = ("pieces", "low", "high", "min_gap")
 BREAKPOINT_DEFAULTS = {"low": 0.0, "high": 1.0, "min_gap": 0.01}
+MIN_GAP_FLOOR = 1e-6  # smaller gaps can round two breakpoints (or the last and 1.0) to the same float
 BREAKPOINTS_PATH = "calibration.breakpoints"
 # ATS is the only calibrator that reads breakpoints (trainables.calibration); a breakpoint search is conditional on it.
 BREAKPOINTS_CONDITION = ("calibration.method", ("ats",))
@@ -897,9 +898,9 @@ def _parse_breakpoints(ck: _Checker, key: str, path: str, spec: dict) -> SpacePa
     if ok and low >= high:
         ck.add(f"{where}: low {_fmt(low)} >= high {_fmt(high)}; valid: low < high")
         ok = False
-    if gap <= 0:
-        # a positive gap keeps the vector strictly increasing and strictly inside (0, 1) under rounding
-        ck.add(f"{where}.min_gap: got {_fmt(gap)}; valid: a number > 0")
+    if gap < MIN_GAP_FLOOR:
+        # a gap well above float rounding keeps the vector strictly increasing and strictly inside (0, 1)
+        ck.add(f"{where}.min_gap: got {_fmt(gap)}; valid: a number >= {MIN_GAP_FLOOR:g}")
         ok = False
     if ok and pieces_range[1] * gap >= high - low:
         ck.add(f"{where}: {pieces_range[1]} pieces at least {_fmt(gap)} wide do not fit in ({_fmt(low)}, "
