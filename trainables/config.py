@@ -47,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
         "device": "auto",  # auto: cuda when visible, else cpu
         "workers": 1,  # DDP processes: GPUs on a GPU node, gloo processes on CPU
         "eval_batch_size": 1024,
+        "threads": None,  # torch intra-op threads per process; null: torch's default. Float sums depend on it, so
+        # a search sets it from resources.cpus_per_trial and an exported config retrains with the same value
     },
     "calibration": {
         "method": "ats",  # trainables.calibration.CALIBRATORS key
@@ -96,6 +98,7 @@ SCHEMA: dict[str, Param] = {
     "train.device": Param("auto", choices=("auto", "cpu", "cuda")),
     "train.workers": Param(1, low=1, kind="int"),
     "train.eval_batch_size": Param(1024, low=1, kind="int"),
+    "train.threads": Param(None, low=1, kind="int"),
     "calibration.method": Param("ats", kind="str"),
     "calibration.breakpoints": Param([0.5, 0.8, 0.95], kind="list"),
     "calibration.min_samples": Param(50, low=1, kind="int"),
@@ -260,6 +263,12 @@ def resolve(partial: dict | None = None, source: str = "") -> dict:
     if problems:
         raise ConfigError(problems, source)
     return cfg
+
+
+def threads_for(cpus_per_trial: float, workers: int = 1) -> int:
+    """Torch threads per process for a trial reserving `cpus_per_trial` CPUs over `workers` processes: what Ray
+    gives a trial worker (OMP_NUM_THREADS = its whole CPUs, at least 1)."""
+    return max(1, int(cpus_per_trial) // max(1, int(workers)))
 
 
 def parse_override(text: str) -> tuple[str, Any]:

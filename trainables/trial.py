@@ -423,6 +423,19 @@ def _check_resumable(cfg: dict, state: dict, where: str) -> None:
 def run_loop(cfg: dict, reporter: Reporter | None, restore_from: str | None,
              dist_ctx: DistContext | None = None) -> dict:
     """The epoch loop for a resolved config, in this process (one rank of a DDP trial when dist_ctx is set)."""
+    threads = cfg["train"]["threads"]
+    if threads is None:
+        return _run_loop(cfg, reporter, restore_from, dist_ctx)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)  # reductions (hence the last bits of every metric) depend on the thread count
+    try:
+        return _run_loop(cfg, reporter, restore_from, dist_ctx)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_loop(cfg: dict, reporter: Reporter | None, restore_from: str | None,
+              dist_ctx: DistContext | None) -> dict:
     trial = _Trial(cfg, dist_ctx)
     metrics: dict = {}
     if restore_from is not None:

@@ -103,8 +103,8 @@ def test_edited_invalid_export_is_a_clear_error(tiny_experiment, tmp_path, capsy
         load_export(bad)
 
 
-# Metrics the retrain must reproduce. Trials are deterministic on CPU for a given number of torch threads; Ray runs
-# a 1-CPU trial with OMP_NUM_THREADS=1, so the retrain does too.
+# Metrics the retrain must reproduce. Trials are deterministic on CPU for a given number of torch threads, which the
+# trial config records (train.threads, from resources.cpus_per_trial).
 VAL_KEYS = ("val/acc", "val/n", "val/ece", "val/ece_raw", "val/adaece", "val/cece", "val/nll", "val/brier", "score")
 
 
@@ -118,12 +118,11 @@ def test_retrain_from_export_reproduces_the_search(tiny_experiment, tmp_path, ca
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["config"] == doc["config"]
 
+    # The export carries the trial's torch thread count (Ray ran it with 1 CPU), so the retrain uses it too.
+    assert doc["config"]["train"]["threads"] == 1
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train", str(path), "--out", str(tmp_path / "retrain")]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["train", str(path), "--out", str(tmp_path / "retrain")]) == 0
+    assert torch.get_num_threads() == threads  # restored after the run
     capsys.readouterr()
     retrained = json.loads((tmp_path / "retrain" / "metrics.json").read_text())
     assert retrained["epoch"] == doc["config"]["train"]["epochs"]
