@@ -174,9 +174,13 @@ def _stream(seed, n_trials, max_t):
     return events
 
 
-def _replay(scheduler, events, score_fn=None):
-    """Feed events like Tune does: results until a STOP, then on_trial_complete with the last result."""
-    trials, stopped, decisions = {}, set(), []
+def _replay(scheduler, events, score_fn=None, state=None):
+    """Feed events like Tune does: results until a STOP, then on_trial_complete with the last result. With `state`,
+    the trial objects and the stopped set survive across schedulers (as in a resumed run)."""
+    state = {} if state is None else state
+    trials = state.setdefault("trials", {})
+    stopped = state.setdefault("stopped", set())
+    decisions = []
     for trial_id, epoch, acc, ece in events:
         if trial_id in stopped:
             continue
@@ -330,39 +334,19 @@ def test_restore_resumes_the_same_decisions(tmp_path, ranking, brackets):
                                   ranking=ranking, seed=seed)
 
     uninterrupted = build()
-    expected = _replay_keep_state(uninterrupted, events)
+    expected = _replay(uninterrupted, events)
 
     first = build()
     state = {}
-    decisions = _replay_keep_state(first, events[:half], state)
+    decisions = _replay(first, events[:half], state=state)
     path = tmp_path / "scheduler.pkl"
     first.save(str(path))
     resumed = build(seed=123)  # a different generator: the restored state must replace it
     resumed.restore(str(path))
-    decisions += _replay_keep_state(resumed, events[half:], state)
+    decisions += _replay(resumed, events[half:], state=state)
     assert decisions == expected
     assert resumed.rung_records() == uninterrupted.rung_records()
     assert any(d == STOP for *_, d in expected)
-
-
-def _replay_keep_state(scheduler, events, state=None):
-    """Like _replay, but the trial objects and stopped set survive across schedulers (as in a resumed run)."""
-    state = {} if state is None else state
-    trials = state.setdefault("trials", {})
-    stopped = state.setdefault("stopped", set())
-    decisions = []
-    for trial_id, epoch, acc, ece in events:
-        if trial_id in stopped:
-            continue
-        if trial_id not in trials:
-            trials[trial_id] = make_trial(trial_id)
-            scheduler.on_trial_add(None, trials[trial_id])
-        decision = scheduler.on_trial_result(None, trials[trial_id], result(epoch, acc, ece))
-        decisions.append((trial_id, epoch, decision))
-        if decision == STOP:
-            stopped.add(trial_id)
-            scheduler.on_trial_complete(None, trials[trial_id], result(epoch, acc, ece))
-    return decisions
 
 
 # --- one real Ray Tune run ---------------------------------------------------------------------------------------
