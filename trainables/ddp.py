@@ -90,6 +90,8 @@ def worker(rank: int, world_size: int, init_method: str, cfg: dict, restore_from
                                 timeout=timedelta(minutes=30))
         reporter = _PipeReporter(conn) if rank == 0 and report else None
         last = run_loop(cfg, reporter, restore_from, DistContext(rank, world_size, device))
+        # Tear the group down together: a rank that destroys it while a peer is still in gloo can abort the peer.
+        dist.barrier()
         conn.send(("done", rank, last if rank == 0 else None, None))
     except BaseException:
         try:

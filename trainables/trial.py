@@ -169,7 +169,7 @@ class _Trial:
 
     def __init__(self, cfg: dict, dist_ctx: DistContext | None):
         from trainables.calibration import build_calibrator
-        from trainables.data import load_splits
+        from trainables.data import augment, load_splits
         from trainables.losses import build_loss
         from trainables.models import build_model
 
@@ -220,6 +220,7 @@ class _Trial:
         self.generator.manual_seed(cfg["seed"] + 0x5EED)
         self.augment_cfg = cfg["data"]["augment"]
         self.augmenting = bool(self.augment_cfg["crop"] or self.augment_cfg["flip"])
+        self.augment = augment
         self.epoch = 0  # completed epochs
         self.history: list[dict] = []
 
@@ -278,9 +279,7 @@ class _Trial:
             idx = perm[s * bs:(s + 1) * bs]
             x, y = x_all[idx], y_all[idx]
             if self.augmenting:
-                from trainables.data import augment
-
-                x = augment(x, self.augment_cfg, self.generator)
+                x = self.augment(x, self.augment_cfg, self.generator)
             if self.world_size > 1:
                 x, y = local_shard(x, self.rank, self.world_size), local_shard(y, self.rank, self.world_size)
             if self.memory_format is torch.channels_last:

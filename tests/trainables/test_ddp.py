@@ -72,6 +72,7 @@ def _gradient_worker(rank, init_method, results):
                 out[i, reduction] = (float(local_sum), [g.numpy() for g in grads])
         if rank == 0:
             results.put(out)
+        dist.barrier()  # tear down together: destroying the group under a peer still in gloo aborts the peer
     finally:
         dist.destroy_process_group()
 
