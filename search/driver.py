@@ -187,11 +187,11 @@ def build_trainable(spec):
     from ray import tune
     from ray.tune import PlacementGroupFactory
 
-    from trainables.tune_adapter import trainable
+    from trainables.tune_adapter import Trainable
 
     # One bundle per trial: DDP processes are spawned from inside the trial on what it reserved, because a
     # TorchTrainer inside a Tune trial leaks its workers when ASHA stops the trial (ray#54305).
-    return tune.with_resources(trainable, PlacementGroupFactory([trial_resources(spec)]))
+    return tune.with_resources(Trainable, PlacementGroupFactory([trial_resources(spec)]))
 
 
 def optional_callbacks(exp_dir: str, spec) -> list:

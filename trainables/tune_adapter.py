@@ -1,14 +1,96 @@
-"""The Ray Tune function trainable: a thin adapter around trainables.trial.run_trial.
+"""The Ray Tune trainable: a thin adapter around trainables.trial.run_trial.
 
 Inside a Tune function trainable the session API is `ray.tune.report / get_checkpoint / Checkpoint`;
 `ray.train.report` errors there (DESIGN.md, "Ray and Optuna facts").
+
+`Trainable` is the function trainable with one change: where a restarted trial goes on from. Ray keeps one
+checkpoint per trial (CheckpointConfig(num_to_keep=1)) and deletes the previous one as soon as it registers a new
+one, but the experiment state that `gce-search resume` restores from is written, and copied to the storage, a
+little later. A driver killed in between leaves a state naming a checkpoint that no longer exists, and Ray would
+fail that trial on every restart ("Could not recover from checkpoint as it does not exist on storage anymore").
+The other way round, a trial persists its checkpoint before the driver has its result, so a node dying in between
+leaves a checkpoint one epoch ahead of what the driver logged. So a trial restarts from the newest *complete*
+checkpoint in its own folder (each holds a small manifest: the epoch it ends and the size of checkpoint.pt, which
+tells a finished copy from an interrupted one), first reports again, from the checkpoint's history, the epochs
+the driver has not logged (the later of Ray's record and the trial's result.json), and keeps Ray's iteration
+counter equal to the epoch.
 """
 from __future__ import annotations
 
+import json
 import os
+import posixpath
+import re
 import shutil
 
-from trainables.trial import run_trial
+from ray.tune.trainable import wrap_function
+
+from trainables.trial import CHECKPOINT_FILE, run_trial
+
+MANIFEST_FILE = "manifest.json"
+LOGGED_EPOCH_KEY = "logged_epoch"  # set by Trainable on a restart: epochs after it are reported again
+_CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
+
+
+def write_manifest(checkpoint_dir: str, epoch: int) -> None:
+    """Record what a complete copy of `checkpoint_dir` holds (written before Ray copies the folder to storage)."""
+    sizes = {CHECKPOINT_FILE: os.path.getsize(os.path.join(checkpoint_dir, CHECKPOINT_FILE))}
+    with open(os.path.join(checkpoint_dir, MANIFEST_FILE), "w") as f:
+        json.dump({"epoch": int(epoch), "sizes": sizes}, f)
+
+
+def newest_checkpoint(fs, trial_path: str) -> tuple[str, int, int] | None:
+    """(path, epoch, index) of the complete checkpoint with the latest epoch in a trial folder on the pyarrow
+    filesystem `fs` (the highest index among equal epochs), or None. Incomplete ones (no or unreadable manifest,
+    a file missing or of another size than the manifest says) are skipped."""
+    import pyarrow.fs
+
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(trial_path, allow_not_found=True))
+    except OSError:
+        return None
+    best = None
+    for entry in entries:
+        match = _CHECKPOINT_DIR.match(entry.base_name)
+        if entry.type != pyarrow.fs.FileType.Directory or not match:
+            continue
+        try:
+            with fs.open_input_stream(posixpath.join(entry.path, MANIFEST_FILE)) as f:
+                manifest = json.loads(f.read().decode())
+            epoch, sizes = int(manifest["epoch"]), dict(manifest["sizes"])
+            infos = fs.get_file_info([posixpath.join(entry.path, name) for name in sizes])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if any(info.type != pyarrow.fs.FileType.File or info.size != sizes[info.base_name] for info in infos):
+            continue
+        key = (epoch, int(match.group(1)))
+        if best is None or key > best[1:]:
+            best = (entry.path, *key)
+    return best
+
+
+def last_logged_epoch(fs, trial_path: str) -> int:
+    """The epoch of the last complete line of the trial's result.json on the storage (0 if there is none)."""
+    try:
+        with fs.open_input_stream(posixpath.join(trial_path, "result.json")) as f:
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["epoch"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by the copy
+    return 0
+
+
+def _replay(restore_from: str, logged_epoch: int) -> None:
+    """Report again the epochs after `logged_epoch` that the checkpoint in `restore_from` already holds."""
+    from trainables.trial import load_checkpoint
+
+    for metrics in load_checkpoint(restore_from).get("history", []):
+        if metrics["epoch"] > logged_epoch:
+            _reporter(metrics, None)
 
 
 def _reporter(metrics: dict, checkpoint_dir: str | None) -> None:
@@ -23,6 +105,7 @@ def _reporter(metrics: dict, checkpoint_dir: str | None) -> None:
         tune.report(metrics)
         return
     try:
+        write_manifest(checkpoint_dir, metrics["epoch"])
         # tune.report persists the checkpoint into the trial's storage before it returns.
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
     finally:
@@ -45,4 +128,60 @@ def trainable(config: dict) -> None:
         run_trial(trial_config, _reporter)
         return
     with checkpoint.as_directory() as restore_from:
+        if config.get(LOGGED_EPOCH_KEY) is not None:
+            _replay(restore_from, config[LOGGED_EPOCH_KEY])
         run_trial(trial_config, _reporter, restore_from=restore_from)
+
+
+class Trainable(wrap_function(trainable)):
+    """`trainable` as a Tune Trainable that restarts from the newest complete checkpoint in its trial folder
+    (module docstring): on a restore, and on a start where Ray's saved state knows no checkpoint yet."""
+
+    _logged_epoch: int | None = None
+
+    def setup(self, config):
+        super().setup(config)
+        self._restore_newest(known_epoch=0)
+
+    def reset(self, new_config, storage=None):
+        if not super().reset(new_config, storage):
+            return False
+        self._logged_epoch = None
+        self._restore_newest(known_epoch=0)
+        return True
+
+    def restore(self, checkpoint_path):
+        from ray.tune.result import TIME_TOTAL_S, TRAINING_ITERATION
+
+        # Ray's record: the epoch its checkpoint ends, and the run time up to it
+        metrics = getattr(checkpoint_path, "metrics", None) or {}
+        if not self._restore_newest(metrics.get(TRAINING_ITERATION, 0), metrics.get(TIME_TOTAL_S, 0.0)):
+            super().restore(checkpoint_path)
+
+    def _trainable_func(self, config):
+        if self._logged_epoch is not None:
+            config = {**config, LOGGED_EPOCH_KEY: self._logged_epoch}
+        return super()._trainable_func(config)
+
+    def _restore_newest(self, known_epoch: int, time_total: float = 0.0) -> bool:
+        from ray import tune
+        from ray.train._internal.session import _TrainingResult
+        from ray.tune.result import TIME_TOTAL_S, TRAINING_ITERATION
+
+        storage = getattr(self, "_storage", None)
+        if storage is None:
+            return False
+        fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
+        found = newest_checkpoint(fs, trial_path)
+        if found is None:
+            return False
+        path, epoch, index = found
+        # What the driver has logged: Ray's record, or the result.json it restored (fresher after a driver kill)
+        logged = min(epoch, max(int(known_epoch), last_logged_epoch(fs, trial_path)))
+        checkpoint = tune.Checkpoint(path, filesystem=fs)
+        super().restore(_TrainingResult(checkpoint=checkpoint, metrics={TRAINING_ITERATION: logged,
+                                                                         TIME_TOTAL_S: time_total}))
+        self._logged_epoch = logged
+        # Ray numbers the next checkpoint folder from the index it last knew; never write into an existing one.
+        storage.current_checkpoint_index = max(storage.current_checkpoint_index, index)
+        return True

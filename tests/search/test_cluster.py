@@ -137,6 +137,11 @@ def trial_rows(exp: Path) -> dict[str, list[dict]]:
     return rows
 
 
+def trial_errors(exp: Path) -> list[str]:
+    """The error files Ray wrote into the trial folders (why a trial ended in ERROR), for assertion messages."""
+    return [f"{path.relative_to(exp)}:\n{path.read_text()[-3000:]}" for path in sorted(exp.glob("trial_*/error.txt"))]
+
+
 def read_study(exp: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(exp / "optuna.journal"))))
@@ -150,7 +155,8 @@ def assert_every_trial_accounted_for(exp: Path, name: str, num_samples: int, epo
     rows = trial_rows(exp)
     ray_trials = ExperimentAnalysis(str(exp)).trials
     assert len(ray_trials) == num_samples == len(rows), (len(ray_trials), sorted(rows))
-    assert all(t.status == "TERMINATED" for t in ray_trials), [(t.trial_id, t.status) for t in ray_trials]
+    assert all(t.status == "TERMINATED" for t in ray_trials), \
+        [(t.trial_id, t.status) for t in ray_trials] + trial_errors(exp)
     assert {t.trial_id for t in ray_trials} == set(rows)
     for trial_id, lines in rows.items():
         assert sum(r.get("final") is True for r in lines) == 1, (trial_id, [r["epoch"] for r in lines])

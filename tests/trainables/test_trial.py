@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -344,13 +345,13 @@ def test_tune_adapter_reports_every_epoch_with_a_checkpoint(tmp_path):
     import ray
     from ray import tune
 
-    from trainables.tune_adapter import trainable
+    from trainables.tune_adapter import Trainable
 
     cfg = resolve({"data": {"name": "digits", "max_train": 256}, "model": {"name": "mlp", "width": 32},
                    "loss": {"name": "gce"}, "train": {"epochs": 2, "device": "cpu", "batch_size": 64}})
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
-        tuner = tune.Tuner(trainable, param_space={"trial_config": cfg},
+        tuner = tune.Tuner(Trainable, param_space={"trial_config": cfg},
                            tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=1),
                            run_config=tune.RunConfig(storage_path=str(tmp_path), name="adapter"))
         results = tuner.fit()
@@ -368,3 +369,91 @@ def test_tune_adapter_reports_every_epoch_with_a_checkpoint(tmp_path):
     with result.checkpoint.as_directory() as d:
         state = torch.load(os.path.join(d, CHECKPOINT_FILE), weights_only=True)
     assert state["epoch"] == 2 and state["metrics"]["val/acc"] == result.metrics["val/acc"]
+    with result.checkpoint.as_directory() as d:  # what a restarted trial checks a copy against
+        assert json.loads(open(os.path.join(d, "manifest.json")).read()) == {
+            "epoch": 2, "sizes": {CHECKPOINT_FILE: os.path.getsize(os.path.join(d, CHECKPOINT_FILE))}}
+
+
+def test_newest_complete_checkpoint_in_a_trial_folder(tmp_path):
+    import pyarrow.fs
+
+    from trainables.tune_adapter import MANIFEST_FILE, newest_checkpoint, write_manifest
+
+    fs = pyarrow.fs.LocalFileSystem()
+
+    def checkpoint(index: int, epoch: int, payload: bytes = b"x" * 100) -> Path:
+        folder = tmp_path / f"checkpoint_{index:06d}"
+        folder.mkdir()
+        (folder / CHECKPOINT_FILE).write_bytes(payload)
+        write_manifest(str(folder), epoch)
+        return folder
+
+    assert newest_checkpoint(fs, str(tmp_path / "missing")) is None
+    assert newest_checkpoint(fs, str(tmp_path)) is None
+    checkpoint(2, epoch=3)
+    assert newest_checkpoint(fs, str(tmp_path)) == (str(tmp_path / "checkpoint_000002"), 3, 2)
+    checkpoint(1, epoch=4)  # a later epoch in a lower-numbered folder (numbering restarted): the epoch decides
+    assert newest_checkpoint(fs, str(tmp_path))[1:] == (4, 1)
+    truncated = checkpoint(4, epoch=6)  # an interrupted copy: checkpoint.pt shorter than the manifest says
+    (truncated / CHECKPOINT_FILE).write_bytes(b"x" * 50)
+    no_manifest = checkpoint(5, epoch=7)
+    (no_manifest / MANIFEST_FILE).unlink()
+    garbled = checkpoint(6, epoch=8)
+    (garbled / MANIFEST_FILE).write_text('{"epoch": 8, "si')
+    missing_file = checkpoint(8, epoch=9)
+    (missing_file / CHECKPOINT_FILE).unlink()
+    (tmp_path / "checkpoint_000009").write_text("a file, not a folder")
+    (tmp_path / "not_a_checkpoint").mkdir()
+    assert newest_checkpoint(fs, str(tmp_path))[1:] == (4, 1)
+    checkpoint(3, epoch=4)  # the same epoch twice: the higher index
+    assert newest_checkpoint(fs, str(tmp_path))[1:] == (4, 3)
+    assert json.loads((tmp_path / "checkpoint_000003" / MANIFEST_FILE).read_text()) == {
+        "epoch": 4, "sizes": {CHECKPOINT_FILE: 100}}
+
+
+def test_tune_trainable_goes_on_from_a_checkpoint_on_disk_and_reports_the_epochs_it_holds(tmp_path):
+    """A trial restarted while Ray's saved state knows no checkpoint of it, but its folder holds one (ending epoch
+    3 of 5): it starts from that checkpoint, first reports epochs 1-3 again from the checkpoint's history (Ray had
+    not logged them), then trains 4 and 5; Ray's iteration count equals the epoch throughout."""
+    import shutil
+
+    import ray
+    from ray import tune
+
+    from trainables.tune_adapter import Trainable, write_manifest
+
+    cfg = resolve({"data": {"name": "digits", "max_train": 256}, "model": {"name": "mlp", "width": 32},
+                   "train": {"epochs": 5, "device": "cpu", "batch_size": 64, "threads": 1}})
+    uninterrupted: list[dict] = []
+    trial_dir = tmp_path / "prefilled" / "trial_prefilled"
+
+    def keep(metrics, checkpoint_dir):
+        uninterrupted.append(metrics)
+        if metrics["epoch"] == 3:
+            target = trial_dir / "checkpoint_000002"
+            shutil.copytree(checkpoint_dir, target)
+            write_manifest(str(target), 3)
+        if checkpoint_dir is not None:
+            shutil.rmtree(checkpoint_dir)
+
+    run_trial(cfg, keep)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        tuner = tune.Tuner(Trainable, param_space={"trial_config": cfg},
+                           tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=1,
+                                                       trial_dirname_creator=lambda trial: "trial_prefilled"),
+                           run_config=tune.RunConfig(storage_path=str(tmp_path), name="prefilled"))
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    assert not results.errors
+    history = results[0].metrics_dataframe
+    assert list(history["epoch"]) == [1, 2, 3, 4, 5]
+    assert list(history["training_iteration"]) == [1, 2, 3, 4, 5]
+    # epochs 1-3 come from the checkpoint's history, 4-5 from training on from it: all as in one uninterrupted run
+    assert list(history["val/acc"]) == [m["val/acc"] for m in uninterrupted]
+    assert list(history["train/loss"]) == [m["train/loss"] for m in uninterrupted]
+    # the next checkpoints went into new folders, past the one found, which is left as it was
+    assert sorted(p.name for p in trial_dir.glob("checkpoint_*")) == [
+        "checkpoint_000002", "checkpoint_000003", "checkpoint_000004"]
+    assert json.loads((trial_dir / "checkpoint_000002" / "manifest.json").read_text())["epoch"] == 3
