@@ -177,48 +177,84 @@ def _exp_via_exp2(x: torch.Tensor) -> torch.Tensor:
     return torch.exp2(x * _LOG2_E)
 
 
+# The unshifted fast path is taken when every row's sum of 2^(z log2 e) lies in this range: no overflow, and each
+# row's largest term (>= 2^-67 for K <= 128) is far above float32's subnormals.
+_UNSHIFTED_ROW_SUM = (2.0 ** -60, 2.0 ** 60)
+
+
 class _GCEFunction(torch.autograd.Function):
-    """Single-process GCE with a hand-written backward: one exp pass instead of autograd's three.
+    """Single-process GCE with a hand-written backward.
 
     With P = softmax(z) (row-wise) and A = the batch-axis softmax of log P (A_jk = P_jk / sum_j' P_j'k), the
     gradient of sum_i g_i * gce_i w.r.t. the logits is ``G - P * rowsum(G)`` with
-    ``G_jk = lam * A_jk * sum_{i: y_i = k} g_i - g_j * 1[k = y_j]``.
-    The column sums of P are used directly when none is tiny (then log of the sum is exact to rounding); otherwise
-    (a class whose probability underflows in every row, e.g. logits of magnitude 1e4) the columns are shifted by
-    their maximum first. On accelerators the shifted form is always used (`always_shift`): deciding would cost a
-    device sync.
+    ``G_jk = lam * A_jk * sum_{i: y_i = k} g_i - g_j * 1[k = y_j]``. When the columns are not shifted (A = P / N
+    with N the column sums) this is ``P * (w_k - u_j) - g_j * 1[k = y_j]`` with ``w = lam * S / N`` (S_k the sum
+    of g over the samples of class k) and ``u = P w - g``: one matrix-vector product and one pass over the batch.
+
+    Forward, three paths. (1) CPU, logits of moderate size (every row sum of 2^(z log2 e) within
+    _UNSHIFTED_ROW_SUM, i.e. |z| up to about 40): P = exp2(z log2 e) / rowsum, with no row maximum (two passes
+    fewer than log-softmax), and log p(y|x) = z_y - log rowsum. (2) Otherwise log-softmax, then P from it.
+    (3) When a column sum of P is tiny (a class whose probability underflows in every row, e.g. logits of
+    magnitude 1e4) the columns are shifted by their maximum first. On accelerators (`always_shift`) path 2 with
+    the shifted columns is always taken: deciding would cost a device sync.
     """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, lam: float, always_shift: bool) -> torch.Tensor:
         work = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        ctx.lam = lam
+        ctx.input_dtype = logits.dtype
+        tiny = torch.finfo(work.dtype).tiny ** 0.5
+        log_batch = math.log(work.shape[0])
+        if not always_shift:
+            probs = _exp_via_exp2(work)
+            row_sum = probs.sum(dim=1)
+            low, high = torch.aminmax(row_sum)
+            if _UNSHIFTED_ROW_SUM[0] < low.item() and high.item() < _UNSHIFTED_ROW_SUM[1]:
+                probs.mul_(row_sum.reciprocal()[:, None])
+                column_norm = probs.sum(dim=0)
+                if column_norm.min().item() >= tiny:
+                    target_log_prob = work.gather(1, targets[:, None]).squeeze_(1).sub_(row_sum.log_())
+                    out = column_norm.log().sub_(log_batch).mul_(lam).index_select(0, targets).sub_(target_log_prob)
+                    ctx.save_for_backward(probs, column_norm, targets)
+                    ctx.columns_shifted = False
+                    return out
         log_probs = F.log_softmax(work, dim=1)
         probs = _exp_via_exp2(log_probs)
         column_weights = probs
         column_norm = probs.sum(dim=0)
         shift = None
-        if always_shift or bool((column_norm < torch.finfo(work.dtype).tiny ** 0.5).any()):
+        if always_shift or bool((column_norm < tiny).any()):
             shift = log_probs.amax(dim=0)
             column_weights = _exp_via_exp2(log_probs - shift)
             column_norm = column_weights.sum(dim=0)  # >= 1: the column maximum contributes exp(0)
-        log_class_mean = column_norm.log() - math.log(work.shape[0])
+        log_class_mean = column_norm.log() - log_batch
         if shift is not None:
             log_class_mean = log_class_mean + shift
         out = log_class_mean[targets].mul_(lam).sub_(_target_log_prob(log_probs, targets))
-        ctx.save_for_backward(probs, column_weights, column_norm, targets)
-        ctx.lam = lam
-        ctx.input_dtype = logits.dtype
+        if shift is None:
+            ctx.save_for_backward(probs, column_norm, targets)
+            ctx.columns_shifted = False
+        else:
+            ctx.save_for_backward(probs, column_norm, targets, column_weights)
+            ctx.columns_shifted = True
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
-        probs, column_weights, column_norm, targets = ctx.saved_tensors
+        probs, column_norm, targets = ctx.saved_tensors[:3]
         grad_out = grad_out.to(probs.dtype)
         per_class = torch.zeros_like(column_norm).index_add_(0, targets, grad_out)
-        grad = column_weights * per_class.mul_(ctx.lam).div_(column_norm)
-        grad.scatter_add_(1, targets[:, None], -grad_out[:, None])
-        grad.addcmul_(probs, grad.sum(dim=1, keepdim=True), value=-1.0)
+        weights = per_class.mul_(ctx.lam).div_(column_norm)
+        if ctx.columns_shifted:
+            grad = ctx.saved_tensors[3] * weights
+            grad.scatter_add_(1, targets[:, None], -grad_out[:, None])
+            grad.addcmul_(probs, grad.sum(dim=1, keepdim=True), value=-1.0)
+        else:
+            row_term = torch.mv(probs, weights).sub_(grad_out)
+            grad = torch.sub(weights[None, :], row_term[:, None]).mul_(probs)
+            grad.scatter_add_(1, targets[:, None], -grad_out[:, None])
         return grad.to(ctx.input_dtype), None, None, None
 
 

@@ -200,6 +200,24 @@ def test_gce_hand_written_gradient_matches_autograd_of_the_formula():
     torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("scale", [1.0, 30.0, 60.0, 200.0])
+def test_gce_values_and_gradients_on_every_forward_path(scale):
+    """Logits up to ~40 take the unshifted row sums; larger ones log-softmax; the values and gradients agree with
+    autograd through the formula in float64 either way."""
+    logits, targets = random_batch(batch=64, classes=9, seed=31, dtype=torch.float64)
+    logits = logits * scale / logits.abs().max()
+    weights = torch.rand(64, generator=torch.Generator().manual_seed(32), dtype=torch.float64)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
+        a = logits.to(dtype).clone().requires_grad_(True)
+        b = logits.clone().requires_grad_(True)
+        values = L.gce(a, targets, lam=0.6)
+        (values * weights.to(dtype)).sum().backward()
+        expected = gce_autograd_reference(b, targets, 0.6)
+        (expected * weights).sum().backward()
+        torch.testing.assert_close(values.double(), expected.detach(), atol=tol * (1.0 + scale), rtol=0.0)
+        torch.testing.assert_close(a.grad.double(), b.grad, atol=tol, rtol=0.0)
+
+
 def test_gce_shifted_column_path_equals_the_direct_one():
     """Accelerators always take the max-shifted column sums (CPU only when a column underflows): same result."""
     logits, targets = random_batch(batch=40, classes=6, seed=23, dtype=torch.float32)
