@@ -404,8 +404,16 @@ def ece_std_from_bins(counts, acc, conf, resamples: int = BOOTSTRAP_RESAMPLES, s
 
 
 def latest_checkpoint(trial: TrialRecord) -> Path | None:
-    """The trial's checkpoint.pt of its last reported epoch (Ray's highest-numbered checkpoint_* folder)."""
-    folders = sorted(trial.path.glob("checkpoint_*/checkpoint.pt"), key=lambda p: p.parent.name)
+    """The trial's checkpoint.pt of its last epoch: the complete checkpoint folder (its manifest matches) with the
+    latest epoch; for folders without a manifest, the highest-numbered one holding a checkpoint.pt."""
+    import pyarrow.fs
+
+    from trainables.checkpoints import CHECKPOINT_FILE, newest_checkpoint
+
+    found = newest_checkpoint(pyarrow.fs.LocalFileSystem(), str(trial.path))
+    if found is not None:
+        return Path(found[0]) / CHECKPOINT_FILE
+    folders = sorted(trial.path.glob(f"checkpoint_*/{CHECKPOINT_FILE}"), key=lambda p: p.parent.name)
     return folders[-1] if folders else None
 
 

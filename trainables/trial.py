@@ -26,12 +26,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from trainables.checkpoints import CHECKPOINT_FILE
 from trainables.config import parse_override, resolve, set_path
 from trainables.registry import ConfigError
 
 Reporter = Callable[[dict, "str | None"], None]
 
-CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 # Calibrated metrics under the contract names; the uncalibrated ones get a `_raw` suffix.
 CALIBRATED_KEYS = ("acc", "ece", "adaece", "cece", "mce", "nll", "brier")

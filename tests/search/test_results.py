@@ -262,3 +262,25 @@ def test_ece_bootstrap_std_matches_sampling_std():
     assert edges.shape == (16,)
     assert ece_std_from_bins(counts, np.nan_to_num(acc), np.nan_to_num(mean_conf), resamples=300) == \
         pytest.approx(boot, rel=0.4)
+
+
+def test_latest_checkpoint_is_the_complete_one_with_the_latest_epoch(tmp_path):
+    """After a restart a trial folder can hold more than one checkpoint, and a copy cut short by a dying node: the
+    predictions are rebuilt from the complete checkpoint with the latest epoch (old folders without a manifest:
+    the highest-numbered)."""
+    from search.results import TrialRecord, latest_checkpoint
+    from trainables.checkpoints import CHECKPOINT_FILE, write_manifest
+
+    record = TrialRecord(trial_id="t", path=tmp_path, config={}, params={}, history=[], status="TERMINATED")
+    assert latest_checkpoint(record) is None
+    for index in (3, 7):  # no manifest
+        (tmp_path / f"checkpoint_{index:06d}").mkdir()
+        (tmp_path / f"checkpoint_{index:06d}" / CHECKPOINT_FILE).write_bytes(b"x" * 10)
+    assert latest_checkpoint(record) == tmp_path / "checkpoint_000007" / CHECKPOINT_FILE
+    write_manifest(str(tmp_path / "checkpoint_000003"), epoch=9)
+    assert latest_checkpoint(record) == tmp_path / "checkpoint_000003" / CHECKPOINT_FILE
+    (tmp_path / "checkpoint_000008").mkdir()  # a newer epoch, but its copy was cut short
+    (tmp_path / "checkpoint_000008" / CHECKPOINT_FILE).write_bytes(b"x" * 10)
+    write_manifest(str(tmp_path / "checkpoint_000008"), epoch=10)
+    (tmp_path / "checkpoint_000008" / CHECKPOINT_FILE).write_bytes(b"x" * 4)
+    assert latest_checkpoint(record) == tmp_path / "checkpoint_000003" / CHECKPOINT_FILE

@@ -377,7 +377,7 @@ def test_tune_adapter_reports_every_epoch_with_a_checkpoint(tmp_path):
 def test_newest_complete_checkpoint_in_a_trial_folder(tmp_path):
     import pyarrow.fs
 
-    from trainables.tune_adapter import MANIFEST_FILE, newest_checkpoint, write_manifest
+    from trainables.checkpoints import MANIFEST_FILE, newest_checkpoint, write_manifest
 
     fs = pyarrow.fs.LocalFileSystem()
 

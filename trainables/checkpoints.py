@@ -1,0 +1,70 @@
+"""Checkpoint folders of a trial on the storage: which one is complete and newest, and what the driver logged.
+
+Ray persists a trial's checkpoint by copying its folder to `<trial>/checkpoint_<index>`; a copy cut short (the
+node died) leaves a folder that looks like any other. Each folder therefore carries `manifest.json`, written
+before the copy: the epoch the checkpoint ends and the size of every file, so a complete copy can be told from an
+interrupted one. Used by trainables.tune_adapter (where a restarted trial goes on from) and search.results (the
+checkpoint a finished trial's predictions are rebuilt from). No torch or Ray import here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+
+CHECKPOINT_FILE = "checkpoint.pt"
+MANIFEST_FILE = "manifest.json"
+_CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
+
+
+def write_manifest(checkpoint_dir: str, epoch: int) -> None:
+    """Record what a complete copy of `checkpoint_dir` holds (written before Ray copies the folder to storage)."""
+    sizes = {CHECKPOINT_FILE: os.path.getsize(os.path.join(checkpoint_dir, CHECKPOINT_FILE))}
+    with open(os.path.join(checkpoint_dir, MANIFEST_FILE), "w") as f:
+        json.dump({"epoch": int(epoch), "sizes": sizes}, f)
+
+
+def newest_checkpoint(fs, trial_path: str) -> tuple[str, int, int] | None:
+    """(path, epoch, index) of the complete checkpoint with the latest epoch in a trial folder on the pyarrow
+    filesystem `fs` (the highest index among equal epochs), or None. Incomplete ones (no or unreadable manifest,
+    a file missing or of another size than the manifest says) are skipped."""
+    import pyarrow.fs
+
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(trial_path, allow_not_found=True))
+    except OSError:
+        return None
+    best = None
+    for entry in entries:
+        match = _CHECKPOINT_DIR.match(entry.base_name)
+        if entry.type != pyarrow.fs.FileType.Directory or not match:
+            continue
+        try:
+            with fs.open_input_stream(posixpath.join(entry.path, MANIFEST_FILE)) as f:
+                manifest = json.loads(f.read().decode())
+            epoch, sizes = int(manifest["epoch"]), dict(manifest["sizes"])
+            infos = fs.get_file_info([posixpath.join(entry.path, name) for name in sizes])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if any(info.type != pyarrow.fs.FileType.File or info.size != sizes[info.base_name] for info in infos):
+            continue
+        key = (epoch, int(match.group(1)))
+        if best is None or key > best[1:]:
+            best = (entry.path, *key)
+    return best
+
+
+def last_logged_epoch(fs, trial_path: str) -> int:
+    """The epoch of the last complete line of the trial's result.json on the storage (0 if there is none)."""
+    try:
+        with fs.open_input_stream(posixpath.join(trial_path, "result.json")) as f:
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["epoch"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by the copy
+    return 0
