@@ -168,7 +168,19 @@ def test_resume_when_the_saved_state_names_a_deleted_checkpoint(tmp_path):
                 len(lines := [result_lines(f) for f in exp.glob("trial_*")]) == 2
                 and all(2 <= len(rows) and not rows[-1].get("final") for rows in lines)):
             time.sleep(0.1)
-        time.sleep(1.5)  # past the driver's experiment-state period: the state names a checkpoint of each trial
+
+        def state_names_a_checkpoint() -> bool:
+            # Ray saves its state every second, and later on a loaded machine (a save still being copied is not
+            # started again): wait for one that lists both trials and names a checkpoint of an unfinished one
+            try:
+                trials = ExperimentAnalysis(str(exp)).trials
+            except Exception:  # no state file yet, or one being replaced
+                return False
+            return len(trials) == 2 and any(t.status != "TERMINATED" and t.checkpoint is not None for t in trials)
+
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None and not state_names_a_checkpoint():
+            time.sleep(0.2)
         kill_tree(proc)
     finally:
         if proc.poll() is None:
