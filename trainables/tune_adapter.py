@@ -22,10 +22,8 @@ import shutil
 
 from ray.tune.trainable import wrap_function
 
-from trainables.checkpoints import MANIFEST_FILE, last_logged_epoch, newest_checkpoint, write_manifest
+from trainables.checkpoints import last_logged_epoch, newest_checkpoint, write_manifest
 from trainables.trial import run_trial
-
-__all__ = ["MANIFEST_FILE", "Trainable", "last_logged_epoch", "newest_checkpoint", "trainable", "write_manifest"]
 
 LOGGED_EPOCH_KEY = "logged_epoch"  # set by Trainable on a restart: epochs after it are reported again
 

@@ -420,7 +420,8 @@ def test_tune_trainable_goes_on_from_a_checkpoint_on_disk_and_reports_the_epochs
     import ray
     from ray import tune
 
-    from trainables.tune_adapter import Trainable, write_manifest
+    from trainables.checkpoints import write_manifest
+    from trainables.tune_adapter import Trainable
 
     cfg = resolve({"data": {"name": "digits", "max_train": 256}, "model": {"name": "mlp", "width": 32},
                    "train": {"epochs": 5, "device": "cpu", "batch_size": 64, "threads": 1}})
