@@ -178,7 +178,7 @@ def _exp_via_exp2(x: torch.Tensor) -> torch.Tensor:
 
 
 # The unshifted fast path is taken when every row's sum of 2^(z log2 e) lies in this range: no overflow, and each
-# row's largest term (>= 2^-67 for K <= 128) is far above float32's subnormals.
+# row's largest term (>= 2^-60 / K) is far above float32's subnormals (below 2^-126).
 _UNSHIFTED_ROW_SUM = (2.0 ** -60, 2.0 ** 60)
 
 
