@@ -137,6 +137,12 @@ def trial_rows(exp: Path) -> dict[str, list[dict]]:
     return rows
 
 
+def last_lines(rows: dict[str, list[dict]]) -> str:
+    """trial id: node, epoch and final flag of its last result line, for assertion messages."""
+    return "; ".join(f"{tid}: node {lines[-1]['node_id'][:8]} epoch {lines[-1]['epoch']} final "
+                     f"{lines[-1].get('final')}" for tid, lines in rows.items())
+
+
 def trial_errors(exp: Path) -> list[str]:
     """The error files Ray wrote into the trial folders (why a trial ended in ERROR), for assertion messages."""
     return [f"{path.relative_to(exp)}:\n{path.read_text()[-3000:]}" for path in sorted(exp.glob("trial_*/error.txt"))]
@@ -355,23 +361,49 @@ def test_fractional_gpu_trials_pack_four_per_gpu_across_both_workers(sim, tmp_pa
         assert max(starts) < min(ends), (gpu_of[node_id], starts, ends)
 
 
+def node_processes(node) -> list[psutil.Process]:
+    """Every process a simulated worker node's raylet started (its trial actors and idle workers)."""
+    found = []
+    for info in node.all_processes.get("raylet", []):
+        try:
+            found += psutil.Process(info.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
 def trial_processes(sim: SimulatedCluster) -> list[psutil.Process]:
     """Trial actors alive on the simulated workers (children of their raylets; other Ray instances on this
-    machine are not ours to watch)."""
+    machine are not ours to watch). Their process titles read `ray::ResourceTrainable.<method>`."""
     found = []
     for worker in sim.workers.values():
-        for info in worker.all_processes.get("raylet", []):
+        for child in node_processes(worker):
             try:
-                children = psutil.Process(info.process.pid).children(recursive=True)
+                if "Trainable." in " ".join(child.cmdline()):
+                    found.append(child)
             except psutil.NoSuchProcess:
-                continue
-            for child in children:
-                try:
-                    if "ImplicitFunc" in " ".join(child.cmdline()):
-                        found.append(child)
-                except psutil.NoSuchProcess:
-                    pass
+                pass
     return found
+
+
+def kill_worker_node(sim: SimulatedCluster, gpu_id: str) -> None:
+    """A worker machine dies: every process on it stops at once. `Cluster.remove_node` kills only the node's Ray
+    system processes and returns at once; the trial actors it started go on training and reporting to the driver
+    over their own connections for seconds (long enough to finish a short trial on a "dead" node). So they are
+    frozen first (SIGSTOP: nothing more leaves the node), the node is removed, then they are killed."""
+    node = sim.workers.pop(gpu_id)
+    processes = node_processes(node)
+    for process in processes:
+        try:
+            process.suspend()
+        except psutil.NoSuchProcess:
+            pass
+    sim.cluster.remove_node(node, allow_graceful=False)
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def assert_resumed_not_restarted(lines: list[dict]) -> None:
@@ -420,11 +452,11 @@ def test_worker_node_then_driver_killed_search_resumes_and_accounts_for_every_tr
 
         victim = wait_for(running_on_a_worker, 150, proc)
         assert victim is not None, "no trial reached epoch 2 in time:\n" + log_path.read_text()
-        sim.cluster.remove_node(sim.workers.pop(gpu_of[victim]), allow_graceful=False)
+        kill_worker_node(sim, gpu_of[victim])
         before_node_kill = trial_rows(exp)
         moved = [tid for tid, lines in before_node_kill.items()
                  if lines[-1]["node_id"] == victim and not lines[-1].get("final")]
-        assert moved, "no unfinished trial was on the removed node"
+        assert moved, "no unfinished trial was on the removed node: " + last_lines(before_node_kill)
         survivor = next(n for n in gpu_of if n != victim)
 
         # 2. once a trial has finished and a moved trial has resumed on the survivor, SIGKILL the driver
