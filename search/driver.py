@@ -294,7 +294,8 @@ def build_tuner(spec, storage: str, name: str, exp_dir: str, progress, slots: in
     # (importing torch, ~5-10 s) idles every other slot. So the limiter is always there, at the slot count.
     max_concurrent = int(spec.search.get("max_concurrent") or slots)
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
-    scheduler = build_scheduler(dict(spec.scheduler), max_t=max_epochs(spec))
+    scheduler = build_scheduler(dict(spec.scheduler), max_t=max_epochs(spec),
+                                objective=spec.base_config["objective"])
     tune_config = tune.TuneConfig(
         metric="score", mode="max", search_alg=search_alg, scheduler=scheduler,
         num_samples=int(spec.search.get("num_samples", 16)),

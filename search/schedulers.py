@@ -53,9 +53,16 @@ SCHEDULERS.register("moasha", SchedulerInfo(
     "multi-objective ASHA: promotes by Pareto rank on (val/acc max, val/ece min)"))
 
 
-def build_scheduler(settings: dict, max_t: int):
-    """Build the scheduler named by settings['name'] with the remaining keys (already validated)."""
-    info = SCHEDULERS.get(settings.get("name", "asha"))
+def build_scheduler(settings: dict, max_t: int, objective: dict | None = None):
+    """Build the scheduler named by settings['name'] with the remaining keys (already validated).
+
+    objective: the trial config's `objective` section. MO-ASHA's scalarised ranking takes its weights from it, so
+    that it ranks by the same `w_acc * val/acc - w_ece * val/ece` as the score ASHA and the best-trial choice use.
+    """
+    name = settings.get("name", "asha")
+    info = SCHEDULERS.get(name)
     kwargs = {k: v for k, v in settings.items() if k != "name"}
+    if name == "moasha" and kwargs.get("ranking") == "scalarized" and objective is not None:
+        kwargs["weights"] = (float(objective["w_acc"]), float(objective["w_ece"]))
     return info.build(kwargs, max_t)
 

@@ -211,11 +211,16 @@ def test_scalarized_ranking_makes_rays_asha_decisions(seed, eta, grace, max_t, w
                               ranking=ScalarizedRanking(weights))
     assert _replay(ours, events) == ray_decisions
     assert sum(d == STOP for *_, d in ray_decisions) > 10  # the stream exercises early stopping
-    # and the registry's "scalarized" entry is the same scheduler with weights (1, 1)
+    # and the registry's "scalarized" entry, built as the driver builds it (with the trial config's objective),
+    # ranks by the same score: weights (1, 1) without an objective, the objective's weights with one
+    settings = {"name": "moasha", "grace_period": grace, "reduction_factor": eta, "ranking": "scalarized"}
+    built = build_scheduler(dict(settings), max_t, objective={"w_acc": w_acc, "w_ece": w_ece, "n_bins": 15})
+    assert built.ranking.weights == weights
+    assert _replay(built, events) == ray_decisions
     if weights == (1.0, 1.0):
-        built = build_scheduler({"name": "moasha", "grace_period": grace, "reduction_factor": eta,
-                                 "ranking": "scalarized"}, max_t)
-        assert _replay(built, events) == ray_decisions
+        assert _replay(build_scheduler(dict(settings), max_t), events) == ray_decisions
+    else:  # the old (1, 1) ranking decides differently on this stream: the weights matter
+        assert _replay(build_scheduler(dict(settings), max_t), events) != ray_decisions
 
 
 def test_nondominated_stream_stops_trials_at_rungs_only():

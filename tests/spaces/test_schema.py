@@ -276,6 +276,11 @@ BAD_INPUTS = [
      r"^space\.gce\.gamma: not a parameter of loss 'gce'; valid: gce\.lam$"),
     ("unknown space key with a suggestion", [("space/train.lrate", {"low": 0.01, "high": 0.1})], (),
      r"^space\.train\.lrate: unknown config path \(did you mean 'train\.rate'|'train\.lr'\?\)"),
+    ("objective weight searched", [("space/objective.w_ece", {"low": 0.5, "high": 2.0})], (),
+     r"^space\.objective\.w_ece: the objective cannot be searched: every trial's score .*; valid: set it once in "
+     r"the file's 'objective' section"),
+    ("objective bins searched", [("space/objective.n_bins", {"choices": [10, 15]})], (),
+     r"^space\.objective\.n_bins: the objective cannot be searched"),
     ("loss param at the loss path", [("space/loss.lam", {"low": 0.0, "high": 1.0})], (),
      r"^space\.loss\.lam: loss parameters are searched as '<loss name>\.lam'"),
     ("low >= high", [("space/gce.lam", {"low": 2.0, "high": 2.0})], (),
