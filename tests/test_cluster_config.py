@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -70,6 +71,17 @@ def test_aws_cluster_declares_cpu_head_and_gpu_workers():
     assert head["resources"].get("GPU", 0) == 0
     assert any(t["resources"].get("GPU", 0) >= 1 and t["max_workers"] >= 1 for t in workers)
     assert any("pip install" in cmd and "gce-search" in cmd for cmd in config["setup_commands"])
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_nodes_install_the_job_server_with_the_ray_of_the_submitting_machine(name):
+    """`ray job submit` and the dashboard need ray[default] on the head (the package itself only pulls ray[tune]),
+    and the launcher needs the same Ray on the nodes as on the machine that runs `ray up` (README, docs/cluster.md)."""
+    laptop = re.search(r'pip install "ray\[default\]==([0-9.]+)"', (ROOT / "README.md").read_text())
+    assert laptop, "README: the cluster section's pip install line of ray[default]"
+    assert laptop.group(1) in (ROOT / "docs" / "cluster.md").read_text()
+    setup = " ".join(_load(name)["setup_commands"])
+    assert f'"ray[default]=={laptop.group(1)}"' in setup, setup
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -107,7 +107,7 @@ def sim():
     _refresh_ray_auth()
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     sim = SimulatedCluster(cluster, token)
     try:
         for gpu in GPU_IDS:
