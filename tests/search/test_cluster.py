@@ -450,7 +450,7 @@ def test_worker_node_then_driver_killed_search_resumes_and_accounts_for_every_tr
                     return lines[-1]["node_id"]
             return None
 
-        victim = wait_for(running_on_a_worker, 150, proc)
+        victim = wait_for(running_on_a_worker, 300, proc)
         assert victim is not None, "no trial reached epoch 2 in time:\n" + log_path.read_text()
         kill_worker_node(sim, gpu_of[victim])
         before_node_kill = trial_rows(exp)
@@ -467,7 +467,7 @@ def test_worker_node_then_driver_killed_search_resumes_and_accounts_for_every_tr
                        and not rows[t][-1].get("final")]
             return (done, resumed) if done and resumed else None
 
-        assert wait_for(resumed_on_survivor, 150, proc), \
+        assert wait_for(resumed_on_survivor, 300, proc), \
             "no moved trial resumed on the surviving node before the end:\n" + log_path.read_text()
         time.sleep(1.0)  # the driver's experiment-state period: Ray's record holds the completions
         done_before = completed_trials(exp)

@@ -77,7 +77,7 @@ def test_resume_after_sigkill_finishes_consistently(tmp_path):
     proc = subprocess.Popen(cli("run", space, "--storage", str(storage), "--name", "killed"), cwd=tmp_path,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 150
+        deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None and not completed_trials(exp):
             time.sleep(0.2)
         assert proc.poll() is None, "the search ended before it could be killed:\n" + (tmp_path / "run.log").read_text()
@@ -163,7 +163,7 @@ def test_resume_when_the_saved_state_names_a_deleted_checkpoint(tmp_path):
     proc = subprocess.Popen(cli("run", str(space), "--storage", str(storage), "--name", "stale"), cwd=tmp_path,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 150
+        deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None and not (
                 len(lines := [result_lines(f) for f in exp.glob("trial_*")]) == 2
                 and all(2 <= len(rows) and not rows[-1].get("final") for rows in lines)):
