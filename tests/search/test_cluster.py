@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,31 +97,40 @@ def _refresh_ray_auth() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
-@pytest.fixture(scope="module")
-def sim():
-    # Token authentication on for every process of the cluster and its drivers, with a token of this module's own
-    # (Ray >= 2.59 turns it on by itself only for ray.init()'s local instances, not for `ray start`).
+@contextmanager
+def token_cluster(**head_args):
+    """A ray.cluster_utils.Cluster (head only) with token authentication on for every process of the cluster and its
+    drivers, with a token of its own (Ray >= 2.59 turns it on by itself only for ray.init()'s local instances, not
+    for `ray start`). Yields (cluster, token); shuts everything down and restores the environment."""
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     token = secrets.token_hex(32)
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = token
     _refresh_ray_auth()
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    sim = SimulatedCluster(cluster, token)
     try:
+        from ray.cluster_utils import Cluster
+
+        cluster = Cluster(initialize_head=True, head_node_args=head_args)
+        try:
+            yield cluster, token
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+            cluster.shutdown()
+    finally:
+        for key, value in saved.items():
+            _restore_env(key, value)
+        _refresh_ray_auth()
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with token_cluster(num_cpus=0, include_dashboard=False) as (cluster, token):
+        sim = SimulatedCluster(cluster, token)
         for gpu in GPU_IDS:
             sim.add_worker(gpu)
         cluster.wait_for_nodes()
         yield sim
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        cluster.shutdown()
-        for key, value in saved.items():
-            _restore_env(key, value)
-        _refresh_ray_auth()
 
 
 def driver_env(**extra: str) -> dict[str, str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -22,9 +21,8 @@ import urllib.request
 
 import psutil
 import pytest
-import ray
 
-from tests.search.test_cluster import _refresh_ray_auth, _restore_env
+from tests.search.test_cluster import token_cluster
 from tests.search.test_resume import completed_trials, result_lines
 
 SPACE = """\
@@ -68,28 +66,13 @@ def _wait_for_dashboard(url: str, token: str, timeout_s: float = 60.0) -> None:
 
 @pytest.fixture
 def job_cluster():
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    token = secrets.token_hex(32)
-    os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN"] = token
-    _refresh_ray_auth()
-    from ray.cluster_utils import Cluster
-
     port = _free_port()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port})
-    try:
+    with token_cluster(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                       dashboard_port=port) as (cluster, token):
         cluster.wait_for_nodes()
         url = f"http://127.0.0.1:{port}"
         _wait_for_dashboard(url, token)
         yield cluster, url, token
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        cluster.shutdown()
-        for key, value in saved.items():
-            _restore_env(key, value)
-        _refresh_ray_auth()
 
 
 def _listeners(port: int) -> set[str]:
