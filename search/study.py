@@ -45,13 +45,11 @@ class StudySpec:
 
     def run_config(self, method: str, seed: int) -> dict:
         """The resolved trial config of one run (no calibrator inside the trial: the study fits them post hoc)."""
-        from trainables.config import resolve, threads_for
+        from trainables.config import pin_threads, resolve
 
         cfg = resolve(deep_merge(self.base, {"loss": self.methods[method], "seed": seed,
                                              "calibration": {"method": "none"}}), source=f"methods.{method}")
-        if cfg["train"]["threads"] is None:
-            cfg["train"]["threads"] = threads_for(self.resources["cpus_per_trial"], cfg["train"]["workers"])
-        return cfg
+        return pin_threads(cfg, self.resources["cpus_per_trial"])
 
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "base": self.base, "seeds": self.seeds,

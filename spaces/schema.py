@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator
 import yaml
 
 from trainables.config import DEFAULTS, NULLABLE, SCHEMA, check_breakpoints, deep_merge, get_path, parse_override
-from trainables.config import problems_of, resolve, set_path, threads_for
+from trainables.config import pin_threads, problems_of, resolve, set_path
 from trainables.registry import ConfigError, Param
 
 SPACES_DIR = Path(__file__).resolve().parent
@@ -613,9 +613,7 @@ def spec_from_dict(raw: Any, overrides: Iterable[str] = (), source: str = "", de
         name_choice = base_partial[section]["name"]
         takes = _entry_params(section, name_choice) or {}
         base_partial[section].update({k: v for k, v in values.items() if k in takes})
-    base_config = resolve(base_partial, source)
-    if base_config["train"]["threads"] is None:  # as many as Ray gives the trial, recorded so a retrain matches
-        base_config["train"]["threads"] = threads_for(resources.cpus_per_trial, base_config["train"]["workers"])
+    base_config = pin_threads(resolve(base_partial, source), resources.cpus_per_trial)  # recorded: a retrain matches
     return SearchSpec(name=name, description=description, base_config=base_config, params=params, search=search,
                       scheduler=scheduler, resources=resources, entry_fixed=entry_fixed, source=source)
 

@@ -271,6 +271,14 @@ def threads_for(cpus_per_trial: float, workers: int = 1) -> int:
     return max(1, int(cpus_per_trial) // max(1, int(workers)))
 
 
+def pin_threads(cfg: dict, cpus_per_trial: float) -> dict:
+    """Set an unset `train.threads` of a resolved config to what a trial reserving `cpus_per_trial` CPUs gets, so
+    that a retrain of the recorded config sums floats the same way (in place; returns cfg)."""
+    if cfg["train"]["threads"] is None:
+        cfg["train"]["threads"] = threads_for(cpus_per_trial, cfg["train"]["workers"])
+    return cfg
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """'train.epochs=5' -> ('train.epochs', 5). The value is parsed as YAML (numbers, bools, lists, null)."""
     import yaml
