@@ -7,7 +7,6 @@ the experiment directory gets `spec.yaml`, and Ray Tune runs Optuna's define-by-
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import time
 from typing import Any
@@ -133,6 +132,27 @@ def check_resources(bundle: dict[str, float], nodes: list[dict]) -> None:
     raise UsageError("\n".join(lines))
 
 
+def start_loopback_ray() -> None:
+    """A local Ray instance whose every socket is on 127.0.0.1 (docs/architecture.md, "Local Ray").
+
+    Ray binds its gRPC servers (GCS, raylet, object manager, each worker) to all interfaces unless the node's
+    address is loopback, and turns a requested 127.0.0.1 into the machine's routable address except where its
+    single-machine mode is on (ray._private.ray_constants.ENABLE_RAY_CLUSTER, the RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+    switch, read once at import). With the node on 127.0.0.1 the autoscaler monitor, dashboard and agent metrics
+    endpoints bind 127.0.0.1 too. The switch is needed only while the node starts: afterwards Ray takes the
+    address from the running node. The dashboard web UI is not started at all."""
+    import ray
+    from ray._private import ray_constants
+
+    previous = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                 configure_logging=True, logging_level="WARNING", _node_ip_address="127.0.0.1")
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous
+
+
 def connect_ray(address: str | None) -> bool:
     """Start or join Ray; True when this call started it (and so shuts it down at the end)."""
     import ray
@@ -141,9 +161,7 @@ def connect_ray(address: str | None) -> bool:
         return False
     address = address or job_address()  # inside `ray job submit`: the cluster, not a second local Ray
     if address is None:
-        # The dashboard would listen on every interface; gce-search serves nothing beyond 127.0.0.1 by default.
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-                 configure_logging=True, logging_level="WARNING")
+        start_loopback_ray()
         return True
     probe_address(address)
     try:
@@ -203,25 +221,76 @@ def optional_callbacks(exp_dir: str, spec) -> list:
 
 
 class SchedulerState(Callback):
-    """Carries the scheduler's state (ASHA's rungs) through Ray's experiment checkpoints.
+    """Carries the scheduler's state (ASHA's rungs) through Ray's experiment checkpoints, as plain JSON.
 
     Ray saves the searcher's and the callbacks' state with the experiment, not the scheduler's (ray 2.60): after
     `Tuner.restore` ASHA would start with empty rungs and let every resumed trial run to the full budget. This
     callback and the scheduler are pickled together into Ray's tuner.pkl, so after a restore it still holds the
-    scheduler the Tuner uses, and `set_state` refills it.
+    scheduler the Tuner uses, and `set_state` refills it. Only what changes during a search is carried (each
+    bracket's rungs, which bracket each trial is in, the counters, MO-ASHA's generator); the settings come back
+    with the scheduler itself.
     """
+
+    FORMAT = 2
+    COUNTERS = ("_counter", "_num_stopped", "_num_diverged")
 
     def __init__(self, scheduler):
         self.scheduler = scheduler
 
+    @staticmethod
+    def _rungs(bracket) -> list:
+        # Ray's ASHA brackets keep their rungs in `_rungs`, MultiObjectiveASHA's in `rungs`.
+        return getattr(bracket, "_rungs", getattr(bracket, "rungs", []))
+
     def get_state(self) -> dict:
-        return {"scheduler": pickle.dumps(self.scheduler.__dict__)}
+        import json
+
+        brackets = list(getattr(self.scheduler, "_brackets", []))
+        state = {
+            "format": self.FORMAT,
+            "rungs": [[[milestone, {tid: list(v) if isinstance(v, tuple) else float(v) for tid, v in rec.items()}]
+                       for milestone, rec in self._rungs(b)] for b in brackets],
+            "trial_bracket": {tid: next(i for i, b in enumerate(brackets) if b is bracket)
+                              for tid, bracket in getattr(self.scheduler, "_trial_info", {}).items()
+                              if any(b is bracket for b in brackets)},
+            "counters": {k: getattr(self.scheduler, k) for k in self.COUNTERS if hasattr(self.scheduler, k)},
+        }
+        rng = getattr(self.scheduler, "_rng", None)
+        if rng is not None and hasattr(rng, "bit_generator"):
+            state["rng"] = rng.bit_generator.state
+        return {"scheduler_json": json.dumps(state)}
 
     def set_state(self, state: dict) -> None:
-        self.scheduler.__dict__.update(pickle.loads(state["scheduler"]))
-        # Ray's ASHA brackets keep their rungs in `_rungs`, MultiObjectiveASHA's in `rungs`.
-        recorded = sum(len(rec) for bracket in getattr(self.scheduler, "_brackets", [])
-                       for _, rec in getattr(bracket, "_rungs", getattr(bracket, "rungs", [])))
+        import json
+
+        if "scheduler_json" not in state:
+            print("gce-search: the scheduler state was saved by an older version (a pickle, not read); the "
+                  "rungs start empty", flush=True)
+            return
+        saved = json.loads(state["scheduler_json"])
+        brackets = list(getattr(self.scheduler, "_brackets", []))
+        if saved.get("format") != self.FORMAT or len(saved["rungs"]) != len(brackets):
+            print("gce-search: the saved scheduler state does not fit this scheduler; the rungs start empty",
+                  flush=True)
+            return
+        for bracket, rungs in zip(brackets, saved["rungs"]):
+            mine = self._rungs(bracket)
+            by_milestone = {float(m): rec for m, rec in mine}
+            for milestone, recorded in rungs:
+                target = by_milestone.get(float(milestone))
+                if target is not None:
+                    target.clear()
+                    target.update({tid: tuple(v) if isinstance(v, list) else v for tid, v in recorded.items()})
+        if hasattr(self.scheduler, "_trial_info"):
+            self.scheduler._trial_info.clear()
+            self.scheduler._trial_info.update({tid: brackets[i] for tid, i in saved["trial_bracket"].items()})
+        for key, value in saved.get("counters", {}).items():
+            if key in self.COUNTERS and hasattr(self.scheduler, key):
+                setattr(self.scheduler, key, value)
+        rng = getattr(self.scheduler, "_rng", None)
+        if "rng" in saved and rng is not None and hasattr(rng, "bit_generator"):
+            rng.bit_generator.state = saved["rng"]
+        recorded = sum(len(rec) for bracket in brackets for _, rec in self._rungs(bracket))
         print(f"gce-search: scheduler state restored ({recorded} result(s) recorded at rungs)", flush=True)
 
 
