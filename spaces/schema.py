@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 import sys
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from typing import Any, Iterable, Iterator
 import yaml
 
 from trainables.config import DEFAULTS, NULLABLE, SCHEMA, check_breakpoints, deep_merge, get_path, parse_override
-from trainables.config import pin_threads, problems_of, resolve, set_path
+from trainables.config import MAX_SEED, pin_threads, problems_of, resolve, set_path, trial_problems
 from trainables.registry import ConfigError, Param
 
 SPACES_DIR = Path(__file__).resolve().parent
@@ -36,10 +37,14 @@ ENTRY_SECTIONS = ("loss", "model")
 SEARCH_SCHEMA: dict[str, Param] = {
     "sampler": Param("tpe", kind="str", doc="search.space.SAMPLERS key"),
     "num_samples": Param(16, low=1, kind="int", doc="trials in the search"),
-    "seed": Param(0, low=0, kind="int", doc="seeds the sampler"),
+    # Optuna's samplers seed numpy's RandomState, which takes 0 .. 2^32 - 1
+    "seed": Param(0, low=0, high=MAX_SEED, kind="int", doc="seeds the sampler"),
     "max_concurrent": Param(None, low=1, kind="int", doc="trials running at once; null: as resources allow"),
     "timeout_s": Param(None, low=0.0, low_inclusive=False, doc="wall-clock budget of the search, seconds"),
 }
+
+# Ray keeps resource amounts in units of 1e-4 (ray_constants.RESOURCE_UNIT_SCALING): a smaller request is 0.
+RESOURCE_UNIT = 1e-4
 
 RESOURCES_SCHEMA: dict[str, Param] = {
     "cpus_per_trial": Param(1, low=0.0, low_inclusive=False, doc="CPUs reserved per trial (fractions allowed)"),
@@ -343,29 +348,119 @@ def _float_string(value: Any) -> Any:
     return value
 
 
-def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; ConfigError with the line number on a syntax error or a duplicate key."""
+# Bounds on what a YAML file may expand to. A space file holds a few hundred values; PyYAML shares an aliased node
+# between its uses, but every later walk over the document (validation, copies, the spec written to the experiment,
+# TensorBoard's hparams) expands it, so ten nested aliases of ten would be 10^10 values ("billion laughs").
+MAX_YAML_BYTES = 4 * 2**20
+MAX_YAML_NODES = 100_000  # values after alias expansion: an alias counts its whole target each time it is used
+MAX_YAML_DEPTH = 100  # nesting levels; Python's recursion limit would end a deeper document with a traceback
+MAX_CHOICES = 1000  # values of one categorical parameter
+
+
+def _utf8_text(path: Path, data: bytes) -> str:
+    """The text of a YAML file's bytes; ConfigError naming the file when it is not UTF-8 text."""
+    valid = "valid: a UTF-8 text file of YAML"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError([f"{path}: UTF-16 or UTF-32 text (byte-order mark {data[:2].hex(' ')}); {valid} (convert it, "
+                           f"e.g. iconv -f UTF-16 -t UTF-8)"], str(path))
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise ConfigError([f"{path}: a NUL byte at offset {nul}: a binary file, or UTF-16/32 text; {valid}"],
+                          str(path))
     try:
-        text = path.read_text()
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); {valid}"],
+                          str(path)) from None
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _expansion_problem(root: yaml.Node) -> str | None:
+    """What is wrong with the size or shape of a composed document once its aliases are expanded, or None.
+
+    Iterative, with each node's expanded size and height computed once (an aliased node is one object in the
+    composed graph), so a document that would expand to 10^30 values is measured in the time of its text."""
+    sizes: dict[int, int] = {}
+    heights: dict[int, int] = {}
+    open_nodes: set[int] = set()  # the nodes on the current path: an alias back to one of them is a cycle
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            heights[key] = 1 + max((heights[id(c)] for c in children), default=0)
+            line = node.start_mark.line + 1
+            if sizes[key] > MAX_YAML_NODES:
+                return (f"line {line}: this value expands to more than {MAX_YAML_NODES} values (an alias counts its "
+                        f"anchor's whole value each time it is used); valid: at most {MAX_YAML_NODES} values")
+            if heights[key] > MAX_YAML_DEPTH:
+                return f"line {line}: nested more than {MAX_YAML_DEPTH} levels deep; valid: at most {MAX_YAML_DEPTH}"
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            return (f"line {node.start_mark.line + 1}: an alias refers to a value that contains it (a recursive "
+                    f"value); valid: aliases to values defined before and outside them")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return None
+
+
+def _syntax_error(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    what = f"{what} ({context})" if context else what
+    return f"{where}YAML syntax error: {what}; valid: YAML (check indentation, colons, brackets and quotes)"
+
+
+def read_yaml(path: Path | str) -> Any:
+    """Parse a YAML file; ConfigError with the line number on a syntax error or a duplicate key, and for a file
+    that is not UTF-8 text, a directory, or a document beyond MAX_YAML_BYTES / MAX_YAML_NODES / MAX_YAML_DEPTH.
+
+    Every YAML file gce-search reads (space files, trial configs, studies, exports, an experiment's spec) goes
+    through here, so each gets the same checks and reads `1e-3` as a float."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError([f"{path}: is a directory; valid: a YAML file"], str(path))
+    try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError([f"{path}: {size} bytes; valid: a YAML file of at most {MAX_YAML_BYTES} bytes"],
+                              str(path))
+        data = path.read_bytes()
     except OSError as err:
         raise ConfigError([f"{path}: cannot read ({err.strerror}); valid: a readable YAML file"]) from None
-    loader = _SpaceLoader(text)
+    loader = _SpaceLoader(_utf8_text(path, data))
     loader.duplicates = []
     try:
-        data = loader.get_single_data()
+        node = loader.get_single_node()
+        problem = _expansion_problem(node) if node is not None else None
+        if problem is not None:
+            raise ConfigError([problem], str(path))
+        doc = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        what = getattr(err, "problem", None) or str(err).splitlines()[0]
-        context = getattr(err, "context", None)
-        what = f"{what} ({context})" if context else what
-        raise ConfigError([f"{where}YAML syntax error: {what}; valid: YAML (check indentation, colons, brackets "
-                           f"and quotes)"], str(path)) from None
+        raise ConfigError([_syntax_error(err)], str(path)) from None
+    except RecursionError:
+        raise ConfigError([f"nested more than {MAX_YAML_DEPTH} levels deep; valid: at most {MAX_YAML_DEPTH}"],
+                          str(path)) from None
     finally:
         loader.dispose()
     if loader.duplicates:
         raise ConfigError(list(loader.duplicates), str(path))
-    return data
+    return doc
 
 
 def shipped_spaces() -> list[str]:
@@ -378,6 +473,9 @@ def locate(path_or_name: str) -> Path:
     candidate = Path(path_or_name).expanduser()
     if candidate.is_file():
         return candidate
+    if candidate.is_dir():
+        raise ConfigError([f"{path_or_name}: is a directory; valid: a path to a space YAML file or the name of a "
+                           f"shipped space ({', '.join(shipped_spaces())})"])
     if "/" not in path_or_name and "\\" not in path_or_name:
         shipped = SPACES_DIR / (path_or_name if path_or_name.endswith(".yaml") else f"{path_or_name}.yaml")
         if shipped.is_file():
@@ -570,6 +668,11 @@ def spec_from_dict(raw: Any, overrides: Iterable[str] = (), source: str = "", de
     if isinstance(gpus, (int, float)) and not isinstance(gpus, bool) and gpus > 1 and not float(gpus).is_integer():
         # Ray packs fractional GPUs only below one device; above one it reserves whole devices.
         ck.add(f"resources.gpus_per_trial: got {gpus!r}; valid: a fraction <= 1 or a whole number of GPUs")
+    if _is_number(gpus) and 0 < gpus < RESOURCE_UNIT:
+        ck.add(f"resources.gpus_per_trial: got {gpus!r}, which Ray rounds to 0; valid: 0 or at least {RESOURCE_UNIT:g}")
+    cpus = resources.cpus_per_trial
+    if _is_number(cpus) and 0 < cpus < RESOURCE_UNIT:
+        ck.add(f"resources.cpus_per_trial: got {cpus!r}, which Ray rounds to 0; valid: at least {RESOURCE_UNIT:g}")
 
     # -- the fixed trial config
     fixed = {k: copy.deepcopy(raw[k]) for k in TRIAL_SECTIONS if k in raw and raw[k] is not None}
@@ -582,6 +685,10 @@ def spec_from_dict(raw: Any, overrides: Iterable[str] = (), source: str = "", de
         ck.add(f"space: expected a mapping of searched parameters, got {type(space_raw).__name__}; "
                f"valid: e.g. {{train.lr: {{low: 1.0e-3, high: 0.3, log: true}}}}")
         space_raw = {}
+    if not space_raw and isinstance(raw.get("space", {}), (dict, type(None))):
+        ck.add("space: no searched parameters, so every trial would train the same config; valid: a space: mapping "
+               "of at least one parameter, e.g. space: {train.lr: {low: 1.0e-3, high: 0.3, log: true}} (see "
+               "docs/spaces.md; to train one fixed config, use gce-search train)")
     params = _parse_space(ck, space_raw, fixed)
 
     # -- fixed settings, checked like a trial config. A loss/model section whose name is searched is checked with
@@ -614,8 +721,35 @@ def spec_from_dict(raw: Any, overrides: Iterable[str] = (), source: str = "", de
         takes = _entry_params(section, name_choice) or {}
         base_partial[section].update({k: v for k, v in values.items() if k in takes})
     base_config = pin_threads(resolve(base_partial, source), resources.cpus_per_trial)  # recorded: a retrain matches
-    return SearchSpec(name=name, description=description, base_config=base_config, params=params, search=search,
+    spec = SearchSpec(name=name, description=description, base_config=base_config, params=params, search=search,
                       scheduler=scheduler, resources=resources, entry_fixed=entry_fixed, source=source)
+    # Settings that are valid alone but not together fail in every trial: checked on the fixed settings and at
+    # each end of every searched range (one parameter at a time, the others at their fixed or default values).
+    problems = []
+    for where, cfg in extreme_configs(spec):
+        problems += [f"{where}{p}" for p in trial_problems(cfg) if f"{where}{p}" not in problems]
+    if problems:
+        raise ConfigError(problems, source)
+    return spec
+
+
+def extreme_configs(spec: SearchSpec) -> Iterator[tuple[str, dict]]:
+    """(where, resolved config): the base config (where ''), then, for each searched setting outside the loss and
+    model sections, the base config with that setting at each end of its range or at each of its choices (where
+    'space.<key> at <value>: '). Values the config check refuses are left out: their own check reports them."""
+    yield "", spec.base_config
+    for p in spec.params:
+        if p.entry is not None or p.path in ("loss.name", "model.name") or p.kind == "breakpoints":
+            continue
+        values = [p.low, p.high] if p.kind in ("float", "int") else list(p.choices or [])
+        for value in values:
+            cfg = copy.deepcopy(spec.base_config)
+            set_path(cfg, p.path, copy.deepcopy(value))
+            try:
+                cfg = resolve(cfg)
+            except ConfigError:
+                continue
+            yield f"space.{p.key} at {_fmt(value)}: ", cfg
 
 
 def _parse_scheduler(ck: _Checker) -> SchedulerSettings:
@@ -711,6 +845,14 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_finite(v: Any) -> bool:
+    """A number that is finite as a float (a 400-digit integer is not: float() of it overflows)."""
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
 def _parse_space(ck: _Checker, space_raw: dict, fixed: dict) -> list[SpaceParam]:
     params: list[SpaceParam] = []
     for key, spec in space_raw.items():
@@ -757,7 +899,7 @@ def _parse_range(ck: _Checker, key: str, path: str, entry, spec: dict) -> SpaceP
     where = f"space.{key}"
     target = _target_param(path, entry)
     ok = True
-    if target is not None and (target.choices is not None or target.kind in ("bool", "str", "list")):
+    if target is not None and (target.choices is not None or target.kind in ("bool", "auto_bool", "str", "list")):
         ck.add(f"{where}: {path} is not numeric; valid: choices: [...] ({target.describe()})")
         return None
     low, high = spec.get("low"), spec.get("high")
@@ -767,6 +909,9 @@ def _parse_range(ck: _Checker, key: str, path: str, entry, spec: dict) -> SpaceP
             ok = False
         elif not _is_number(v):
             ck.add(f"{where}.{name}: got {v!r}; valid: a number")
+            ok = False
+        elif not _is_finite(v):
+            ck.add(f"{where}.{name}: got {v!r}; valid: a finite number")
             ok = False
     kind = spec.get("type")
     if kind is not None and kind not in ("float", "int"):
@@ -786,7 +931,7 @@ def _parse_range(ck: _Checker, key: str, path: str, entry, spec: dict) -> SpaceP
         ck.add(f"{where}.log: got {log!r}; valid: true or false")
         ok, log = False, False
     step = spec.get("step")
-    if step is not None and (not _is_number(step) or step <= 0):
+    if step is not None and (not _is_number(step) or not _is_finite(step) or step <= 0):
         ck.add(f"{where}.step: got {step!r}; valid: a number > 0")
         ok, step = False, None
     if not ok:
@@ -844,6 +989,10 @@ def _parse_choices(ck: _Checker, key: str, path: str, entry, spec: dict) -> Spac
     if not isinstance(choices, list) or not choices:
         ck.add(f"{where}: got {choices!r}; valid: a non-empty list of values")
         return None
+    if len(choices) > MAX_CHOICES:
+        ck.add(f"{where}: {len(choices)} choices; valid: at most {MAX_CHOICES} (for a numeric setting, a low/high "
+               f"range)")
+        return None
     ok = True
     for i, c in enumerate(choices):
         if c in choices[:i]:
@@ -891,6 +1040,12 @@ def _parse_breakpoints(ck: _Checker, key: str, path: str, spec: dict) -> SpacePa
             ck.add(f"{where}.{k}: got {v!r}; valid: a number")
             ok = False
         values[k] = v
+    if not ok:
+        return None
+    for k, v in values.items():
+        if not math.isfinite(v):
+            ck.add(f"{where}.{k}: got {v!r}; valid: a finite number")
+            ok = False
     if not ok:
         return None
     low, high, gap = float(values["low"]), float(values["high"]), float(values["min_gap"])
@@ -1009,7 +1164,17 @@ def _check_cross(ck: _Checker, params: list[SpaceParam], fixed: dict, full: dict
             searched = [q for q in by_path.get(path, []) if q is not p]
             if searched:
                 q = searched[0]
-                if q.kind != "categorical" or any(v in q.choices for v in allowed):
+                if q.kind != "categorical":
+                    if not any(_range_can_draw(q, v) for v in allowed):
+                        drawn = (f"a continuous range [{_fmt(q.low)}, {_fmt(q.high)}]" if q.kind == "float" else
+                                 f"the integers {_fmt(q.low)} .. {_fmt(q.high)}" + (f" step {_fmt(q.step)}" if q.step
+                                                                                   else "")
+                                 if q.kind == "int" else "a continuous breakpoint vector")
+                        ck.add(f"{where}.when: never active: it needs {path} in {list(allowed)} but {path} is "
+                               f"searched over {drawn}, which never gives exactly those values; valid: a condition on "
+                               f"a categorical parameter or a fixed setting (e.g. search {path} with choices)")
+                    continue
+                if any(v in q.choices for v in allowed):
                     continue
                 if p.entry is not None and path == f"{p.entry[0]}.name":
                     ck.add(f"{where}: {p.entry[0]} {p.entry[1]!r} is not among the searched {path} choices "
@@ -1058,6 +1223,14 @@ def _check_cross(ck: _Checker, params: list[SpaceParam], fixed: dict, full: dict
                    f"valid: 1 .. {longest}")
     elif _is_number(grace) and _is_number(epochs) and "train.epochs" not in ck.unparsed and grace > epochs:
         ck.add(f"scheduler.grace_period: {grace} is more than train.epochs ({epochs}); valid: 1 .. {epochs}")
+
+
+def _range_can_draw(q: SpaceParam, value: Any) -> bool:
+    """Whether the searched range `q` can give exactly `value` (a float range: never, in practice)."""
+    if q.kind != "int" or not _is_number(value) or not float(value).is_integer():
+        return False
+    step = int(q.step or 1)
+    return q.low <= value <= q.high and (int(value) - int(q.low)) % step == 0
 
 
 def _order(ck: _Checker, params: list[SpaceParam]) -> list[SpaceParam]:

@@ -65,15 +65,25 @@ DEFAULTS: dict[str, Any] = {
 
 _FRACTION_OR_COUNT = "a fraction in (0, 1) or a count >= 1"
 
+# Seeds go to torch.manual_seed (at most 2^64 - 1, after offsets added per rank) and numpy's legacy seeding (at
+# most 2^32 - 1); one 32-bit range keeps every consumer in bounds.
+MAX_SEED = 2**32 - 1
+# ECE bins: a histogram over [0, 1]; beyond a thousand bins every bin of a validation split is nearly empty, and a
+# huge count only allocates (objective.n_bins: 1e9 would ask for 1e9 bins).
+MAX_BINS = 1000
+# torch intra-op threads: a fixed bound (not this machine's cpu count), so that a config validates the same on
+# every machine; more threads than this only oversubscribe any existing node.
+MAX_THREADS = 1024
+
 # Fixed-key checks; loss, model and dataset parameters are checked against their registries.
 SCHEMA: dict[str, Param] = {
-    "seed": Param(0, low=0, kind="int"),
+    "seed": Param(0, low=0, high=MAX_SEED, kind="int"),
     "data.name": Param("digits", kind="str"),
     "data.root": Param(None, kind="str"),
     "data.subset": Param(None, kind="str"),
     "data.download": Param(False, kind="bool"),
     "data.imbalance": Param(None, low=1.0),
-    "data.split_seed": Param(0, low=0, kind="int"),
+    "data.split_seed": Param(0, low=0, high=MAX_SEED, kind="int"),
     "data.calib": Param(0.15, low=0.0, low_inclusive=False),
     "data.val": Param(0.15, low=0.0, low_inclusive=False),
     "data.test": Param(None, low=0.0, low_inclusive=False),
@@ -98,14 +108,14 @@ SCHEMA: dict[str, Param] = {
     "train.device": Param("auto", choices=("auto", "cpu", "cuda")),
     "train.workers": Param(1, low=1, kind="int"),
     "train.eval_batch_size": Param(1024, low=1, kind="int"),
-    "train.threads": Param(None, low=1, kind="int"),
+    "train.threads": Param(None, low=1, high=MAX_THREADS, kind="int"),
     "calibration.method": Param("ats", kind="str"),
     "calibration.breakpoints": Param([0.5, 0.8, 0.95], kind="list"),
     "calibration.min_samples": Param(50, low=1, kind="int"),
     "calibration.prior_samples": Param(10.0, low=0.0),
     "objective.w_acc": Param(1.0, low=0.0),
     "objective.w_ece": Param(1.0, low=0.0),
-    "objective.n_bins": Param(15, low=1, kind="int"),
+    "objective.n_bins": Param(15, low=1, high=MAX_BINS, kind="int"),
 }
 
 # Keys whose value may be null (then the documented default behaviour applies).
@@ -263,6 +273,18 @@ def resolve(partial: dict | None = None, source: str = "") -> dict:
     if problems:
         raise ConfigError(problems, source)
     return cfg
+
+
+def trial_problems(cfg: dict) -> list[str]:
+    """Problems between settings of a resolved config that each look valid alone (run before anything starts)."""
+    tc = cfg["train"]
+    problems = []
+    if tc["batch_size"] % tc["workers"]:
+        problems.append(f"train.batch_size: got {tc['batch_size']} with train.workers {tc['workers']}; valid: a "
+                        f"multiple of train.workers (every process gets an equal share of the global batch)")
+    if tc["optimizer"] == "sgd" and tc["nesterov"] and tc["momentum"] <= 0:
+        problems.append("train.nesterov: true needs train.momentum > 0; valid: momentum in (0, 1) or nesterov false")
+    return problems
 
 
 def threads_for(cpus_per_trial: float, workers: int = 1) -> int:

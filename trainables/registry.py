@@ -51,15 +51,16 @@ class Param:
             return None if isinstance(value, (list, tuple)) else f"got {value!r}"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"got {value!r}"
-        if self.kind == "int" and not float(value).is_integer():
+        # A Python int is compared as it is: float() of a 400-digit integer raises OverflowError.
+        if isinstance(value, float) and not math.isfinite(value):
             return f"got {value!r}"
-        v = float(value)
-        if not math.isfinite(v):
+        if self.kind == "int" and isinstance(value, float) and not value.is_integer():
             return f"got {value!r}"
         if self.low is not None and (v < self.low or (v == self.low and not self.low_inclusive)):
             return f"got {value!r}"
         if self.high is not None and (v > self.high or (v == self.high and not self.high_inclusive)):
             return f"got {value!r}"
+        v = value
         return None
 
     def check(self, name: str, value: Any) -> Any:
