@@ -6,6 +6,7 @@ the experiment directory gets `spec.yaml`, and Ray Tune runs Optuna's define-by-
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -22,7 +23,10 @@ DEFAULT_SPACE = "quickstart"
 DEFAULT_STORAGE = "./gce-search-results"
 SPEC_FILE = "spec.yaml"
 JOURNAL_FILE = "optuna.journal"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # whole name (fullmatch: `$` would allow a final newline)
+MAX_NAME_BYTES = 255  # one directory name on every common filesystem
+# URI schemes of the filesystems pyarrow (hence Ray Tune's storage_path) opens.
+STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 # host:port, ray://host:port, or the two keywords ray.init understands.
 ADDRESS_PATTERN = re.compile(r"^(auto|local|(ray|ray\+tls)://[^\s/:]+:\d{1,5}|[^\s/:]+:\d{1,5})$")
 
@@ -69,14 +73,73 @@ def experiment_exists(storage: str, name: str) -> bool:
         return os.path.exists(os.path.join(storage, name))
     import pyarrow.fs
 
-    fs, root = pyarrow.fs.FileSystem.from_uri(storage.rstrip("/") + "/" + name)
-    return fs.get_file_info(root).type != pyarrow.fs.FileType.NotFound
+    try:
+        fs, root = pyarrow.fs.FileSystem.from_uri(storage.rstrip("/") + "/" + name)
+        return fs.get_file_info(root).type != pyarrow.fs.FileType.NotFound
+    except (OSError, ValueError, pyarrow.ArrowException) as err:
+        raise UsageError(f"--storage {storage!r}: cannot be opened ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); valid: a local directory or a URI "
+                         f"this machine can reach with its credentials") from None
 
 
-def check_name(name: str) -> None:
-    if not NAME_PATTERN.match(name):
-        raise UsageError(f"--name {name!r}: not a usable experiment name; valid: letters, digits and . _ + - "
+def check_storage_arg(storage: str) -> None:
+    """A resolved --storage that Ray Tune can write to: a URI of a filesystem pyarrow opens, or a local path
+    that is (or can be created as) a writable directory."""
+    if is_uri(storage):
+        scheme = storage.split("://", 1)[0].lower()
+        if scheme not in STORAGE_SCHEMES:
+            raise UsageError(f"--storage {storage!r}: unsupported URI scheme {scheme!r}; valid: a local directory "
+                             f"or a URI with one of {', '.join(s + '://' for s in STORAGE_SCHEMES)}")
+        return
+    existing = storage
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        what = "is a file" if existing == storage else f"is inside {existing}, which is a file"
+        raise UsageError(f"--storage {storage!r}: {what}; valid: a directory (created if missing) or a URI")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--storage {storage!r}: {existing} is not writable by this user; valid: a directory you "
+                         f"can write to")
+
+
+def check_name(name: str, what: str | None = None) -> None:
+    """Refuse an experiment name that is not one portable directory name. `what` names where it came from
+    (default: --name)."""
+    what = what or f"--name {name!r}"
+    if not NAME_PATTERN.fullmatch(name):
+        raise UsageError(f"{what}: not a usable experiment name; valid: letters, digits and . _ + - "
                          f"(no path separators), starting with a letter or digit")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise UsageError(f"{what}: {len(name.encode())} bytes; valid: at most {MAX_NAME_BYTES} bytes (one directory "
+                         f"name)")
+
+
+def claim_experiment_dir(exp_dir: str) -> list[str]:
+    """Create the experiment directory, atomically: of two runs given one name, the second is refused here,
+    before it starts Ray. Returns the directories created (the experiment's, and any missing parents), for
+    release_experiment_dir should a later check refuse the run."""
+    created = []
+    parent = os.path.dirname(exp_dir)
+    while not os.path.isdir(parent):
+        created.append(parent)
+        parent = os.path.dirname(parent)
+    os.makedirs(os.path.dirname(exp_dir), exist_ok=True)
+    try:
+        os.mkdir(exp_dir)
+    except FileExistsError:
+        raise UsageError(f"experiment {os.path.basename(exp_dir)!r} already exists in {os.path.dirname(exp_dir)} "
+                         f"(another run may have just taken the name); valid: another --name, or `gce-search "
+                         f"resume {exp_dir}` to finish it") from None
+    return [exp_dir, *created]
+
+
+def release_experiment_dir(created: list[str]) -> None:
+    """Remove what claim_experiment_dir created, where nothing has been written into it since."""
+    for path in created:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
 
 
 def check_address(address: str) -> None:
@@ -103,12 +166,29 @@ def probe_address(address: str, timeout_s: float = 5.0) -> None:
                          f"out for a local instance") from None
 
 
+_GPU_NOTICE_GIVEN: set[int] = set()  # id() of the specs whose GPU request was dropped (one notice per run)
+
+
 def trial_resources(spec) -> dict[str, float]:
+    """The per-trial resource bundle. `resources.gpus_per_trial` takes effect only where GPUs exist: on a cluster
+    without any (once Ray is connected) a trial that may run on a CPU (`train.device: auto`) asks for CPUs only, so
+    a GPU-sized space runs on a laptop instead of waiting forever; one notice says so."""
     res = spec.resources
     bundle = {"CPU": float(res.get("cpus_per_trial", 1))}
     gpus = float(res.get("gpus_per_trial", 0) or 0)
     if gpus > 0:
         bundle["GPU"] = gpus
+        import ray
+
+        device = spec.base_config.get("train", {}).get("device", "auto")
+        searched_device = any(p.path == "train.device" for p in spec.params)
+        if (ray.is_initialized() and device == "auto" and not searched_device
+                and not ray.cluster_resources().get("GPU", 0)):
+            del bundle["GPU"]
+            if id(spec) not in _GPU_NOTICE_GIVEN:
+                _GPU_NOTICE_GIVEN.add(id(spec))
+                print(f"gce-search: no GPU in this cluster: resources.gpus_per_trial {gpus:g} ignored, each trial "
+                      f"runs on {bundle['CPU']:g} CPU(s) (train.device: auto)", flush=True)
     return bundle
 
 
@@ -248,7 +328,8 @@ class SchedulerState(Callback):
         brackets = list(getattr(self.scheduler, "_brackets", []))
         state = {
             "format": self.FORMAT,
-            "rungs": [[[milestone, {tid: list(v) if isinstance(v, tuple) else float(v) for tid, v in rec.items()}]
+            "rungs": [[[milestone, {tid: [float(x) for x in v] if isinstance(v, tuple) else float(v)
+                                   for tid, v in rec.items()}]
                        for milestone, rec in self._rungs(b)] for b in brackets],
             "trial_bracket": {tid: next(i for i, b in enumerate(brackets) if b is bracket)
                               for tid, bracket in getattr(self.scheduler, "_trial_info", {}).items()
@@ -385,6 +466,9 @@ def build_tuner(spec, storage: str, name: str, exp_dir: str, progress, slots: in
     )
     if spec.search.get("timeout_s"):
         run_config.callbacks.append(TimeBudget(spec.search["timeout_s"]))
+    from search.state import StateBackup
+
+    run_config.callbacks.append(StateBackup())
     if trainable is None:
         trainable = build_trainable(spec)
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), searcher
@@ -462,41 +546,57 @@ def finish(exp_dir: str, grid, searcher, started: float, timeout_s: float | None
         searcher.on_trial_complete(trial_id, result=None)
     if searcher is not None and hasattr(searcher, "fail_orphans"):
         searcher.fail_orphans()
-    summarize(exp_dir, grid, started)
-    return 0
+    return summarize(exp_dir, grid, started)
 
 
-def summarize(exp_dir: str, grid, started: float) -> None:
+def summarize(exp_dir: str, grid, started: float) -> int:
+    """Write the result files and print the closing summary; 0 when a trial produced a usable result, else 1.
+
+    The counts come from the same trial records as the front and the files (search.results), so what is printed
+    agrees with pareto.csv and summary.json; Ray's grid only fills in trials without a record there."""
     from search.progress import print_summary, trial_outcome
 
-    outcomes = {"complete": 0, "stopped": 0, "diverged": 0, "error": 0}
-    for result in grid:
-        outcomes[trial_outcome(result.metrics, errored=result.error is not None)] += 1
+    outcomes = {"complete": 0, "degenerate": 0, "stopped": 0, "diverged": 0, "error": 0}
     front = None
     try:
         from search.results import load_experiment, write_results
-    except ImportError:
-        write_results = None
-    if write_results is not None and outcomes["complete"]:
+
+        exp = load_experiment(exp_dir)
+    except Exception as err:  # an unreadable directory: Ray's own view of the trials still tells what happened
+        print(f"(results not read: {type(err).__name__}: {err}; run `gce-search pareto {exp_dir}`)")
+        exp = None
+    recorded = {t.trial_id for t in exp.trials} if exp is not None else set()
+    for trial in exp.trials if exp is not None else []:
+        outcomes[trial.status] = outcomes.get(trial.status, 0) + 1
+    for result in grid:
+        folder = os.path.basename(str(getattr(result, "path", "") or ""))
+        trial_id = (result.metrics or {}).get("trial_id") or folder[len("trial_"):]
+        if trial_id not in recorded:
+            outcome = trial_outcome(result.metrics, errored=result.error is not None)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    if exp is not None and exp.complete():
         try:
-            write_results(exp_dir)
-            exp = load_experiment(exp_dir)
+            write_results(exp_dir, experiment=exp)
             front = [{"trial_id": t.trial_id, "loss": t.loss, "val/acc": t.metric("val/acc"),
                       "val/ece": t.metric("val/ece"), "score": t.metric("score")} for t in exp.front()]
         except Exception as err:  # the search itself succeeded; say why the files are missing instead of failing
             print(f"(results files not written: {type(err).__name__}: {err}; run `gce-search pareto {exp_dir}`)")
     if front is None:
         front = grid_front(grid)
-    print_summary(exp_dir, outcomes, front, wall_s=time.time() - started)
+    usable = print_summary(exp_dir, outcomes, front, wall_s=time.time() - started)
+    return 0 if usable else 1
 
 
 def grid_front(grid) -> list[dict]:
+    """The front from Ray's grid, when the trial records could not be read: complete trials by trial_outcome."""
     from search.pareto import pareto_front
+    from search.progress import trial_outcome
 
     rows = []
     for result in grid:
         m = result.metrics or {}
-        if result.error is None and m.get("final") is True and m.get("status") != "diverged":
+        if trial_outcome(m, errored=result.error is not None) == "complete" and all(
+                isinstance(m.get(k), (int, float)) and math.isfinite(m[k]) for k in ("val/acc", "val/ece")):
             rows.append({"trial_id": m.get("trial_id"),
                          "loss": ((result.config or {}).get("trial_config") or {}).get("loss", {}).get("name"),
                          "val/acc": m.get("val/acc"), "val/ece": m.get("val/ece"), "score": m.get("score")})
@@ -521,9 +621,22 @@ def cmd_run(args) -> int:
     started = time.time()
     space = args.space or DEFAULT_SPACE
     spec = load_and_validate(space, list(args.overrides or []))
+    if args.address is not None:
+        check_address(args.address)
     storage = resolve_storage(args.storage)
+    check_storage_arg(storage)
+    if args.name is None:
+        check_name(spec.name, what=f"name: {spec.name!r} in {spec.source or space} (the default experiment name is "
+                                   f"it plus a timestamp; or give --name)")
     name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_name(name)
+    if args.address is None and job_address() is None:
+        # A local search reads the data here; a cluster's nodes may hold data this machine has not.
+        from spaces.schema import data_problems_of
+
+        problems = data_problems_of(spec)
+        if problems:
+            raise ConfigError(problems, spec.source)
     if experiment_exists(storage, name):
         where = storage if is_uri(storage) else os.path.join(storage, name)
         raise UsageError(f"experiment {name!r} already exists in {storage}; valid: another --name, or "
@@ -534,27 +647,39 @@ def cmd_run(args) -> int:
         exp_dir = os.path.join(os.path.abspath(DEFAULT_STORAGE), name)
     else:
         exp_dir = os.path.join(storage, name)
-    if args.address is not None:
-        check_address(args.address)
+    claimed = claim_experiment_dir(exp_dir)
 
     import ray
 
-    owns_ray = connect_ray(args.address)
-    previous_environment: dict[str, str | None] = {}
+    from search.progress import ProgressPrinter, quiet_ray_notices
+
+    notices = quiet_ray_notices()
+    owns_ray = False
     try:
+        say_starting_ray(args.address)
+        owns_ray = connect_ray(args.address)
         check_resources(trial_resources(spec), ray.nodes())
         check_storage(storage, ray.nodes(), ray.get_runtime_context().get_node_id())
-        os.makedirs(exp_dir, exist_ok=False)
         write_spec(exp_dir, spec)
+    except BaseException:
+        release_experiment_dir(claimed)
+        notices.log_in(None)
+        if owns_ray:
+            ray.shutdown()
+        raise
+    previous_environment: dict[str, str | None] = {}
+    try:
+        notices.log_in(exp_dir)
         previous_environment = configure_tune_environment()
-        from search.progress import ProgressPrinter
-
-        progress = ProgressPrinter(max_t=max_epochs(spec))
         print(f"gce-search: space {spec.name!r}, {spec.search.get('num_samples')} trials, "
               f"{trial_resources(spec)} per trial, cluster {_cluster_words()}; experiment {exp_dir}", flush=True)
         slots = cluster_slots(trial_resources(spec), ray.nodes())
+        progress = ProgressPrinter.for_spec(spec, name, slots, max_epochs(spec))
         tuner, searcher = build_tuner(spec, storage, name, exp_dir, progress, slots=slots)
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        finally:
+            progress.close()
         if is_uri(storage):  # trials in the bucket, the driver's files here: one complete copy in each (cluster.py)
             pull_experiment(storage, name, exp_dir)
         code = finish(exp_dir, grid, searcher, started, spec.search.get("timeout_s"),
@@ -564,6 +689,7 @@ def cmd_run(args) -> int:
             push_driver_files(exp_dir, storage, name)
         return code
     finally:
+        notices.log_in(None)
         restore_environment(previous_environment)
         if owns_ray:
             ray.shutdown()
@@ -590,35 +716,133 @@ def cmd_resume(args) -> int:
     address = getattr(args, "address", None)
     if address is not None:
         check_address(address)
+    journal = os.path.join(exp_dir, JOURNAL_FILE)
+    notes, expected = recover_for_resume(exp_dir, journal)
+    for note in notes:
+        print(f"gce-search: {note}", flush=True)
 
     import ray
 
+    from search.progress import ProgressPrinter, quiet_ray_notices
+
+    notices = quiet_ray_notices(exp_dir)
+    say_starting_ray(address)
     owns_ray = connect_ray(address)
     previous_environment: dict[str, str | None] = {}
+    progress = None
     try:
         check_resources(trial_resources(spec), ray.nodes())
         check_storage(os.path.dirname(exp_dir), ray.nodes(), ray.get_runtime_context().get_node_id())
         previous_environment = configure_tune_environment()
         print(f"gce-search: resuming {exp_dir}, cluster {_cluster_words()}", flush=True)
         # Searcher, scheduler and callbacks come back from Ray's tuner.pkl; the searcher's own restore() then
-        # reconciles its saved state with the Optuna journal.
-        tuner = tune.Tuner.restore(exp_dir, trainable=build_trainable(spec), resume_unfinished=True,
-                                   resume_errored=True)
+        # reconciles its saved state with the Optuna journal of this directory.
+        try:
+            tuner = tune.Tuner.restore(exp_dir, trainable=build_trainable(spec), resume_unfinished=True,
+                                       resume_errored=True)
+        except Exception as err:
+            raise UsageError(f"{os.path.join(exp_dir, 'tuner.pkl')}: Ray could not restore the Tuner from it "
+                             f"({type(err).__name__}: {err}); valid: a tuner.pkl written by `gce-search run` for "
+                             f"this experiment (a copy from the original experiment)") from None
         local = getattr(tuner, "_local_tuner", None)
-        if local is not None:  # make sure the state goes into the scheduler this Tuner runs
-            for callback in local._run_config.callbacks or []:
-                if isinstance(callback, SchedulerState):
-                    callback.scheduler = local._tune_config.scheduler
-        grid = tuner.fit()
-        local = getattr(tuner, "_local_tuner", None)
-        searcher = inner_searcher(local._tune_config.search_alg) if local is not None else None
+        if local is None:
+            raise UsageError(f"{exp_dir}: resume needs the Tuner in this process (not Ray Client)")
+        searcher = inner_searcher(local._tune_config.search_alg)
+        if not hasattr(searcher, "attach_journal"):
+            raise UsageError(f"{os.path.join(exp_dir, 'tuner.pkl')}: its searcher is {type(searcher).__name__}, "
+                             f"not gce-search's; valid: an experiment written by `gce-search run`")
+        searcher.attach_journal(journal)
+        for callback in local._run_config.callbacks or []:  # the state goes into the scheduler this Tuner runs
+            if isinstance(callback, SchedulerState):
+                callback.scheduler = local._tune_config.scheduler
+        progress = next((c for c in local._run_config.callbacks or [] if isinstance(c, ProgressPrinter)), None)
+        guard = ResumeGuard(searcher, expected, exp_dir)
+        local._run_config.callbacks = [*(local._run_config.callbacks or []), guard]
+        try:
+            grid = tuner.fit()
+        except Exception:
+            if guard.failure is None:
+                raise
+            grid = None
+        if guard.failure is None:
+            ran = {t.trial_id for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []}
+            if not expected <= ran:
+                guard.failure = (f"Ray did not restore the run state of {exp_dir}: {len(expected - ran)} of its "
+                                 f"{len(expected)} trial(s) are missing from the run (see Ray's message above)")
+        if guard.failure is not None:
+            print(f"gce-search: resume failed: {guard.failure}", flush=True)
+            return 1
         # the time left of search.timeout_s comes back with Ray's state (TimeBudget)
-        budget = time_budget_of(local._run_config.callbacks) if local is not None else None
+        budget = time_budget_of(local._run_config.callbacks)
         return finish(exp_dir, grid, searcher, started, None, budget)
     finally:
+        if progress is not None:
+            progress.close()
+        notices.log_in(None)
         restore_environment(previous_environment)
         if owns_ray:
             ray.shutdown()
+
+
+def recover_for_resume(exp_dir: str, journal: str) -> tuple[list[str], set[str]]:
+    """Before Ray starts: set aside a torn journal tail, make Ray's saved state readable (search.state); returns
+    what was done and how many trials Ray's state lists. UsageError naming the file when it cannot be done."""
+    from search.state import StateError, expected_trials, recover_state, repair_journal
+
+    notes = []
+    try:
+        torn = repair_journal(journal)
+        if torn:
+            notes.append(torn)
+        notes += recover_state(exp_dir, journal, study_name=None)
+        return notes, expected_trials(exp_dir)
+    except StateError as err:
+        raise UsageError(f"cannot resume: {err}") from None
+    except OSError as err:
+        raise UsageError(f"cannot resume {exp_dir}: {err.filename or ''}: {err.strerror or err}; valid: a "
+                         f"readable, writable experiment directory") from None
+
+
+class ResumeGuard(Callback):
+    """Added by `resume` (not saved with the experiment): at the first step, before Ray asks for new trials,
+    checks that Ray restored every trial of its saved state (Ray logs "Failed to restore the run state" and starts
+    afresh otherwise) and aligns the searcher with Ray's trials (CalibratedOptunaSearch.align_with_ray)."""
+
+    def __init__(self, searcher, expected: set[str], exp_dir: str):
+        self.searcher, self.expected, self.exp_dir = searcher, expected, exp_dir
+        self.checked = False
+        self.failure: str | None = None
+
+    def _check(self, trials) -> bool:
+        self.checked = True
+        missing = self.expected - {t.trial_id for t in trials}
+        if missing:
+            self.failure = (f"Ray restored {len(self.expected) - len(missing)} of the {len(self.expected)} trial(s) "
+                            f"in the experiment state of {self.exp_dir} (see Ray's message above); nothing new was "
+                            f"run. Files set aside by earlier attempts are in "
+                            f"{os.path.join(self.exp_dir, 'state-backup')}")
+            return False
+        for line in self.searcher.align_with_ray(trials):
+            print(f"gce-search: {line}", flush=True)
+        return True
+
+    def on_step_begin(self, iteration, trials, **info):
+        if not self.checked and not self._check(trials):
+            raise RuntimeError(self.failure)
+
+    def on_experiment_end(self, trials, **info):
+        if not self.checked:  # every trial had ended before the interruption: Ray takes no step
+            self._check(trials)
+
+
+def say_starting_ray(address: str | None) -> None:
+    """The first line of a run: Ray takes seconds to start or join, which would otherwise be silence."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or job_address()
+    print(f"gce-search: connecting to Ray at {address}..." if address else "gce-search: starting Ray...", flush=True)
 
 
 def _cluster_words() -> str:

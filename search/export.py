@@ -2,7 +2,8 @@
 
 An export holds everything `gce-search train` needs to retrain the trial and get the same numbers (trials are
 deterministic on CPU): `config:` the fully resolved trial config (data and split seeds, model, loss and its
-parameters, optimiser and schedule with the full epoch budget, calibration with its breakpoints, seed),
+parameters, optimiser and schedule with the full epoch budget, bf16 and channels_last as the trial ran them
+rather than `auto`, calibration with its breakpoints, seed),
 `calibrator:` the fitted temperatures (and the calibrator's state where the checkpoint has it), `source:` the
 experiment and trial, and `metrics:` what the trial had when chosen. Written and read with safe YAML only.
 """
@@ -92,8 +93,11 @@ def export_document(exp, trial, selector: str, rank: int) -> dict:
     calibration = config["calibration"]
     calibrator = {
         "method": calibration["method"],
+    from trainables.precision import pin_precision
+
         "breakpoints": list(calibration["breakpoints"]) if calibration["method"] == "ats" else None,
         "temperatures": trial.temperatures,
+    pin_precision(config, trial.final)  # `auto` becomes what the trial ran with, so a retrain does the same
     }
     state = _calibrator_state(trial)
     if state is not None:

@@ -15,13 +15,15 @@ Resume: the study lives in a JournalStorage file that survives the driver, while
 every experiment checkpoint. After a kill between the two, the journal may be ahead of the saved state: a trial told
 in the journal is not told again, and an Optuna trial asked after the last checkpoint (unknown to Ray after restore)
 is handed to the next trial Ray asks for, so no sampled configuration is lost and no Optuna trial stays RUNNING.
+The saved state is plain JSON without paths, and the pickled searcher in Ray's tuner.pkl carries no study: `resume`
+attaches the journal of the directory it resumes (`attach_journal`), so an experiment can be moved or copied.
 """
 from __future__ import annotations
 
 import logging
 import math
+import json
 import os
-import pickle
 import warnings
 from typing import Any, Callable
 
@@ -59,6 +61,13 @@ def classify(result: dict | None, error: bool, metrics: list[str] = OBJECTIVES) 
     if result.get("final") is True:
         return TrialState.COMPLETE, [float(v) for v in values], "complete"
     return TrialState.PRUNED, None, "stopped"
+
+
+def _dashboard_attrs(result: dict | None, error: bool) -> dict:
+    """What optuna-dashboard shows of a trial beyond its sampled parameters (search.dashboard.trial_user_attrs)."""
+    from search.dashboard import trial_user_attrs
+
+    return trial_user_attrs(result, errored=error)
 
 
 class CalibratedOptunaSearch(OptunaSearch):
@@ -157,6 +166,8 @@ class CalibratedOptunaSearch(OptunaSearch):
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     ot_trial.set_user_attr(f"last {key}", float(value))
         ot_trial.set_user_attr("outcome", outcome)
+        for key, value in _dashboard_attrs(result, error).items():
+            ot_trial.set_user_attr(key, value)
         self._ot_study.tell(ot_trial, values, state=state)
         self._outcomes[trial_id] = outcome
 
@@ -164,7 +175,8 @@ class CalibratedOptunaSearch(OptunaSearch):
         """An errored trial that `gce-search resume` ran again (resume_errored) and that now ended otherwise: Optuna
         cannot re-tell a finished trial, so the retry becomes a new trial with the same parameters, linked to the
         failed attempt by `retry_of` (its Optuna number) and now carrying the Ray trial id."""
-        attrs = {"ray_trial_id": trial_id, "outcome": outcome, "retry_of": failed.number}
+        attrs = {**_dashboard_attrs(result, False), "ray_trial_id": trial_id, "outcome": outcome,
+                 "retry_of": failed.number}
         if result and "epoch" in result:
             attrs["last_epoch"] = result["epoch"]
         retry = optuna.trial.create_trial(
@@ -174,39 +186,61 @@ class CalibratedOptunaSearch(OptunaSearch):
 
     # -- resume ---------------------------------------------------------------------------------------------
 
+    def __getstate__(self) -> dict:
+        # Ray pickles this searcher into tuner.pkl when the search starts. The study, its storage and the journal's
+        # path stay out: the journal is the one in the directory being resumed (attach_journal), so a moved or
+        # copied experiment never reads or writes the original's.
+        state = dict(self.__dict__)
+        for key in ("_ot_study", "_storage"):
+            state[key] = None
+        state["_ot_trials"] = {}
+        state["_journal_path"] = None
+        return state
+
+    def attach_journal(self, journal_path: str) -> None:
+        """Use the Optuna journal at `journal_path` (the resumed experiment's own) from now on."""
+        self._journal_path = os.path.abspath(journal_path)
+        self._storage = open_journal(self._journal_path)
+        self._ot_study = optuna.load_study(
+            study_name=self._study_name, storage=self._storage, sampler=self._sampler,
+            pruner=optuna.pruners.NopPruner())
+        self._ot_trials = {}
+
     def save(self, checkpoint_path: str) -> None:
-        # Only identifiers: the study itself is already on disk in the journal, and Trial objects hold a storage.
+        # Plain JSON (Ray names the file .pkl): only identifiers, the study itself is already on disk in the
+        # journal. No path: the journal is found from the experiment directory (attach_journal).
+        from search.state import SEARCHER_FORMAT
+
         state = {
-            "format": 1,
-            "journal_path": self._journal_path,
+            "format": SEARCHER_FORMAT,
             "study_name": self._study_name,
             "trials": {rid: t._trial_id for rid, t in self._ot_trials.items()},
             "completed": sorted(self._completed_trials),
             "outcomes": dict(self._outcomes),
-            "metric": self._metric,
-            "mode": self._mode,
         }
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(state, f)
+        with open(checkpoint_path, "w") as f:
+            json.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
+        from search.state import parse_searcher_state
+
         with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)
-        if not isinstance(state, dict) or state.get("format") != 1:
-            raise ValueError(f"{checkpoint_path}: not a CalibratedOptunaSearch state (saved by another searcher)")
-        self._journal_path = state["journal_path"]
-        self._study_name = state["study_name"]
-        self._metric, self._mode = state["metric"], state["mode"]
+            state, problem = parse_searcher_state(f.read())
+        if problem is not None:
+            raise ValueError(f"{checkpoint_path}: {problem}; `gce-search resume` rebuilds it from the Optuna journal")
+        if self._journal_path is None:
+            raise RuntimeError("restore: no journal attached (call attach_journal with the experiment's own "
+                               "optuna.journal first)")
         if self._sampler is not None and hasattr(self._sampler, "reseed_rng"):
             # The sampler comes back from Ray's tuner.pkl as it was before the first trial: with its seed intact it
             # would propose the first trials' random start-up points again.
             self._sampler.reseed_rng()
-        self._ot_study = optuna.load_study(
-            study_name=self._study_name, storage=open_journal(self._journal_path), sampler=self._sampler,
-            pruner=optuna.pruners.NopPruner())
-        self._ot_trials = {rid: optuna.Trial(self._ot_study, sid) for rid, sid in state["trials"].items()}
-        self._completed_trials = set(state["completed"])
-        self._outcomes = dict(state["outcomes"])
+        self.attach_journal(self._journal_path)
+        known = {t._trial_id for t in self._ot_study.get_trials(deepcopy=False)}
+        self._ot_trials = {rid: optuna.Trial(self._ot_study, sid) for rid, sid in state["trials"].items()
+                           if sid in known}  # a trial whose creation was torn off the journal is re-found later
+        self._completed_trials = set(state["completed"]) & set(self._ot_trials)
+        self._outcomes = {rid: o for rid, o in state["outcomes"].items() if rid in self._ot_trials}
         # Errored trials run again under resume_errored=True: let their next ending be told (as a retry).
         self._completed_trials -= {rid for rid, outcome in self._outcomes.items() if outcome == "error"}
         self.reconcile()
@@ -230,6 +264,52 @@ class CalibratedOptunaSearch(OptunaSearch):
         ]
         if self._orphans:
             logger.info("%d Optuna trial(s) asked before the interruption will be run now", len(self._orphans))
+
+    def align_with_ray(self, ray_trials) -> list[str]:
+        """Match this searcher with the trials Ray restored (`ray_trials`: objects with trial_id, status and
+        last_result), before Ray asks for anything. Ray's experiment state and this searcher's state are written
+        one after the other and copied separately, and the journal runs ahead of both, so after a kill (or a state
+        put back from its backup) they can disagree:
+
+        - a trial Ray knows but this state does not: found in the journal by its Ray id;
+        - a trial this state knows but Ray does not (asked after Ray's last save): its Optuna trial, if still
+          running, goes to the next trial Ray asks for;
+        - a trial Ray ended (TERMINATED) that Optuna still has running (its ending was told after the journal's
+          last complete record, e.g. a torn tail that was set aside): told now from Ray's last result.
+
+        Returns one line per change."""
+        lines: list[str] = []
+        storage = self._ot_study._storage
+        by_ray_id: dict[str, int] = {}
+        for t in self._ot_study.get_trials(deepcopy=False):
+            rid = t.user_attrs.get("ray_trial_id")
+            if rid is not None:
+                by_ray_id.setdefault(rid, t._trial_id)
+        ray_ids = {t.trial_id for t in ray_trials}
+        for rid in sorted(set(self._ot_trials) - ray_ids):
+            trial = self._ot_trials.pop(rid)
+            self._completed_trials.discard(rid)
+            self._outcomes.pop(rid, None)
+            if not storage.get_trial(trial._trial_id).state.is_finished():
+                self._orphans.append(trial._trial_id)
+                lines.append(f"Optuna trial {trial.number} (asked for {rid}, which Ray's saved state does not "
+                             f"list) goes to the next new trial")
+        for t in ray_trials:
+            rid = t.trial_id
+            if rid not in self._ot_trials and rid in by_ray_id:
+                self._ot_trials[rid] = optuna.Trial(self._ot_study, by_ray_id[rid])
+                self._orphans = [sid for sid in self._orphans if sid != by_ray_id[rid]]
+            if rid not in self._ot_trials:
+                continue
+            told = storage.get_trial(self._ot_trials[rid]._trial_id)
+            if t.status == "TERMINATED" and not told.state.is_finished():
+                self._completed_trials.discard(rid)
+                self.on_trial_complete(rid, result=t.last_result or None)
+                lines.append(f"trial {rid}: told Optuna again from Ray's record ({self._outcomes.get(rid)})")
+            elif told.state.is_finished() and told.user_attrs.get("outcome") != "error":
+                self._completed_trials.add(rid)
+                self._outcomes.setdefault(rid, told.user_attrs.get("outcome", told.state.name.lower()))
+        return lines
 
     def unfinished(self) -> list[str]:
         """Ray trial ids asked but never told: after fit() returns, trials cut off by Ctrl+C or a time budget."""

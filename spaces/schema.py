@@ -1222,7 +1222,8 @@ def _check_cross(ck: _Checker, params: list[SpaceParam], fixed: dict, full: dict
             ck.add(f"scheduler.grace_period: {grace} is more than the largest searched train.epochs ({longest}); "
                    f"valid: 1 .. {longest}")
     elif _is_number(grace) and _is_number(epochs) and "train.epochs" not in ck.unparsed and grace > epochs:
-        ck.add(f"scheduler.grace_period: {grace} is more than train.epochs ({epochs}); valid: 1 .. {epochs}")
+        ck.add(f"scheduler.grace_period: {grace} is more than train.epochs ({epochs}); valid: 1 .. {epochs}, e.g. "
+               f"--set scheduler.grace_period={max(1, int(epochs) // 3)} (ASHA's first rung, at most the budget)")
 
 
 def _range_can_draw(q: SpaceParam, value: Any) -> bool:

@@ -42,8 +42,8 @@ DEFAULTS: dict[str, Any] = {
         "gamma": 0.1,
         "reduction": "mean",  # mean | sum over the batch (the calibration papers sum and clip at 2)
         "grad_clip": None,  # max global gradient norm
-        "bf16": False,  # bf16 autocast for the forward pass
-        "channels_last": False,
+        "bf16": "auto",  # bf16 autocast for the forward pass; auto: decided on the device (trainables.precision)
+        "channels_last": "auto",  # channels_last memory format for conv nets; auto: as bf16
         "device": "auto",  # auto: cuda when visible, else cpu
         "workers": 1,  # DDP processes: GPUs on a GPU node, gloo processes on CPU
         "eval_batch_size": 1024,
@@ -103,8 +103,8 @@ SCHEMA: dict[str, Param] = {
     "train.gamma": Param(0.1, low=0.0, low_inclusive=False),
     "train.reduction": Param("mean", choices=("mean", "sum")),
     "train.grad_clip": Param(None, low=0.0, low_inclusive=False),
-    "train.bf16": Param(False, kind="bool"),
-    "train.channels_last": Param(False, kind="bool"),
+    "train.bf16": Param("auto", kind="auto_bool"),
+    "train.channels_last": Param("auto", kind="auto_bool"),
     "train.device": Param("auto", choices=("auto", "cpu", "cuda")),
     "train.workers": Param(1, low=1, kind="int"),
     "train.eval_batch_size": Param(1024, low=1, kind="int"),

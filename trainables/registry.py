@@ -21,7 +21,7 @@ class Param:
     high: float | None = None
     low_inclusive: bool = True
     high_inclusive: bool = True
-    kind: str = "float"  # float | int | bool | str | list
+    kind: str = "float"  # float | int | bool | auto_bool (true, false or "auto") | str | list
     choices: tuple | None = None
     doc: str = ""
 
@@ -31,6 +31,8 @@ class Param:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         if self.kind == "bool":
             return "true or false"
+        if self.kind == "auto_bool":
+            return "true, false or 'auto'"
         if self.low is None and self.high is None:
             return f"a {self.kind}"
         lo = "(" if not self.low_inclusive else "["
@@ -45,6 +47,8 @@ class Param:
             return None if value in self.choices else f"got {value!r}"
         if self.kind == "bool":
             return None if isinstance(value, bool) else f"got {value!r}"
+        if self.kind == "auto_bool":
+            return None if isinstance(value, bool) or value == "auto" else f"got {value!r}"
         if self.kind == "str":
             return None if isinstance(value, str) else f"got {value!r}"
         if self.kind == "list":
@@ -56,11 +60,11 @@ class Param:
             return f"got {value!r}"
         if self.kind == "int" and isinstance(value, float) and not value.is_integer():
             return f"got {value!r}"
+        v = value
         if self.low is not None and (v < self.low or (v == self.low and not self.low_inclusive)):
             return f"got {value!r}"
         if self.high is not None and (v > self.high or (v == self.high and not self.high_inclusive)):
             return f"got {value!r}"
-        v = value
         return None
 
     def check(self, name: str, value: Any) -> Any:

@@ -36,6 +36,8 @@ CHECKPOINT_FORMAT = 1
 # Calibrated metrics under the contract names; the uncalibrated ones get a `_raw` suffix.
 CALIBRATED_KEYS = ("acc", "ece", "adaece", "cece", "mce", "nll", "brier")
 RAW_KEYS = ("ece", "adaece", "cece", "mce", "nll", "brier")
+# Entries of the final result that describe the whole run, not an epoch (kept out of the per-epoch history).
+PER_RUN_KEYS = ("data/info", "device/info")
 # Sections a checkpoint must agree with: resuming a different model/loss/data would load into the wrong thing.
 _RESUME_MUST_MATCH = ("seed", "data", "model", "loss")
 
@@ -167,7 +169,7 @@ def _set_rng_state(state: dict) -> None:
 class _Trial:
     """Everything one trial process holds: data, model, loss, optimiser, generator, epoch counter."""
 
-    def __init__(self, cfg: dict, dist_ctx: DistContext | None):
+    def __init__(self, cfg: dict, dist_ctx: DistContext | None, precision=None):
         from trainables.calibration import build_calibrator
         from trainables.data import augment, load_splits
         from trainables.losses import build_loss
@@ -197,7 +199,10 @@ class _Trial:
 
         torch.manual_seed(cfg["seed"])
         model = build_model(cfg["model"], self.data.in_channels, self.data.num_classes, self.data.image_size)
-        self.memory_format = torch.channels_last if tc["channels_last"] else torch.contiguous_format
+        # A resumed trial keeps the precision it started with (a new probe could decide otherwise).
+        self.precision = precision if precision is not None else self._decide_precision(model)
+        self.bf16 = self.precision.bf16
+        self.memory_format = torch.channels_last if self.precision.channels_last else torch.contiguous_format
         model = model.to(self.device, memory_format=self.memory_format)
         self.model = model  # the bare module: evaluation, checkpoints
         self.forward_model: torch.nn.Module = model  # what the training step calls (DDP wrapper under DDP)
@@ -223,6 +228,25 @@ class _Trial:
         self.augment = augment
         self.epoch = 0  # completed epochs
         self.history: list[dict] = []
+        self._device_info_reported = False
+
+    def _decide_precision(self, model: torch.nn.Module):
+        """bf16 / channels_last for this trial (trainables.precision); under DDP rank 0 decides for every rank."""
+        from trainables.precision import decide
+
+        precision = None
+        if self.rank == 0:
+            precision = decide(self.train_cfg, model, self.cfg["model"], tuple(self.data.train_x.shape[1:]),
+                               self.data.num_classes, self.device)
+            for warning in precision.warnings:
+                print(f"gce-search: warning: {warning}", file=sys.stderr, flush=True)
+        if self.dist is not None:
+            import torch.distributed as dist
+
+            box = [precision]
+            dist.broadcast_object_list(box, src=0)
+            precision = box[0]
+        return precision
 
     # ---- state
 
@@ -248,6 +272,7 @@ class _Trial:
             "rng": {"generator": self.generator.get_state(), "by_rank": by_rank},
             "metrics": _plain(metrics),
             "history": _plain(self.history),
+            "precision": {"bf16": self.precision.bf16, "channels_last": self.precision.channels_last},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -289,7 +314,7 @@ class _Trial:
                 group["lr"] = lr
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum += forward_backward(self.forward_model, self.loss_fn, x, y, reduction=tc["reduction"],
-                                         global_batch=bs, world_size=self.world_size, bf16=tc["bf16"])
+                                         global_batch=bs, world_size=self.world_size, bf16=self.bf16)
             if tc["grad_clip"] is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc["grad_clip"])
             self.optimizer.step()
@@ -353,6 +378,8 @@ class _Trial:
             "lr": learning_rate(tc, epoch * self.steps_per_epoch - 1, self.steps_per_epoch),
             "calib/n": int(self.data.calib_y.shape[0]),
             "val/n": int(self.data.val_y.shape[0]),
+            "train/bf16": self.precision.bf16,
+            "train/channels_last": self.precision.channels_last,
         }
         finite = (math.isfinite(train_loss) and bool(torch.isfinite(calib_logits).all())
                   and bool(torch.isfinite(val_logits).all()))
@@ -380,6 +407,10 @@ class _Trial:
         if metrics["final"]:
             metrics.update(self.evaluate("test", calibrator))
             metrics["data/info"] = copy.deepcopy(self.data.info)
+        if metrics["final"] or not self._device_info_reported:
+            # in the first result this process reports too, so a search can show a precision warning at once
+            metrics["device/info"] = self.precision.info(self.device)
+            self._device_info_reported = True
         metrics.update(self._timing(train_s, time.perf_counter() - t_eval))
         return metrics
 
@@ -435,16 +466,20 @@ def run_loop(cfg: dict, reporter: Reporter | None, restore_from: str | None,
 
 def _run_loop(cfg: dict, reporter: Reporter | None, restore_from: str | None,
               dist_ctx: DistContext | None) -> dict:
-    trial = _Trial(cfg, dist_ctx)
-    metrics: dict = {}
+    from trainables.precision import from_checkpoint
+
+    state = None
     if restore_from is not None:
         state = load_checkpoint(restore_from)
         _check_resumable(cfg, state, restore_from)
+    trial = _Trial(cfg, dist_ctx, precision=from_checkpoint(state.get("precision")) if state else None)
+    metrics: dict = {}
+    if state is not None:
         trial.load_state_dict(state)
         metrics = dict(state.get("metrics") or {})
     while trial.epoch < cfg["train"]["epochs"]:
         metrics = trial.run_epoch()
-        trial.history.append(_plain({k: v for k, v in metrics.items() if k != "data/info"}))
+        trial.history.append(_plain({k: v for k, v in metrics.items() if k not in PER_RUN_KEYS}))
         diverged = metrics["status"] == "diverged"
         checkpoint_dir = None
         # state_dict is a collective under DDP (every rank joins); without a reporter nobody takes it.
@@ -581,7 +616,7 @@ def cmd_train(args) -> int:
     started = time.perf_counter()
 
     def reporter(metrics: dict, checkpoint_dir: str | None) -> None:
-        history.append({k: v for k, v in metrics.items() if k != "data/info"})
+        history.append({k: v for k, v in metrics.items() if k not in PER_RUN_KEYS})
         print(_epoch_line(metrics, epochs), flush=True)
         if checkpoint_dir is not None:
             # Copy then rename: an interrupted copy never replaces the last good checkpoint.

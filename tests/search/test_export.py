@@ -13,6 +13,7 @@ from search.cli import UsageError, main
 from search.export import load_export, parse_selector, write_exports
 from search.results import load_experiment
 from tests.search.test_tensorboard import tiny_experiment  # noqa: F401  (session fixture: one search per session)
+from trainables.precision import pin_precision
 from trainables.registry import ConfigError
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,11 @@ def test_export_selectors_and_contents(tiny_experiment, tmp_path):  # noqa: F811
         doc = yaml.safe_load(path.read_text())
         assert set(doc) == {"config", "calibrator", "source", "metrics"}
         trial = next(t for t in exp.trials if t.trial_id == path.stem)
-        assert doc["config"] == trial.config  # the resolved trial config, as the search ran it
+        # the resolved trial config, as the search ran it: `auto` precision pinned to what the trial used
+        ran = {**trial.config, "train": {**trial.config["train"], "bf16": trial.final["train/bf16"],
+                                         "channels_last": trial.final["train/channels_last"]}}
+        assert trial.config["train"]["bf16"] == "auto" and isinstance(trial.final["train/bf16"], bool)
+        assert doc["config"] == ran
         assert doc["config"]["train"]["epochs"] == spec["train"]["epochs"] == 2  # the full budget
         assert doc["config"]["data"]["split_seed"] == 0 and doc["config"]["seed"] == 0
         assert doc["calibrator"]["temperatures"] == trial.final["calibration/temperatures"]
@@ -56,7 +61,7 @@ def test_export_selectors_and_contents(tiny_experiment, tmp_path):  # noqa: F811
         assert doc["source"]["trial"] == trial.trial_id and doc["source"]["status"] == "complete"
         assert doc["metrics"]["val/acc"] == trial.final["val/acc"]
         assert doc["metrics"]["test/ece"] == trial.final["test/ece"] and doc["metrics"]["val/n"] > 0
-        assert load_export(path)["config"] == trial.config
+        assert load_export(path)["config"] == ran
 
 
 def test_export_refuses_overwrite_and_bad_input(tiny_experiment, tmp_path, capsys):  # noqa: F811
@@ -116,7 +121,7 @@ def test_retrain_from_export_reproduces_the_search(tiny_experiment, tmp_path, ca
     # the search's checkpoints load with weights_only=True
     ckpt = sorted(trial.path.glob("checkpoint_*/checkpoint.pt"))[-1]
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert state["config"] == doc["config"]
+    assert pin_precision(state["config"], trial.final) == doc["config"]
 
     # The export carries the trial's torch thread count (Ray ran it with 1 CPU), so the retrain uses it too.
     assert doc["config"]["train"]["threads"] == 1
@@ -128,6 +133,8 @@ def test_retrain_from_export_reproduces_the_search(tiny_experiment, tmp_path, ca
     assert retrained["epoch"] == doc["config"]["train"]["epochs"]
     assert retrained["val/acc"] == trial.final["val/acc"]
     assert retrained["val/n"] == trial.final["val/n"]
+    for key in ("train/bf16", "train/channels_last"):  # the precision the export pinned, not a new decision
+        assert retrained[key] == trial.final[key] == doc["config"]["train"][key.split("/")[1]]
     for key in VAL_KEYS:
         # Bit-equal in most runs; Ray workers have been seen to differ from a fresh process in the last float32
         # bits of the weights (~3e-8), which moves ECE/NLL by ~1e-8. 1e-6 is far below any ECE worth reading.

@@ -254,7 +254,8 @@ BAD_INPUTS = [
     ("reduction factor 1", [("scheduler/reduction_factor", 1)], (),
      r"^scheduler\.reduction_factor: got 1; valid: a int in \[2, inf\]"),
     ("grace period beyond the budget", [("scheduler/grace_period", 9)], (),
-     r"^scheduler\.grace_period: 9 is more than train\.epochs \(4\); valid: 1 \.\. 4$"),
+     r"^scheduler\.grace_period: 9 is more than train\.epochs \(4\); valid: 1 \.\. 4, e\.g\. --set "
+     r"scheduler\.grace_period=1 \(ASHA's first rung, at most the budget\)$"),
     ("zero cpus", [("resources/cpus_per_trial", 0)], (),
      r"^resources\.cpus_per_trial: got 0; valid: a float in \(0, inf\]"),
     ("fractional gpus above one", [("resources/gpus_per_trial", 1.5)], (),

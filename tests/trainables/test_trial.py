@@ -58,7 +58,9 @@ class StopTrial(Exception):
 
 
 def _untimed(m: dict) -> dict:
-    return {k: v for k, v in m.items() if k not in TIMING_KEYS}
+    # device/info says how the run was set up (its precision from a probe, the probe cache or the checkpoint; in
+    # the first result each process reports), not what it computed: like the timings, it may differ on a resume.
+    return {k: v for k, v in m.items() if k not in TIMING_KEYS and k != "device/info"}
 
 
 def _ece_15(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
