@@ -628,8 +628,11 @@ def _loss_colours(losses: list[str]) -> dict[str, Any]:
     return {name: cmap(i % 10) for i, name in enumerate(sorted(set(losses)))}
 
 
-def pareto_figure(exp: Experiment):
-    """Every trial with finite (val/ece, val/acc), coloured by loss; the front highlighted; a matplotlib Figure."""
+def pareto_figure(exp: Experiment, losses: Iterable[str] | None = None):
+    """Every trial with finite (val/ece, val/acc), coloured by loss; the front highlighted; a matplotlib Figure.
+
+    `losses` fixes the loss -> colour map (default: the losses of exp.trials), so that figures of parts of one
+    experiment keep its colours."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: results are written on cluster heads without a display
@@ -638,7 +641,7 @@ def pareto_figure(exp: Experiment):
     fig = Figure(figsize=(7.0, 5.0), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     plotted = [t for t in exp.trials if _finite(t.final.get("val/acc")) and _finite(t.final.get("val/ece"))]
-    colours = _loss_colours([t.loss for t in exp.trials])
+    colours = _loss_colours(list(losses) if losses is not None else [t.loss for t in exp.trials])
     for loss, colour in colours.items():
         for status, marker, alpha in (("complete", "o", 0.9), ("stopped", "x", 0.45)):
             pts = [t for t in plotted if t.loss == loss and t.status == status]

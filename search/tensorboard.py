@@ -2,17 +2,21 @@
 
 Layout under `<exp>/tensorboard/` (served by `gce-search tensorboard EXP`):
 
-- `<trial_id>/`: every numeric metric key per epoch (step = epoch), the HParams session of the trial (all searched
-  parameters, conditional ones as "n/a" where they do not apply) and its best-epoch metrics as `best/<key>`
-  (`final/test/*` for full-budget trials).
-- `experiment/`: the experiment-level HParams config, the Pareto figure, hypervolume against wall-clock seconds,
-  and reliability diagrams (raw vs calibrated) of the front's members.
+- `<trial_id>/`: every numeric metric key per epoch (step = epoch), its best epoch as `best/<key>`, and the HParams
+  session of the trial: every searched parameter that applies to it (a conditional one that does not is left out),
+  `trial.status`, and as metrics the trial's result (`result/<key>`: the last reported values, i.e. the full-budget
+  ones of a complete trial, the same numbers as pareto.csv and summary.json) and its `pareto/rank` and
+  `pareto/on_front` (rewritten with the results, in an event file of their own).
+- `experiment/`: the experiment-level HParams config, the Pareto figure as an image series (step = trials finished),
+  hypervolume against wall-clock seconds, and reliability diagrams of every complete trial, front members first.
 
 Why not Ray's TBXLoggerCallback or torch's `add_hparams`: both declare the parameter list of one run only, so a
 conditional parameter (gce.lam) vanishes from the HParams table depending on load order (DESIGN.md). We write one
 experiment-level config declaring every parameter of the space, plus a session record per trial. The writers run on
 the driver (a ray.tune.Callback): a SummaryWriter opened at a trial's cwd would write into Ray's temp dir.
-The HParams table shows the *last* value of each metric tag, so best-epoch values get their own tags.
+The HParams table shows the *last* value of each metric tag, so the result values get tags of their own.
+
+Why an image series and not a native scatter plot of the front: docs/results-format.md, "TensorBoard".
 """
 from __future__ import annotations
 
@@ -34,20 +38,29 @@ __all__ = [
     "hparam_values",
     "write_tensorboard_summary",
     "cmd_tensorboard",
-    "NOT_APPLICABLE_VALUE",
     "BEST_KEYS",
     "FINAL_KEYS",
+    "RESULT_KEYS",
+    "pareto_ranks",
 ]
 
 TENSORBOARD_DIR = "tensorboard"
 EXPERIMENT_RUN = "experiment"
-NOT_APPLICABLE_VALUE = "n/a"
 STATUS_HPARAM = "trial.status"
 SESSION_MARKER = ".hparams-session"  # TensorBoard ignores files that are not event files
-# Metrics shown in the HParams table: the best epoch's (highest finite score) validation metrics, and the test
-# metrics of a full-budget trial.
+PARETO_EVENTS_SUFFIX = ".pareto"  # the event file holding a trial's pareto/* metrics, rewritten with the results
+# Curves of the best epoch (highest finite score) and of a full-budget trial's test metrics.
 BEST_KEYS = ("val/acc", "val/ece", "val/ece_raw", "val/adaece", "val/cece", "val/nll", "val/brier", "score", "epoch")
 FINAL_KEYS = ("test/acc", "test/ece", "test/adaece", "test/nll")
+# The HParams metrics, as `result/<key>`: the trial's last reported values, pareto.csv's columns. TensorBoard shows
+# the first five metrics of the config by default, so the order matters (pareto/rank comes fifth).
+RESULT_KEYS = ("val/acc", "val/ece", "test/acc", "test/ece")
+MORE_RESULT_KEYS = ("score", "val/ece_raw", "val/adaece", "val/nll", "test/adaece", "test/nll", "train/loss", "epoch")
+RANK_TAG = "pareto/rank"
+ON_FRONT_TAG = "pareto/on_front"
+# TensorBoard's HParams dashboard shows five parameter columns by default: those flagged `differs`, by name.
+VISIBLE_HPARAMS = ("trial.status", "loss.name", "gce.lam", "train.lr")
+MAX_PARETO_FRAMES = 60  # steps of the Pareto image series; more trials than that share frames
 
 
 def _is_number(x: Any) -> bool:
@@ -77,8 +90,10 @@ def _bool_list(values) -> bool:
 
 def hparam_infos(space: dict) -> list:
     """api_pb2.HParamInfo for every searched parameter of a space (docs/architecture.md "Search spec"), plus
-    `calibration.pieces` next to searched breakpoints and `trial.status` (complete | stopped | diverged)."""
+    `calibration.pieces` next to searched breakpoints and `trial.status` (search.results.STATUSES)."""
     from tensorboard.plugins.hparams import api_pb2
+
+    from search.results import STATUSES
 
     infos = []
     for key, entry in space.items():
@@ -98,25 +113,22 @@ def hparam_infos(space: dict) -> list:
                 pieces_info.domain_interval.max_value = float(pieces[1])
             infos.append(pieces_info)
             continue
-        conditional = _is_conditional(key, entry)
-        if conditional:
-            info.description = f"conditional: '{NOT_APPLICABLE_VALUE}' for trials where it does not apply"
+        if _is_conditional(key, entry):
+            # Left out of the sessions of trials it does not apply to: a placeholder string in a numeric column
+            # turns the parallel-coordinates lines into NaN and breaks interval filters.
+            info.description = "conditional: empty for trials where it does not apply"
+        info.differs = key in VISIBLE_HPARAMS
         choices = entry.get("choices")
         if isinstance(choices, (list, tuple)) and choices:
             if all(_is_number(c) for c in choices):
                 info.type = api_pb2.DATA_TYPE_FLOAT64
-                if conditional:
-                    info.domain_interval.min_value = float(min(choices))
-                    info.domain_interval.max_value = float(max(choices))
-                else:
-                    info.domain_discrete.values.extend(_value(float(c)) for c in choices)
-            elif _bool_list(choices) and not conditional:
+                info.domain_discrete.values.extend(_value(float(c)) for c in choices)
+            elif _bool_list(choices):
                 info.type = api_pb2.DATA_TYPE_BOOL
                 info.domain_discrete.values.extend(_value(bool(c)) for c in choices)
             else:
                 info.type = api_pb2.DATA_TYPE_STRING
-                values = [str(c) for c in choices] + ([NOT_APPLICABLE_VALUE] if conditional else [])
-                info.domain_discrete.values.extend(_value(v) for v in values)
+                info.domain_discrete.values.extend(_value(str(c)) for c in choices)
         elif _is_number(entry.get("low")) and _is_number(entry.get("high")):
             info.type = api_pb2.DATA_TYPE_FLOAT64
             info.domain_interval.min_value = float(entry["low"])
@@ -125,22 +137,25 @@ def hparam_infos(space: dict) -> list:
             info.type = api_pb2.DATA_TYPE_STRING
         infos.append(info)
     status = api_pb2.HParamInfo(name=STATUS_HPARAM, display_name=STATUS_HPARAM, type=api_pb2.DATA_TYPE_STRING,
-                                description="complete: full budget; stopped: early-stopped; diverged: non-finite")
-    status.domain_discrete.values.extend(_value(s) for s in ("complete", "stopped", "diverged"))
+                                description="how the trial ended (docs/results-format.md)", differs=True)
+    status.domain_discrete.values.extend(_value(s) for s in STATUSES)
     infos.append(status)
     return infos
 
 
 def metric_infos() -> list:
+    """The HParams metrics: the result values (pareto.csv's), then the front rank, then the rest."""
     from tensorboard.plugins.hparams import api_pb2
 
-    infos = []
-    for key in BEST_KEYS:
-        infos.append(api_pb2.MetricInfo(name=api_pb2.MetricName(group="", tag=f"best/{key}"),
-                                        display_name=f"{key} (best epoch)"))
-    for key in FINAL_KEYS:
-        infos.append(api_pb2.MetricInfo(name=api_pb2.MetricName(group="", tag=f"final/{key}"),
-                                        display_name=f"{key} (full budget)"))
+    def info(tag: str, display: str, description: str):
+        return api_pb2.MetricInfo(name=api_pb2.MetricName(group="", tag=tag), display_name=display,
+                                  description=description)
+
+    last = "the last reported value: full budget for a complete trial, the last epoch for a stopped one"
+    infos = [info(f"result/{key}", key, last) for key in RESULT_KEYS]
+    infos.append(info(RANK_TAG, RANK_TAG, "non-dominated sorting rank among complete trials (0 = on the front)"))
+    infos.append(info(ON_FRONT_TAG, ON_FRONT_TAG, "1 for a member of the accuracy-vs-ECE front, else 0"))
+    infos.extend(info(f"result/{key}", key, last) for key in MORE_RESULT_KEYS)
     return infos
 
 
@@ -155,20 +170,20 @@ def _value(v: Any):
 
 
 def hparam_values(spec: Any, config: dict, status: str, tune_params: dict | None = None) -> dict:
-    """Every searched parameter's value for one trial (numbers, bools, strings; "n/a" where it does not apply),
-    plus `calibration.pieces` beside breakpoints and `trial.status`. Without a spec, the searcher's flat params."""
+    """The value of every searched parameter that applies to one trial (numbers, bools, strings; one that does not
+    apply is left out), plus `calibration.pieces` beside breakpoints and `trial.status`. Without a spec, the
+    searcher's flat params."""
     from search.results import searched_values
 
     raw = searched_values(spec, config) if spec else dict(tune_params or {})
     values: dict[str, Any] = {}
     for key, v in raw.items():
+        if v is None:
+            continue
         if key == "calibration.breakpoints":
-            values[key] = " ".join(f"{float(b):.4g}" for b in v) if isinstance(v, (list, tuple)) else \
-                NOT_APPLICABLE_VALUE
-            values["calibration.pieces"] = float(len(v) + 1) if isinstance(v, (list, tuple)) else \
-                NOT_APPLICABLE_VALUE
-        elif v is None:
-            values[key] = NOT_APPLICABLE_VALUE
+            if isinstance(v, (list, tuple)):
+                values[key] = " ".join(f"{float(b):.4g}" for b in v)
+                values["calibration.pieces"] = float(len(v) + 1)
         elif isinstance(v, bool):
             values[key] = v
         elif isinstance(v, (int, float)):
@@ -225,9 +240,9 @@ def _writer(log_dir: Path):
 
 
 def _status(metrics: dict) -> str:
-    if metrics.get("status") == "diverged":
-        return "diverged"
-    return "complete" if metrics.get("final") is True else "stopped"
+    from search.results import trial_outcome  # the one rule of how a trial ended
+
+    return trial_outcome(metrics)
 
 
 def write_epoch_scalars(writer, metrics: dict, walltime: float | None = None) -> None:
@@ -256,6 +271,15 @@ def write_final(writer, metrics: dict, walltime: float | None = None) -> None:
     for key in FINAL_KEYS:
         if _is_number(metrics.get(key)):
             writer.add_scalar(f"final/{key}", float(metrics[key]), step, walltime=walltime)
+
+
+def write_result(writer, last: dict, walltime: float | None = None) -> None:
+    """The HParams metrics of a trial that ended: `result/<key>` from its last result (pareto.csv's values); a key
+    that is missing or not finite is left out, so its cell stays empty rather than holding NaN."""
+    step = int(last["epoch"]) if _is_number(last.get("epoch")) else 0
+    for key in (*RESULT_KEYS, *MORE_RESULT_KEYS):
+        if _is_number(last.get(key)):
+            writer.add_scalar(f"result/{key}", float(last[key]), step, walltime=walltime)
 
 
 def write_session(writer, run_dir: Path, values: dict, status: str, start: float, end: float) -> bool:
@@ -350,6 +374,10 @@ class TensorBoardCallback(Callback):
         last = trial.last_result or {}
         config = (trial.config or {}).get("trial_config") or {}
         tune_params = {k: v for k, v in (trial.config or {}).items() if k != "trial_config"}
+        if not (self.root / trial.trial_id / SESSION_MARKER).exists():
+            from search.results import RAY_KEYS
+
+            write_result(writer, {k: v for k, v in last.items() if k not in RAY_KEYS})
         write_session(writer, self.root / trial.trial_id,
                       hparam_values(self.spec or self.spec_dict, config, status or _status(last), tune_params),
                       status or _status(last), start=self._started.get(trial.trial_id, time.time()),
@@ -386,16 +414,21 @@ def _figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def reliability_figure(trial) -> Any | None:
-    """Raw vs calibrated reliability diagram of a complete trial's validation split, from the predictions
-    rebuilt from its last checkpoint (trainables.metrics.reliability_diagram); None without a usable checkpoint."""
+def reliability_figure(trial, front_rank: int | None = None) -> Any | None:
+    """Raw vs calibrated reliability diagram of a complete trial's validation split, with the number of samples in
+    each confidence bin below it, from the predictions rebuilt from its last checkpoint; None without one.
+
+    The legend sits outside the axes: inside, it covers the bars of whichever bins it lands on.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
+    import numpy as np
     import torch
+    from matplotlib.figure import Figure
 
     from search.results import val_predictions
-    from trainables.metrics import reliability_diagram
+    from trainables.metrics import ece, reliability_bins
 
     try:
         preds = val_predictions(trial)
@@ -405,12 +438,52 @@ def reliability_figure(trial) -> Any | None:
     if preds is None:
         return None
     n_bins = int(trial.config.get("objective", {}).get("n_bins", 15))
+    labels = preds["labels"]
     raw = torch.softmax(preds["raw"].double(), dim=1)
     calibrated = torch.softmax(preds["calibrated"].double(), dim=1)
     method = trial.config.get("calibration", {}).get("method", "?")
-    return reliability_diagram(raw, preds["labels"], n_bins=n_bins, calibrated_probs=calibrated,
-                               names=("raw", f"calibrated ({method})"),
-                               title=f"{trial.trial_id} ({trial.loss}), val n = {preds['labels'].shape[0]}")
+    raw_bins, cal_bins = reliability_bins(raw, labels, n_bins), reliability_bins(calibrated, labels, n_bins)
+    edges = raw_bins["edges"]
+    width = edges[1] - edges[0]
+    centres = (edges[:-1] + edges[1:]) / 2
+
+    fig = Figure(figsize=(9.0, 6.0), dpi=100)
+    grid = fig.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
+    ax = fig.add_subplot(grid[0])
+    counts_ax = fig.add_subplot(grid[1], sharex=ax)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.5", linewidth=1, label="perfect calibration")
+    filled = raw_bins["count"] > 0
+    ax.bar(edges[:-1][filled], raw_bins["accuracy"][filled], width=width, align="edge", color="tab:blue",
+           alpha=0.45, edgecolor="tab:blue", label=f"raw (ECE {ece(raw, labels, n_bins):.4f})")
+    ax.bar(edges[:-1][filled], (raw_bins["confidence"] - raw_bins["accuracy"])[filled],
+           bottom=raw_bins["accuracy"][filled], width=width, align="edge", fill=False, edgecolor="tab:red",
+           hatch="//", linewidth=0.5, label="raw gap (confidence - accuracy)")
+    cal_filled = cal_bins["count"] > 0
+    ax.plot(centres[cal_filled], cal_bins["accuracy"][cal_filled], marker="o", color="tab:orange",
+            label=f"calibrated, {method} (ECE {ece(calibrated, labels, n_bins):.4f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.tick_params(labelbottom=False)
+    where = f"front member {front_rank + 1}" if front_rank is not None else "not on the front"
+    ax.set_title(f"{trial.trial_id} ({trial.loss}, {where}): validation, n = {labels.shape[0]}, {n_bins} bins",
+                 fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    ax.grid(True, alpha=0.3)
+    counts_ax.bar(edges[:-1] + width * 0.05, raw_bins["count"], width=width * 0.45, align="edge",
+                  color="tab:blue", alpha=0.6, label="raw")
+    counts_ax.bar(edges[:-1] + width * 0.5, cal_bins["count"], width=width * 0.45, align="edge",
+                  color="tab:orange", alpha=0.8, label="calibrated")
+    for x, c in zip(centres, raw_bins["count"]):
+        if c:
+            counts_ax.annotate(str(int(c)), (x, c), ha="center", va="bottom", fontsize=6,
+                               xytext=(0, 1), textcoords="offset points")
+    counts_ax.set_ylim(0, max(1, int(np.max(np.maximum(raw_bins["count"], cal_bins["count"])))) * 1.25)
+    counts_ax.set_xlabel("confidence")
+    counts_ax.set_ylabel("samples")
+    counts_ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    fig.subplots_adjust(left=0.08, right=0.68, top=0.93, bottom=0.09)
+    return fig
 
 
 def _backfill_trial(root: Path, trial, spec: Any) -> None:
@@ -434,19 +507,102 @@ def _backfill_trial(root: Path, trial, spec: Any) -> None:
             write_final(writer, trial.final)
     start = trial.started_at if math.isfinite(trial.started_at) else time.time()
     end = trial.finished_at if math.isfinite(trial.finished_at) else time.time()
+    if not (run_dir / SESSION_MARKER).exists():
+        write_result(writer, trial.final)
     write_session(writer, run_dir, hparam_values(spec, trial.config, trial.status, trial.tune_params),
                   trial.status, start, end)
     writer.close()
 
 
-def write_tensorboard_summary(exp_dir: str | os.PathLike, experiment=None, pareto_png: bytes | None = None) -> Path:
-    """(Re)write the experiment-level run: HParams config, Pareto figure, hypervolume vs wall-clock seconds,
-    reliability diagrams of front members; backfill trial runs no callback wrote. Returns the TensorBoard root.
+def pareto_ranks(exp) -> dict[str, int]:
+    """Trial id -> non-dominated sorting rank over (val/acc max, val/ece min) of the complete trials (0 = the
+    front, the members of Experiment.front()); trials that are not complete have no rank."""
+    from search.pareto import MODES, non_dominated_sort, to_minimization
 
-    The experiment run is rewritten from scratch (its old event files are removed) so repeated calls do not
-    stack duplicate images and curves; trial runs are never touched once written.
+    complete = exp.complete()
+    if not complete:
+        return {}
+    points = to_minimization([(t.metric("val/acc"), t.metric("val/ece")) for t in complete], MODES)
+    return {complete[i].trial_id: rank for rank, front in enumerate(non_dominated_sort(points)) for i in front}
+
+
+def _finished_order(exp) -> list:
+    return sorted(exp.trials, key=lambda t: (t.finished_at if math.isfinite(t.finished_at) else math.inf,
+                                             t.trial_id))
+
+
+def pareto_frames(exp) -> list[tuple[int, Any]]:
+    """(trials finished, Experiment of those trials) for the steps of the Pareto image series: the front as it
+    grew, at most MAX_PARETO_FRAMES steps, always ending at the whole experiment."""
+    from search.results import Experiment
+
+    order = _finished_order(exp)
+    n = len(order)
+    steps = sorted({max(1, round(n * (i + 1) / MAX_PARETO_FRAMES)) for i in range(MAX_PARETO_FRAMES)}) \
+        if n > MAX_PARETO_FRAMES else list(range(1, n + 1))
+    return [(k, Experiment(path=exp.path, spec=exp.spec, trials=order[:k], search_spec=exp.search_spec))
+            for k in steps]
+
+
+def _pareto_frame_png(sub, exp, finished: int) -> bytes:
+    """One step of the series: the figure of pareto.png for the first `finished` trials, on the whole
+    experiment's colours and axis limits so that the slider moves the points, not the axes."""
+    from search.results import pareto_figure
+
+    fig = pareto_figure(sub, losses=[t.loss for t in exp.trials])
+    fig.set_size_inches(10.0, 7.0)
+    ax = fig.axes[0]
+    points = [(t.metric("val/ece"), t.metric("val/acc")) for t in exp.trials
+              if math.isfinite(t.metric("val/ece")) and math.isfinite(t.metric("val/acc"))]
+    if points:
+        xs, ys = zip(*points)
+        pad_x, pad_y = max(1e-3, (max(xs) - min(xs)) * 0.08), max(1e-3, (max(ys) - min(ys)) * 0.08)
+        ax.set_xlim(min(xs) - pad_x, max(xs) + pad_x)
+        ax.set_ylim(min(ys) - pad_y, max(ys) + pad_y)
+    ax.set_title(f"{ax.get_title()}\n{finished} of {len(exp.trials)} trials finished", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def write_pareto_metrics(root: Path, exp) -> None:
+    """`pareto/rank` and `pareto/on_front` of every trial, in an event file of their own in the trial's run that
+    is replaced on every call (a trial's rank changes as later trials complete)."""
+    ranks = pareto_ranks(exp)
+    for trial in exp.trials:
+        run_dir = root / trial.trial_id
+        for old in run_dir.glob(f"events.out.tfevents.*{PARETO_EVENTS_SUFFIX}"):
+            old.unlink()
+        from torch.utils.tensorboard import SummaryWriter
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        writer = SummaryWriter(log_dir=str(run_dir), filename_suffix=PARETO_EVENTS_SUFFIX)
+        step = int(trial.final["epoch"]) if _is_number(trial.final.get("epoch")) else 0
+        rank = ranks.get(trial.trial_id)
+        if rank is not None:
+            writer.add_scalar(RANK_TAG, float(rank), step)
+        writer.add_scalar(ON_FRONT_TAG, 1.0 if rank == 0 else 0.0, step)
+        writer.close()
+
+
+def reliability_tag(trial_id: str, front_rank: int | None) -> str:
+    # TensorBoard orders image cards by tag: "front/..." sorts before "other/...", and front members by rank.
+    return f"reliability/front/{front_rank + 1:02d} {trial_id}" if front_rank is not None else \
+        f"reliability/other/{trial_id}"
+
+
+def write_tensorboard_summary(exp_dir: str | os.PathLike, experiment=None, pareto_png: bytes | None = None) -> Path:
+    """(Re)write the experiment-level run: HParams config, the Pareto figure as an image series over the search
+    (step = trials finished), hypervolume vs wall-clock seconds, reliability diagrams of every complete trial
+    (front members first); every trial's `pareto/*` metrics; backfill trial runs no callback wrote. Returns the
+    TensorBoard root.
+
+    The experiment run and the pareto/* event files are rewritten from scratch (old event files removed) so
+    repeated calls do not stack duplicate images and curves; trial runs are otherwise never touched once written.
+    `pareto_png` (pareto.png's bytes) is not needed: the series draws its frames larger, on fixed axes.
     """
-    from search.results import load_experiment, pareto_figure
+    from search.results import load_experiment
 
     exp = experiment if experiment is not None else load_experiment(exp_dir)
     root = Path(exp_dir) / TENSORBOARD_DIR
@@ -460,6 +616,7 @@ def write_tensorboard_summary(exp_dir: str | os.PathLike, experiment=None, paret
         infos = hparam_infos({k: {} for k in keys})
     for trial in exp.trials:
         _backfill_trial(root, trial, exp.search_spec or exp.spec)
+    write_pareto_metrics(root, exp)
 
     run_dir = root / EXPERIMENT_RUN
     if run_dir.is_dir():
@@ -467,19 +624,23 @@ def write_tensorboard_summary(exp_dir: str | os.PathLike, experiment=None, paret
             old.unlink()
     writer = _writer(run_dir)
     writer.file_writer.add_summary(experiment_summary(infos))
-    if pareto_png is None and exp.complete():
-        pareto_png = _figure_png(pareto_figure(exp))
-    if pareto_png is not None:
-        writer.add_image("pareto", _png_to_image(pareto_png), 0, dataformats="HWC")
+    frames = pareto_frames(exp)
+    for finished, sub in frames:
+        if not sub.complete():
+            continue
+        writer.add_image("pareto", _png_to_image(_pareto_frame_png(sub, exp, finished)), finished,
+                         dataformats="HWC")
     t0 = exp.start_time()
     for seconds, hv in exp.hypervolume_over_time():
         # step = whole seconds since the search started; the event's wall time is the real finishing time, so the
         # "relative"/"wall" x-axes of the scalars dashboard show the same curve.
         writer.add_scalar("hypervolume", hv, int(round(seconds)), walltime=t0 + seconds)
-    for rank, trial in enumerate(exp.front()):
-        fig = reliability_figure(trial)
+    front_rank = {t.trial_id: i for i, t in enumerate(exp.front())}
+    for trial in sorted(exp.complete(), key=lambda t: (front_rank.get(t.trial_id, len(front_rank)), t.trial_id)):
+        fig = reliability_figure(trial, front_rank.get(trial.trial_id))
         if fig is not None:
-            writer.add_image(f"reliability/{trial.trial_id}", _png_to_image(_figure_png(fig)), 0, dataformats="HWC")
+            writer.add_image(reliability_tag(trial.trial_id, front_rank.get(trial.trial_id)),
+                             _png_to_image(_figure_png(fig)), 0, dataformats="HWC")
     writer.close()
     return root
 
@@ -490,8 +651,10 @@ def write_tensorboard_summary(exp_dir: str | os.PathLike, experiment=None, paret
 
 def tensorboard_command(logdir: Path, port: int) -> list[str]:
     # Loopback only: TensorBoard has no authentication, and experiment metadata should not be served to the network.
+    # Every step of the Pareto series is kept (TensorBoard keeps 10 images per tag by default; "images=0" would
+    # keep none at all through its data provider).
     return [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
-            "--port", str(port)]
+            "--port", str(port), "--samples_per_plugin", f"images={MAX_PARETO_FRAMES}"]
 
 
 def cmd_tensorboard(args) -> int:

@@ -1,7 +1,9 @@
 """TensorBoard after a tiny real search (`gce-search run` on a local Ray instance): a real TensorBoard server on
-127.0.0.1 must list every trial with every parameter in its HParams plugin and serve the Pareto figure."""
+127.0.0.1 must list every trial with every parameter that applies to it in its HParams plugin, with the numbers of
+pareto.csv and summary.json, and serve the Pareto image series and the reliability diagrams."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import socket
@@ -15,7 +17,7 @@ import psutil
 import pytest
 
 from search.cli import main
-from search.tensorboard import NOT_APPLICABLE_VALUE, tensorboard_command
+from search.tensorboard import tensorboard_command
 
 pytestmark = pytest.mark.slow
 
@@ -84,6 +86,32 @@ def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 90.0):
     raise AssertionError(f"tensorboard did not answer {url} within {timeout} s")
 
 
+ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+
+
+def session_groups(base: str) -> list[dict]:
+    return _get(f"{base}/data/plugin/hparams/session_groups", {
+        "experimentName": "", "startIndex": 0, "sliceSize": 1000, "allowedStatuses": ALL_STATUSES,
+        "colParams": []})["sessionGroups"]
+
+
+def numeric_column_problems(experiment: dict, groups: list[dict]) -> list[str]:
+    """Every cell of a numeric column (a FLOAT64 hparam, every metric) that holds something other than a finite
+    number; a missing cell is fine (the parallel-coordinates view skips it)."""
+    numeric = {h["name"] for h in experiment["hparamInfos"] if h.get("type") == "DATA_TYPE_FLOAT64"}
+    problems = []
+    for g in groups:
+        for name in numeric & set(g["hparams"]):
+            v = g["hparams"][name]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                problems.append(f"{g['name']}: hparam {name} = {v!r}")
+        for m in g["metricValues"]:
+            v = m.get("value")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                problems.append(f"{g['name']}: metric {m['name']['tag']} = {v!r}")
+    return problems
+
+
 def test_tensorboard_serves_every_trial_parameter_and_the_pareto_figure(tiny_experiment):
     exp = tiny_experiment
     results = _results(exp)
@@ -114,33 +142,61 @@ def test_tensorboard_serves_every_trial_parameter_and_the_pareto_figure(tiny_exp
         experiment = _get(f"{base}/data/plugin/hparams/experiment", {"experimentName": ""})
         declared = {h["name"] for h in experiment["hparamInfos"]}
         assert set(space) | {"calibration.pieces", "trial.status"} <= declared
-        metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
-        assert {"best/val/acc", "best/val/ece", "final/test/acc"} <= metrics
+        metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
+        # the first five metrics are the ones TensorBoard shows by default
+        assert metrics[:5] == ["result/val/acc", "result/val/ece", "result/test/acc", "result/test/ece",
+                               "pareto/rank"]
+        assert "pareto/on_front" in metrics
+        # the five parameter columns shown by default: those flagged `differs`, status, loss, λ and lr among them
+        differs = {h["name"] for h in experiment["hparamInfos"] if h.get("differs")}
+        assert {"trial.status", "loss.name", "gce.lam", "train.lr"} <= differs
 
-        groups = _get(f"{base}/data/plugin/hparams/session_groups", {
-            "experimentName": "", "startIndex": 0, "sliceSize": 1000,
-            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
-            "colParams": []})["sessionGroups"]
+        groups = session_groups(base)
         by_trial = {g["name"]: g for g in groups}
         assert set(by_trial) == set(results)  # every trial, nothing else
+        assert numeric_column_problems(experiment, groups) == []
+        with open(exp / "pareto.csv", newline="") as fh:
+            front_rows = {r["trial"]: r for r in csv.DictReader(fh)}
+        summary = json.loads((exp / "summary.json").read_text())
+        assert set(front_rows) == {m["trial"] for m in summary["front"]} and front_rows
+        from search.results import load_experiment
+
+        records = load_experiment(exp)  # the statuses of pareto.csv and summary.json
+        status_of = {t.trial_id: t.status for t in records.trials}
+        complete = {t.trial_id for t in records.complete()}
         for trial_id, rows in results.items():
             hparams = by_trial[trial_id]["hparams"]
-            assert set(space) <= set(hparams), f"{trial_id} lacks {set(space) - set(hparams)}"
             cfg = rows[-1]["config"]["trial_config"]
+            applies = {k for k in space if k.split(".")[0] not in ("gce", "focal") or k.startswith(
+                cfg["loss"]["name"] + ".")}
+            assert applies <= set(hparams), f"{trial_id} lacks {applies - set(hparams)}"
             assert hparams["loss.name"] == cfg["loss"]["name"]
             assert hparams["train.lr"] == pytest.approx(cfg["train"]["lr"])
             if cfg["loss"]["name"] == "gce":
                 assert hparams["gce.lam"] == pytest.approx(cfg["loss"]["lam"])
             else:
-                assert hparams["gce.lam"] == NOT_APPLICABLE_VALUE
-            expected_status = "complete" if rows[-1].get("final") is True else "stopped"
-            assert hparams["trial.status"] == expected_status
-            # the HParams metrics are the best epoch's (highest score), not the last epoch's
-            best = max((r for r in rows if math.isfinite(r["score"])), key=lambda r: r["score"])
+                assert "gce.lam" not in hparams  # left out, never a placeholder string in a numeric column
+            assert hparams["trial.status"] == status_of[trial_id]
+            # the HParams metrics are the last reported values (full budget for a complete trial), as in
+            # pareto.csv, not the best epoch's
             values = {m["name"]["tag"]: m["value"] for m in by_trial[trial_id]["metricValues"]}
-            assert values["best/val/acc"] == pytest.approx(best["val/acc"], abs=1e-6)
-            assert values["best/val/ece"] == pytest.approx(best["val/ece"], abs=1e-6)
-            assert values["best/epoch"] == best["epoch"]
+            for key in ("val/acc", "val/ece", "test/acc", "test/ece", "score"):
+                reported = rows[-1].get(key)
+                if isinstance(reported, float) and math.isfinite(reported):
+                    assert values[f"result/{key}"] == pytest.approx(reported, abs=1e-6), (trial_id, key)
+                else:  # a stopped trial has no test metrics: the cell stays empty
+                    assert f"result/{key}" not in values, (trial_id, key)
+            assert values["result/epoch"] == rows[-1]["epoch"]
+            on_front = trial_id in front_rows
+            assert values["pareto/on_front"] == (1.0 if on_front else 0.0)
+            if on_front:
+                assert values["pareto/rank"] == 0.0
+                for key in ("val/acc", "val/ece", "test/acc", "test/ece"):
+                    assert values[f"result/{key}"] == pytest.approx(float(front_rows[trial_id][key]), abs=1e-6)  # float32
+            elif trial_id in complete:
+                assert values["pareto/rank"] >= 1.0
+            else:
+                assert "pareto/rank" not in values  # only complete trials are ranked
 
         # per trial, every numeric metric key per epoch
         tags = _get(f"{base}/data/plugin/scalars/tags")
@@ -155,11 +211,22 @@ def test_tensorboard_serves_every_trial_parameter_and_the_pareto_figure(tiny_exp
 
         images = _get(f"{base}/data/plugin/images/tags")
         assert "pareto" in images["experiment"]
-        reliability = [t for t in images["experiment"] if t.startswith("reliability/")]
-        assert reliability, "reliability diagrams of the front's members"
+        # reliability diagrams of every complete trial, the front's members first (TensorBoard sorts by tag)
+        reliability = sorted(t for t in images["experiment"] if t.startswith("reliability/"))
+        assert {t.rsplit("/", 1)[-1].split(" ")[-1] for t in reliability} == complete
+        front_tags = [t for t in reliability if t.startswith("reliability/front/")]
+        assert [t.split(" ")[-1] for t in front_tags] == [m["trial"] for m in summary["front"]]
+        assert reliability[:len(front_tags)] == front_tags
+        # the Pareto figure as an image series: step = trials finished, from the first complete trial to all
         listing = _get(f"{base}/data/plugin/images/images?run=experiment&tag=pareto&sample=0")
+        finished = sorted(results, key=lambda tid: (results[tid][-1]["timestamp"], tid))
+        first_complete = min(i for i, tid in enumerate(finished, 1) if tid in complete)
+        assert [x["step"] for x in listing] == list(range(first_complete, len(results) + 1))
         png = _get(f"{base}/data/plugin/images/individualImage?{listing[-1]['query']}")
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        from PIL import Image
+
+        assert Image.open(__import__("io").BytesIO(png)).size == (1000, 700)  # readable at TensorBoard's card width
     finally:
         proc.terminate()
         try:
@@ -239,13 +306,19 @@ def test_hparam_declarations_and_values_for_conditional_parameters():
                         "calibration.breakpoints": [0.7]})
     v_gce = hparam_values(spec, gce, "complete")
     v_focal = hparam_values(spec, focal, "stopped")
-    assert v_gce["gce.lam"] == 0.25 and v_gce["focal.gamma"] == NOT_APPLICABLE_VALUE
-    assert v_focal["gce.lam"] == NOT_APPLICABLE_VALUE and v_focal["focal.gamma"] == 3.0
+    # a parameter that does not apply is left out of the session
+    assert v_gce["gce.lam"] == 0.25 and "focal.gamma" not in v_gce
+    assert "gce.lam" not in v_focal and v_focal["focal.gamma"] == 3.0
     assert v_gce["calibration.breakpoints"] == "0.5 0.9" and v_gce["calibration.pieces"] == 3.0
     assert v_focal["calibration.pieces"] == 2.0 and v_focal["trial.status"] == "stopped"
     # without ATS the breakpoints do not apply, even though the config still holds a list
     ts = dict(gce, calibration=dict(gce["calibration"], method="ts"))
-    assert hparam_values(spec, ts, "complete")["calibration.breakpoints"] == NOT_APPLICABLE_VALUE
+    v_ts = hparam_values(spec, ts, "complete")
+    assert "calibration.breakpoints" not in v_ts and "calibration.pieces" not in v_ts
+    for values in (v_gce, v_focal, v_ts):  # a numeric column holds numbers only
+        for key, value in values.items():
+            if infos[key].type == api_pb2.DATA_TYPE_FLOAT64:
+                assert isinstance(value, float), (key, value)
 
 
 def test_tensorboard_command_refuses_what_is_not_an_experiment(tmp_path, capsys):
