@@ -3,8 +3,42 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
+
+# Test-only: where the tests that need the real Fashion-MNIST look for its four idx files (default: Debian's place).
+FASHION_MNIST_ENV = "GCE_SEARCH_TEST_FASHION_MNIST_ROOT"
+FASHION_MNIST_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                       "t10k-labels-idx1-ubyte")
+
+
+def running_under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+@pytest.fixture
+def fashion_mnist_root() -> str:
+    """The directory holding the real Fashion-MNIST, for the tests that need it. Fashion-MNIST is an optional system
+    dataset: where it is missing these tests are skipped with the command that installs it, except under CI
+    (CI=true), where a missing dataset fails them, so CI always runs them for real."""
+    from trainables.data import FASHION_MNIST_ROOT, _find_idx
+
+    root = os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_ROOT
+    missing = []
+    for stem in FASHION_MNIST_STEMS:
+        try:
+            _find_idx(Path(root), stem)  # the loader's own file-name rules (.gz or not)
+        except FileNotFoundError:
+            missing.append(stem)
+    if missing:
+        reason = (f"Fashion-MNIST not found in {root} (missing {', '.join(missing)}); install it with "
+                  f"`apt-get install -y dataset-fashion-mnist`, or put the four idx files in a directory named by "
+                  f"{FASHION_MNIST_ENV}")
+        if running_under_ci():
+            pytest.fail(f"{reason} (CI=true: a missing dataset is a failure)", pytrace=False)
+        pytest.skip(reason)
+    return root
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -205,13 +205,15 @@ def test_synthetic_options_and_learnable():
 # --------------------------------------------------------------------------------------------------- fashion_mnist
 
 
-def test_fashion_mnist_real_files():
-    raw = raw_data("fashion_mnist")
+def test_fashion_mnist_real_files(fashion_mnist_root):
+    # data.root null reads Debian's location; a test-only root is passed on
+    root = None if fashion_mnist_root == FASHION_MNIST_ROOT else fashion_mnist_root
+    raw = raw_data("fashion_mnist", root)
     assert raw.train_x.shape == (60000, 1, 28, 28) and raw.test_x.shape == (10000, 1, 28, 28)
     assert raw.train_x.dtype == np.uint8
     assert np.bincount(raw.train_y).tolist() == [6000] * 10
     assert np.bincount(raw.test_y).tolist() == [1000] * 10
-    s = load_splits(_cfg(name="fashion_mnist", max_train=500, test=200))
+    s = load_splits(_cfg(name="fashion_mnist", root=root, max_train=500, test=200))
     assert s.info["sizes"] == {"train": 500, "calib": 9000, "val": 9000, "test": 200}
     assert s.train_y.min() == 0 and s.train_y.max() == 9
 
@@ -268,9 +270,9 @@ def test_fashion_mnist_missing_and_malformed(tmp_path):
         raw_data("fashion_mnist", str(tmp_path / "f"))
 
 
-def test_fashion_mnist_default_root_is_debian_location():
+def test_fashion_mnist_default_root_is_debian_location(fashion_mnist_root):
     assert FASHION_MNIST_ROOT == "/usr/share/datasets/fashion-mnist"
-    assert Path(FASHION_MNIST_ROOT, "train-images-idx3-ubyte.gz").is_file()
+    assert Path(fashion_mnist_root, "train-images-idx3-ubyte.gz").is_file()  # as the Debian package ships it
 
 
 # ----------------------------------------------------------------------------------------------------------- cifar
