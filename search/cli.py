@@ -23,6 +23,7 @@ COMMANDS = {
     "export": ("search.export", "cmd_export"),
     "train": ("trainables.trial", "cmd_train"),
     "tensorboard": ("search.tensorboard", "cmd_tensorboard"),
+    "dashboard": ("search.dashboard", "cmd_dashboard"),
     "study": ("search.study", "cmd_study"),
 }
 
@@ -68,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     tb = sub.add_parser("tensorboard", help="serve the experiment's TensorBoard on 127.0.0.1")
     tb.add_argument("experiment_dir")
     tb.add_argument("--port", type=int, default=6006)
+
+    db = sub.add_parser("dashboard", help="serve optuna-dashboard for the experiment's study on 127.0.0.1 "
+                                          "(needs the 'dashboard' extra)")
+    db.add_argument("experiment_dir")
+    db.add_argument("--port", type=int, default=8080)
 
     st = sub.add_parser("study", help="fixed-hyperparameter grid of methods x seeds, post-hoc TS/ATS, on test")
     st.add_argument("study", help="study YAML file or the name of a shipped study (spaces/studies/)")
