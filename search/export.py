@@ -64,7 +64,12 @@ def _calibrator_state(trial) -> dict | None:
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as err:  # the temperatures from the metrics still go out
-        trial.notes.append(f"checkpoint {ckpt} unreadable: {err}")
+        from search.results import warn
+
+        message = (f"{ckpt}: checkpoint unreadable ({type(err).__name__}: {err}); the export of trial "
+                   f"{trial.trial_id} has the temperatures from its metrics but not the calibrator's state")
+        trial.notes.append(message)
+        warn(message)
         return None
     cal = state.get("calibrator")
     return _plain(cal) if isinstance(cal, dict) else None
@@ -88,16 +93,16 @@ def export_document(exp, trial, selector: str, rank: int) -> dict:
     from search.results import chosen_metrics
     from trainables.config import resolve
 
+    from trainables.precision import pin_precision
+
     # resolve() re-validates and fills any default a trial config from an older version lacked.
     config = resolve(trial.config, source=f"{trial.path}/result.json (config.trial_config)")
+    pin_precision(config, trial.final)  # `auto` becomes what the trial ran with, so a retrain does the same
     calibration = config["calibration"]
     calibrator = {
         "method": calibration["method"],
-    from trainables.precision import pin_precision
-
         "breakpoints": list(calibration["breakpoints"]) if calibration["method"] == "ats" else None,
         "temperatures": trial.temperatures,
-    pin_precision(config, trial.final)  # `auto` becomes what the trial ran with, so a retrain does the same
     }
     state = _calibrator_state(trial)
     if state is not None:

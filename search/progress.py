@@ -31,16 +31,11 @@ def describe_loss(trial_config: dict) -> str:
 
 
 def trial_outcome(last_result: dict | None, errored: bool = False) -> str:
-    """complete | diverged | stopped | error: how a trial ended, read from its last result (architecture.md)."""
-    if errored:
-        return "error"
-    if not last_result:
-        return "stopped"
-    if last_result.get("status") == "diverged":
-        return "diverged"
-    if last_result.get("final") is True:
-        return "complete"
-    return "stopped"
+    """How a trial ended (complete | degenerate | stopped | diverged | error): search.results.trial_outcome, the
+    one rule for the console, the result files and TensorBoard."""
+    from search.results import trial_outcome as outcome_rule
+
+    return outcome_rule(last_result, errored=errored)
 
 
 class ProgressPrinter(Callback):
@@ -49,7 +44,7 @@ class ProgressPrinter(Callback):
     def __init__(self, max_t: int | None = None, stream: TextIO | None = None):
         self.max_t = max_t
         self._stream = stream
-        self.counts = {"started": 0, "complete": 0, "stopped": 0, "diverged": 0, "error": 0}
+        self.counts = {"started": 0, "complete": 0, "degenerate": 0, "stopped": 0, "diverged": 0, "error": 0}
 
     def __getstate__(self) -> dict:
         # Pickled into Ray's tuner.pkl for resume; a stream does not pickle, and the new driver has its own stdout.
@@ -85,7 +80,8 @@ class ProgressPrinter(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         outcome = trial_outcome(trial.last_result)
         self.counts[outcome] += 1
-        event = {"complete": "completed", "stopped": "stopped", "diverged": "failed"}[outcome]
+        event = {"complete": "completed", "degenerate": "degenerate", "stopped": "stopped", "diverged": "failed",
+                 "error": "error"}[outcome]
         self._line(trial, event, trial.last_result)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -94,13 +90,28 @@ class ProgressPrinter(Callback):
 
 
 def print_summary(exp_dir: str, outcomes: dict[str, int], front: list[dict] | None, stream: TextIO | None = None,
-                  wall_s: float | None = None) -> None:
-    """The closing lines: counts, the Pareto front (full-budget trials only), where things are, what to run next."""
+                  wall_s: float | None = None) -> bool:
+    """The closing lines: counts, the Pareto front (full-budget trials only), where things are, what to run next.
+
+    Returns whether the search produced a usable result (a complete trial). Without one, a one-line reason goes
+    to stderr instead of the pareto/export/tensorboard hints, which would only refuse."""
+    from search.results import describe_counts
+
     out = stream or sys.stdout
     total = sum(outcomes.values())
     counts = ", ".join(f"{v} {k}" for k, v in outcomes.items() if v)
     took = f" in {wall_s:.0f} s" if wall_s is not None else ""
     print(f"\nSearch finished{took}: {total} trial(s) ({counts or 'none'}).", file=out)
+    if not outcomes.get("complete"):
+        print(f"Results: {exp_dir}", file=out, flush=True)
+        why = {"error": "error.txt in a trial folder holds its traceback",
+               "diverged": "a diverged trial's loss became non-finite (a smaller train.lr usually helps)",
+               "degenerate": "a degenerate trial ended at chance-level val/acc",
+               "stopped": "a stopped trial did not reach its full budget"}
+        hints = "; ".join(text for status, text in why.items() if outcomes.get(status))
+        print(f"gce-search: no trial produced a usable result ({describe_counts(outcomes)}), so there is nothing "
+              f"to rank or export" + (f"; {hints}" if hints else ""), file=stream or sys.stderr, flush=True)
+        return False
     if front:
         print("Pareto front (val/acc max, val/ece min; full-budget trials):", file=out)
         for row in front:
@@ -113,3 +124,4 @@ def print_summary(exp_dir: str, outcomes: dict[str, int], front: list[dict] | No
     print(f"Results: {exp_dir}", file=out)
     print(f"  gce-search tensorboard {exp_dir}", file=out)
     print(f"  gce-search export {exp_dir}", file=out, flush=True)
+    return True

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -26,6 +27,9 @@ from search.pareto import MODES, OBJECTIVES, REFERENCE_POINT, hypervolume_acc_ec
 
 __all__ = [
     "STATUSES",
+    "trial_outcome",
+    "chance_accuracy_bound",
+    "warn",
     "TrialRecord",
     "Experiment",
     "load_experiment",
@@ -46,7 +50,13 @@ __all__ = [
     "cmd_pareto",
 ]
 
-STATUSES = ("complete", "stopped", "diverged")
+# How a trial ended (trial_outcome). Only "complete" trials reach a front, a ranking or an export.
+STATUSES = ("complete", "degenerate", "stopped", "diverged", "error")
+STATUS_WORDS = {"complete": "complete", "degenerate": "at chance level (degenerate)", "stopped": "stopped early",
+                "diverged": "diverged", "error": "errored"}
+# A full-budget trial is degenerate when its val/acc is within CHANCE_MARGIN_STD binomial standard deviations of
+# what always predicting the most frequent val class scores (docs/results-format.md, "Which trials count").
+CHANCE_MARGIN_STD = 2.0
 # Ray's bookkeeping keys in every result line; not metrics.
 RAY_KEYS = frozenset({
     "config", "timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "training_iteration", "trial_id",
@@ -245,36 +255,156 @@ def searched_values(spec: Any, config: dict, keys: list[str] | None = None) -> d
     return out
 
 
-def _read_result_lines(path: Path) -> list[dict]:
-    lines = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                # A trial killed mid-write leaves a truncated last line; everything before it is valid.
-                continue
-            if isinstance(row, dict):
-                lines.append(row)
-    return lines
+def _read_result_lines(path: Path) -> tuple[list[dict], str | None]:
+    """The JSON lines of a trial's result.json, and the text of its last line when that one is cut (a process
+    killed mid-write, a full disk, NFS); a cut line is never taken for the trial's last result."""
+    lines: list[dict] = []
+    torn = None
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return [], None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            torn = line
+            continue
+        torn = None  # an unreadable line followed by readable ones was not the last one written
+        if isinstance(row, dict):
+            lines.append(row)
+    return lines, torn
 
 
-def _status_of(last: dict) -> str:
+RAY_STATE_GLOB = "experiment_state-*.json"
+
+
+def ray_trial_states(exp_dir: Path) -> tuple[dict[str, dict], Path | None]:
+    """({trial id: {"status", "last_result", "errored"}}, the file) from Ray's newest readable experiment state.
+
+    Read as plain JSON: the pickled parts Ray embeds stay hex strings, nothing is unpickled, so this is safe on an
+    experiment from elsewhere. ({}, None) when there is none."""
+    for path in sorted(exp_dir.glob(RAY_STATE_GLOB), reverse=True):  # the names carry the start time
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            trials = {}
+            for trial_json, metadata_json in state["trial_data"]:
+                trial, metadata = json.loads(trial_json), json.loads(metadata_json)
+                last = metadata.get("last_result")
+                trials[str(trial["trial_id"])] = {
+                    "status": trial.get("status"), "last_result": last if isinstance(last, dict) else {},
+                    "errored": trial.get("status") == "ERROR"}
+            return trials, path
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # a state cut mid-write: the one before it
+    return {}, None
+
+
+def _iteration(row: dict | None) -> float:
+    row = row or {}
+    for key in ("training_iteration", "epoch"):
+        if _finite(row.get(key)):
+            return float(row[key])
+    return float("-inf")
+
+
+def _trial_id_of(folder: Path, lines: list[dict]) -> str:
+    if lines and lines[-1].get("trial_id"):
+        return str(lines[-1]["trial_id"])
+    return folder.name[len("trial_"):] if folder.name.startswith("trial_") else folder.name
+
+
+def _params_config(folder: Path) -> dict:
+    """Ray's config of a trial from its params.json (for a trial that errored before reporting)."""
+    try:
+        config = json.loads((folder / "params.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def warn(message: str) -> None:
+    """A problem met while reading an experiment that changes what the user sees: on the console, not only in
+    summary.json's notes."""
+    print(f"gce-search: warning: {message}", file=sys.stderr, flush=True)
+
+
+def chance_accuracy_bound(last_result: dict) -> float | None:
+    """The val/acc at or below which a full-budget trial is degenerate, or None when its last result does not say
+    how many classes and val samples there are (then no trial is called degenerate).
+
+    Chance is the share p of the most frequent val class (1/K when the split is balanced, or when only K is
+    known): a model that always predicts it scores p. A real model's val/acc on n samples is p or below with
+    probability ~2.3% at p + 2 sqrt(p (1 - p) / n), so a trial at or below that bound is not told apart from chance.
+    """
+    def mapping(value: Any) -> dict:
+        return value if isinstance(value, dict) else {}
+
+    info = mapping(last_result.get("data/info"))
+    n = last_result.get("val/n")
+    n = n if _finite(n) else mapping(info.get("sizes")).get("val")
+    counts = mapping(info.get("class_counts")).get("val")
+    if isinstance(counts, list) and counts and all(_finite(c) and c >= 0 for c in counts) and sum(counts) > 0:
+        p = max(counts) / sum(counts)
+        n = n if _finite(n) else sum(counts)
+    elif _finite(info.get("num_classes")) and info["num_classes"] >= 2:
+        p = 1.0 / info["num_classes"]
+    else:
+        return None
+    if not _finite(n) or n <= 0:
+        return None
+    return p + CHANCE_MARGIN_STD * math.sqrt(p * (1.0 - p) / n)
+
+
+def trial_outcome(last_result: dict | None, errored: bool = False) -> str:
+    """How a trial ended, from its last result: one of STATUSES. The one rule: the result files, the console and
+    TensorBoard all call it (docs/results-format.md, "Which trials count").
+
+    error: the trial raised (Ray marked it errored) before a full-budget result; diverged: non-finite loss or
+    logits; complete: the full `train.epochs` budget, above chance level; degenerate: the full budget at chance
+    level (chance_accuracy_bound); stopped: anything else (stopped early by the scheduler, interrupted)."""
+    last = last_result or {}
+    if errored and last.get("final") is not True:
+        return "error"
     if last.get("status") == "diverged":
         return "diverged"
     if last.get("final") is True:
-        return "complete"
+        bound = chance_accuracy_bound(last)
+        acc = last.get("val/acc")
+        return "degenerate" if bound is not None and _finite(acc) and acc <= bound else "complete"
     return "stopped"
 
 
-def _load_trial(folder: Path, spec: Any) -> TrialRecord | None:
-    lines = _read_result_lines(folder / "result.json")
-    if not lines:
+def _load_trial(folder: Path, spec: Any, ray_states: dict[str, dict], ray_state_path: Path | None
+                ) -> TrialRecord | None:
+    result_path = folder / "result.json"
+    lines, torn = _read_result_lines(result_path)
+    trial_id = _trial_id_of(folder, lines)
+    ray_state = ray_states.get(trial_id)
+    notes = []
+    if torn is not None:
+        # The status must not change because a record is unreadable: Ray's experiment state keeps the last result
+        # it received, which is the cut line when that one was the newest.
+        recorded = (ray_state or {}).get("last_result") or {}
+        where = f"Ray's experiment state {ray_state_path.name}" if ray_state_path is not None else ""
+        if recorded and _iteration(recorded) > _iteration(lines[-1] if lines else None):
+            lines.append(recorded)
+            message = (f"{result_path}: last line cut ({len(torn)} characters); the trial's last result was taken "
+                       f"from {where} (epoch {recorded.get('epoch', '?')})")
+        else:
+            message = (f"{result_path}: last line cut ({len(torn)} characters) and "
+                       + (f"{where} holds nothing newer" if where else "no Ray experiment state to recover it from")
+                       + f"; the trial is read up to its last complete line (epoch "
+                       f"{lines[-1].get('epoch', '?') if lines else 'none'}), so its status may be out of date")
+        notes.append(message)
+        warn(message)
+    errored = ray_state["errored"] if ray_state is not None else (folder / "error.txt").is_file()
+    if not lines and not errored:
         return None
-    ray_config = lines[-1].get("config") or {}
+    ray_config = (lines[-1].get("config") if lines else None) or _params_config(folder)
     config = ray_config.get("trial_config") or {}
     by_epoch: dict[Any, dict] = {}
     for row in lines:
@@ -282,7 +412,7 @@ def _load_trial(folder: Path, spec: Any) -> TrialRecord | None:
         by_epoch[key] = row  # a restored trial re-reports epochs: the last line of an epoch is the one that counts
     ordered = [by_epoch[k] for k in sorted(by_epoch, key=lambda k: (k is None, k if _finite(k) else 0))]
     history = [{k: v for k, v in row.items() if k not in RAY_KEYS} for row in ordered]
-    first, last = lines[0], lines[-1]
+    first, last = (lines[0], lines[-1]) if lines else ({}, {})
     tune_params = {k: v for k, v in ray_config.items() if k != "trial_config"}
     params = searched_values(spec, config) if spec else dict(tune_params)
     # tune_adapter reports Ray's node id; the node's address makes it readable.
@@ -291,24 +421,27 @@ def _load_trial(folder: Path, spec: Any) -> TrialRecord | None:
         node = f"{last['node_ip']} ({str(last['node_id'])[:12]})"
     started = _num(first.get("timestamp")) - _num(first.get("time_this_iter_s", 0.0))
     return TrialRecord(
-        trial_id=str(last.get("trial_id") or folder.name),
+        trial_id=trial_id,
         path=folder,
         config=config,
         params=params,
         history=history,
-        status=_status_of(history[-1]),
+        status=trial_outcome(history[-1] if history else None, errored=errored),
         node=node,
         node_id=last.get("node_id"),
         started_at=started,
         finished_at=_num(last.get("timestamp")),
         tune_params=tune_params,
+        notes=notes,
     )
 
 
 def load_experiment(exp_dir: str | os.PathLike) -> Experiment:
     """Read an experiment directory into trial records; UsageError if it is not one.
 
-    A trial folder that never reported (no result line yet) is skipped.
+    A trial folder that never reported (no result line yet) is skipped, unless the trial errored. A cut last line
+    of a result.json is taken from Ray's experiment state where that holds it, and warned about on the console
+    naming the file either way (`_load_trial`).
     """
     import yaml
 
@@ -324,22 +457,30 @@ def load_experiment(exp_dir: str | os.PathLike) -> Experiment:
             raise UsageError(f"{spec_path}: not valid YAML ({err})") from None
         if not isinstance(spec, dict):
             raise UsageError(f"{spec_path}: expected a mapping (the resolved search spec)")
-    folders = sorted(p for p in path.iterdir() if p.is_dir() and (p / "result.json").is_file())
+    # A trial that errored before its first report has error.txt but no result line.
+    folders = sorted(p for p in path.iterdir()
+                     if p.is_dir() and ((p / "result.json").is_file() or (p / "error.txt").is_file()))
     if spec is None and not folders:
         raise UsageError(f"{exp_dir}: not an experiment directory; expected spec.yaml and trial folders with "
                          "result.json (the directory `gce-search run` writes under --storage/--name)")
     search_spec = as_search_spec(spec) if spec is not None else None
-    trials = [t for t in (_load_trial(f, search_spec or spec) for f in folders) if t is not None]
+    ray_states, ray_state_path = ray_trial_states(path)
+    trials = [t for t in (_load_trial(f, search_spec or spec, ray_states, ray_state_path) for f in folders)
+              if t is not None]
     return Experiment(path=path, spec=spec, trials=trials, search_spec=search_spec)
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """'4 errored', '2 diverged, 1 stopped early': the non-zero statuses of Experiment.counts() in words."""
+    words = [f"{counts[s]} {STATUS_WORDS[s]}" for s in STATUSES if counts.get(s)]
+    return ", ".join(words) if words else "no trial reported a result"
 
 
 def require_complete(exp: Experiment) -> list[TrialRecord]:
     complete = exp.complete()
     if not complete:
-        counts = exp.counts()
-        raise UsageError(
-            f"{exp.path}: no trial finished its full budget (complete {counts['complete']}, stopped "
-            f"{counts['stopped']}, diverged {counts['diverged']}); a front needs at least one complete trial")
+        raise UsageError(f"{exp.path}: no complete trial ({describe_counts(exp.counts())}); a front, a ranking and "
+                         f"an export need at least one trial that ran its full budget above chance level")
     return complete
 
 
@@ -487,13 +628,14 @@ def _ece_uncertainty(trial: TrialRecord, split: str, predictions: bool) -> dict:
     approximation 0.13/sqrt(n).
     """
     n = trial.final.get(f"{split}/n")
+    unreadable = None
     if predictions and split == "val":
         try:
             preds = val_predictions(trial)
         except Exception as err:  # an unreadable checkpoint must not block the result files
             preds = None
             trial._val_predictions = None
-            trial.notes.append(f"val predictions not rebuilt from the checkpoint: {err}")
+            unreadable = f"{latest_checkpoint(trial)}: checkpoint unreadable ({type(err).__name__}: {err})"
         if preds is not None:
             import torch
 
@@ -505,10 +647,17 @@ def _ece_uncertainty(trial: TrialRecord, split: str, predictions: bool) -> dict:
                     "method": "bootstrap over val samples (predictions rebuilt from the last checkpoint)"}
     arrays = _bins_arrays(trial.final.get(f"{split}/reliability"))
     if arrays is not None:
-        return {"n": int(arrays[0].sum()) if not _finite(n) else int(n), "std": ece_std_from_bins(*arrays),
-                "method": "bootstrap over reliability bins"}
-    return {"n": int(n) if _finite(n) else None, "std": ece_std_from_n(_num(n)),
-            "method": f"{ECE_STD_TIMES_SQRT_N}/sqrt(n)"}
+        result = {"n": int(arrays[0].sum()) if not _finite(n) else int(n), "std": ece_std_from_bins(*arrays),
+                  "method": "bootstrap over reliability bins"}
+    else:
+        result = {"n": int(n) if _finite(n) else None, "std": ece_std_from_n(_num(n)),
+                  "method": f"{ECE_STD_TIMES_SQRT_N}/sqrt(n)"}
+    if unreadable is not None:
+        message = (f"{unreadable}; the val/ece ± of trial {trial.trial_id} is the {result['method']} estimate, not "
+                   f"the bootstrap over its val predictions")
+        trial.notes.append(message)
+        warn(message)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -613,11 +762,16 @@ def summary_dict(exp: Experiment) -> dict:
         "hypervolume": exp.hypervolume(),
         "hypervolume_over_time": [{"seconds": s, "hypervolume": hv} for s, hv in exp.hypervolume_over_time()],
         "counts": exp.counts(),
+        # full-budget trials kept off the front because their val/acc is within noise of chance
+        "degenerate": [{"trial": t.trial_id, "val/acc": t.metric("val/acc"),
+                        "chance_bound": chance_accuracy_bound(t.final)} for t in exp.by_status("degenerate")],
         "val_n": val_n[0] if len(val_n) == 1 else val_n,
         "ece_uncertainty_note": (
             "val/ece of a front member carries the std in val_ece_uncertainty; two trials scored on the same split "
             "differ meaningfully only when their ECE gap exceeds about 2.5 std (DESIGN.md: ECE is noisy at small n)"),
         "front": members,
+        # every problem met reading any trial (cut result lines, unreadable checkpoints), also warned on the console
+        "warnings": [f"trial {t.trial_id}: {note}" for t in exp.trials for note in t.notes],
     })
 
 
@@ -643,7 +797,7 @@ def pareto_figure(exp: Experiment, losses: Iterable[str] | None = None):
     plotted = [t for t in exp.trials if _finite(t.final.get("val/acc")) and _finite(t.final.get("val/ece"))]
     colours = _loss_colours(list(losses) if losses is not None else [t.loss for t in exp.trials])
     for loss, colour in colours.items():
-        for status, marker, alpha in (("complete", "o", 0.9), ("stopped", "x", 0.45)):
+        for status, marker, alpha in (("complete", "o", 0.9), ("stopped", "x", 0.45), ("degenerate", "v", 0.45)):
             pts = [t for t in plotted if t.loss == loss and t.status == status]
             if pts:
                 ax.scatter([t.metric("val/ece") for t in pts], [t.metric("val/acc") for t in pts], c=[colour],
@@ -727,8 +881,10 @@ def cmd_pareto(args) -> int:
     print(format_table(rows))
     counts = summary["counts"]
     ref = summary["reference_point"]
-    print(f"\nfront: {len(rows)} of {counts['complete']} complete trials (stopped {counts['stopped']}, "
-          f"diverged {counts['diverged']}); hypervolume {summary['hypervolume']:.4f} against reference "
+    others = describe_counts({k: v for k, v in counts.items() if k not in ("complete", "total")})
+    print(f"\nfront: {len(rows)} of {counts['complete']} complete trials"
+          + (f" ({others})" if any(counts.get(s) for s in STATUSES if s != "complete") else "")
+          + f"; hypervolume {summary['hypervolume']:.4f} against reference "
           f"(val/acc {ref['val/acc']:g}, val/ece {ref['val/ece']:g}); val n = {summary['val_n']}")
     print(f"wrote {exp.path / 'pareto.csv'}, {exp.path / 'pareto.png'}, {exp.path / 'summary.json'}, "
           f"{exp.path / 'tensorboard'}")

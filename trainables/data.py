@@ -166,13 +166,77 @@ def load_fashion_mnist(root: str | None, subset: str | None, download: bool, opt
 # ------------------------------------------------------------------------------------------------------------ cifar
 
 
+class RefusedPickle(pickle.UnpicklingError):
+    """A pickle that asks for something other than plain data and numpy arrays."""
+
+
+CIFAR_PICKLE_HOLDS = "dicts, lists, tuples, bytes, str, numbers and numpy arrays of numbers"
+
+
+def _checked_dtype(*args):
+    dtype = np.dtype(*args)
+    if dtype.hasobject:  # an object array would hold arbitrary pickled objects
+        raise RefusedPickle(f"refused numpy dtype {dtype}: a CIFAR batch holds {CIFAR_PICKLE_HOLDS}")
+    return dtype
+
+
+def _latin1_encode(text, encoding="utf-8"):
+    # Python 3 pickles bytes with protocols 0-2 as _codecs.encode(text, "latin1"); no other codec is needed
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise RefusedPickle(f"refused _codecs.encode with {encoding!r}: a CIFAR batch holds {CIFAR_PICKLE_HOLDS}")
+    return text.encode("latin1")
+
+
+def _cifar_pickle_globals() -> dict[tuple[str, str], Any]:
+    """The only callables a CIFAR batch may name: numpy's array and dtype reconstruction (old and new module
+    names), and the bytes encoding of protocols 0-2."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray, numeric
+
+    def checked_scalar(dtype, *args):
+        return multiarray.scalar(_checked_dtype(dtype), *args)
+
+    def checked_reconstruct(subtype, shape, dtype):
+        return multiarray._reconstruct(subtype, shape, _checked_dtype(dtype))
+
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _checked_dtype,
+                                           ("_codecs", "encode"): _latin1_encode}
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = checked_reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = checked_scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that builds plain data and numpy arrays only: a crafted batch file cannot run code.
+
+    Pickle opcodes build dicts, lists, tuples, bytes, str, numbers, bools and None by themselves; anything else
+    goes through find_class, which knows only the callables of _cifar_pickle_globals."""
+
+    def __init__(self, file):
+        # The official batches are Python 2 pickles of byte-string keys; torchvision reads them the same way.
+        super().__init__(file, encoding="bytes")
+        self._allowed = _cifar_pickle_globals()
+
+    def find_class(self, module: str, name: str):
+        found = self._allowed.get((module, name))
+        if found is None:
+            raise RefusedPickle(f"refused {module}.{name}: a CIFAR batch holds {CIFAR_PICKLE_HOLDS}, and loading "
+                                f"anything else could run code")
+        return found
+
+
 def _unpickle(path: Path, howto: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"expected the CIFAR batch file {path}; {howto}")
     try:
         with open(path, "rb") as f:
-            # The official batches are Python 2 pickles of byte-string keys; torchvision reads them the same way.
-            obj = pickle.load(f, encoding="bytes")
+            obj = _CifarUnpickler(f).load()
+    except RefusedPickle as err:
+        raise ValueError(f"{path}: not loaded, {err}; {howto}") from None
     except Exception as err:  # any unpickling failure means a corrupt or foreign file
         raise ValueError(f"{path}: not a CIFAR python-pickle batch ({type(err).__name__}: {err}); {howto}") from None
     if not isinstance(obj, dict):

@@ -89,7 +89,7 @@ def test_statuses_history_and_conditional_params(tmp_path):
     by_id = {t.trial_id: t for t in exp.trials}
     assert {k: t.status for k, t in by_id.items()} == {"a": "complete", "b": "stopped", "c": "diverged",
                                                        "d": "complete"}
-    assert exp.counts() == {"complete": 2, "stopped": 1, "diverged": 1, "total": 4}
+    assert exp.counts() == {"complete": 2, "degenerate": 0, "stopped": 1, "diverged": 1, "error": 0, "total": 4}
     assert [r["epoch"] for r in by_id["d"].history] == [1, 2, 3]
     assert by_id["d"].history[1]["val/acc"] == 0.65
     assert "config" not in by_id["a"].history[0] and "timestamp" not in by_id["a"].history[0]
@@ -187,7 +187,7 @@ def test_write_results_files(tmp_path, capsys):
     summary = json.loads((exp_dir / "summary.json").read_text())
     assert summary["hypervolume"] == pytest.approx(0.85)
     assert summary["reference_point"] == {"val/acc": 0.0, "val/ece": 1.0}
-    assert summary["counts"] == {"complete": 3, "stopped": 1, "diverged": 1, "total": 5}
+    assert summary["counts"] == {"complete": 3, "degenerate": 0, "stopped": 1, "diverged": 1, "error": 0, "total": 5}
     assert summary["val_n"] == 1000
     assert [m["trial"] for m in summary["front"]] == ["b", "a"]
     unc = summary["front"][0]["val_ece_uncertainty"]
@@ -209,12 +209,12 @@ def test_bad_input_is_a_usage_error_and_overwrites_nothing(tmp_path, capsys):
         "x": (_trial_config(GCE), [_epoch(1, 0, 0, False, status="diverged")]),
     })
     (exp_dir / "pareto.csv").write_text("previous\n")
-    with pytest.raises(UsageError, match="no trial finished its full budget"):
+    with pytest.raises(UsageError, match=r"no complete trial \(1 stopped early, 1 diverged\)"):
         write_results(exp_dir)
     assert (exp_dir / "pareto.csv").read_text() == "previous\n"
     assert not (exp_dir / "summary.json").exists() and not (exp_dir / "pareto.png").exists()
     assert main(["pareto", str(exp_dir)]) == 2
-    assert "no trial finished its full budget" in capsys.readouterr().err
+    assert "no complete trial (1 stopped early, 1 diverged)" in capsys.readouterr().err
     (tmp_path / "exp" / "spec.yaml").write_text("[unclosed")
     with pytest.raises(UsageError, match="spec.yaml: not valid YAML"):
         write_results(exp_dir)
@@ -284,3 +284,189 @@ def test_latest_checkpoint_is_the_complete_one_with_the_latest_epoch(tmp_path):
     write_manifest(str(tmp_path / "checkpoint_000008"), epoch=10)
     (tmp_path / "checkpoint_000008" / CHECKPOINT_FILE).write_bytes(b"x" * 4)
     assert latest_checkpoint(record) == tmp_path / "checkpoint_000003" / CHECKPOINT_FILE
+
+
+# ---------------------------------------------------------------------------------------------- how a trial ended
+
+
+def _info(num_classes: int, val_counts: list[int] | None = None) -> dict:
+    info = {"num_classes": num_classes}
+    if val_counts is not None:
+        info.update({"sizes": {"val": sum(val_counts)}, "class_counts": {"val": val_counts}})
+    return info
+
+
+def test_trial_outcome_is_one_rule_with_a_chance_level_bound():
+    from search.progress import trial_outcome as progress_outcome
+    from search.results import STATUSES, chance_accuracy_bound, trial_outcome
+    from search.tensorboard import _status
+
+    bound = 0.1 + 2 * math.sqrt(0.1 * 0.9 / 1000)  # 10 balanced classes, 1000 val samples: 0.1190
+    final = {"final": True, "status": "ok", "val/n": 1000, "data/info": _info(10, [100] * 10)}
+    assert chance_accuracy_bound(final) == pytest.approx(bound)
+    cases = [
+        ({**final, "val/acc": 0.0972}, False, "degenerate"),  # a collapsed model: finite, and at chance
+        ({**final, "val/acc": bound}, False, "degenerate"),
+        ({**final, "val/acc": bound + 0.002}, False, "complete"),
+        # an imbalanced val split: always predicting the majority class scores 0.5
+        ({**final, "val/acc": 0.52, "data/info": _info(3, [500, 250, 250])}, False, "degenerate"),
+        ({**final, "val/acc": 0.6, "data/info": _info(3, [500, 250, 250])}, False, "complete"),
+        ({**final, "val/acc": 0.11, "data/info": {"num_classes": 10}}, False, "degenerate"),  # only K known: 1/K
+        ({"final": True, "val/acc": 0.05}, False, "complete"),  # no class count reported: nothing to judge by
+        ({**final, "val/acc": 0.9, "final": False}, False, "stopped"),
+        ({**final, "val/acc": math.nan, "status": "diverged", "final": False}, False, "diverged"),
+        ({**final, "val/acc": 0.5, "final": False}, True, "error"),
+        (None, True, "error"),
+        (None, False, "stopped"),
+        ({**final, "val/acc": 0.9}, True, "complete"),  # errored once, restarted, ran its full budget
+    ]
+    for last, errored, wanted in cases:
+        assert trial_outcome(last, errored=errored) == wanted, (last, errored)
+        assert progress_outcome(last, errored=errored) == wanted  # the console asks the same rule
+        if not errored:
+            assert _status(last or {}) == wanted  # and TensorBoard
+    assert set(STATUSES) == {"complete", "degenerate", "stopped", "diverged", "error"}
+
+
+def test_a_degenerate_trial_is_named_and_kept_off_the_front_and_the_exports(tmp_path, capsys):
+    from search.export import write_exports
+
+    chance = dict(_epoch(1, 0.0972, 0.0048, True), **{"data/info": _info(10, [100] * 10)})
+    good = dict(_epoch(1, 0.9, 0.05, True), **{"data/info": _info(10, [100] * 10)})
+    exp_dir = make_experiment(tmp_path, {"chance": (_trial_config(CE), [chance]), "good": (_trial_config(GCE), [good])})
+    exp = load_experiment(exp_dir)
+    assert {t.trial_id: t.status for t in exp.trials} == {"chance": "degenerate", "good": "complete"}
+    # with ECE 0.0048 the collapsed trial would dominate on val/ece; as degenerate it is on no front
+    assert [t.trial_id for t in exp.front()] == ["good"]
+    assert main(["pareto", str(exp_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "1 at chance level (degenerate)" in out
+    assert [r["trial"] for r in csv.DictReader(open(exp_dir / "pareto.csv"))] == ["good"]
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    assert summary["counts"]["degenerate"] == 1 and summary["counts"]["complete"] == 1
+    assert summary["degenerate"] == [{"trial": "chance", "val/acc": 0.0972,
+                                      "chance_bound": pytest.approx(0.1 + 2 * math.sqrt(0.09 / 1000))}]
+    for selector in ("pareto", "best", "top:2"):
+        assert [p.stem for p in write_exports(exp_dir, selector, tmp_path / selector)] == ["good"]
+    # only degenerate trials: nothing to export, and the message says why
+    only = tmp_path / "only"
+    only.mkdir()
+    make_experiment(only, {"chance": (_trial_config(CE), [chance])})
+    assert main(["export", str(only / "exp")]) == 2
+    assert "no complete trial (1 at chance level (degenerate))" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------- unreadable records, on a real tiny search
+
+
+from tests.search.test_tensorboard import tiny_experiment  # noqa: E402,F401  (session fixture: one search)
+
+
+def _copy(experiment: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("tensorboard"))
+    return copy
+
+
+def _cut_last_line(path: Path) -> None:
+    text = path.read_text()
+    last_start = text.rstrip("\n").rfind("\n") + 1
+    path.write_text(text[: last_start + (len(text) - last_start) // 2])  # half of the last line, no newline
+
+
+@pytest.mark.slow
+def test_a_cut_last_result_line_never_changes_a_trials_status(tiny_experiment, tmp_path, capsys):  # noqa: F811
+    before = load_experiment(tiny_experiment)
+    statuses = {t.trial_id: t.status for t in before.trials}
+    front = [t.trial_id for t in before.front()]
+    assert front, "the tiny search has a front"
+    capsys.readouterr()
+    exp_dir = _copy(tiny_experiment, tmp_path)
+    cut = [exp_dir / f"trial_{trial_id}" / "result.json" for trial_id in statuses]
+    for path in cut:  # every trial's last line, the front members' final ones among them
+        _cut_last_line(path)
+    after = load_experiment(exp_dir)
+    err = capsys.readouterr().err
+    assert {t.trial_id: t.status for t in after.trials} == statuses
+    assert [t.trial_id for t in after.front()] == front
+    for path in cut:
+        assert f"{path}: last line cut" in err and "taken from Ray's experiment state" in err
+    assert main(["pareto", str(exp_dir)]) == 0
+    assert [r["trial"] for r in csv.DictReader(open(exp_dir / "pareto.csv"))] == front
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    assert summary["counts"] == before.counts()
+    assert any("last line cut" in w for w in summary["warnings"])
+
+    # Without Ray's experiment state there is nothing to recover the line from: the trial is read up to its last
+    # complete line, and the console says that its status may be out of date, naming the file.
+    for state in exp_dir.glob("experiment_state-*.json"):
+        state.unlink()
+    load_experiment(exp_dir)
+    err = capsys.readouterr().err
+    for path in cut:
+        assert f"{path}: last line cut" in err and "its status may be out of date" in err
+
+
+@pytest.mark.slow
+def test_a_truncated_checkpoint_is_warned_about_naming_the_file(tiny_experiment, tmp_path, capsys):  # noqa: F811
+    from search.export import write_exports
+    from search.results import latest_checkpoint
+
+    exp_dir = _copy(tiny_experiment, tmp_path)
+    exp = load_experiment(exp_dir)
+    member = exp.front()[0]
+    ckpt = latest_checkpoint(member)
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(["pareto", str(exp_dir)]) == 0
+    err = capsys.readouterr().err
+    assert f"{ckpt}: checkpoint unreadable" in err and f"val/ece ± of trial {member.trial_id}" in err
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    entry = next(m for m in summary["front"] if m["trial"] == member.trial_id)
+    assert entry["val_ece_uncertainty"]["method"] != "bootstrap over val samples (predictions rebuilt from the " \
+                                                    "last checkpoint)"
+    paths = write_exports(exp_dir, "pareto", tmp_path / "export")
+    err = capsys.readouterr().err
+    assert f"{ckpt}: checkpoint unreadable" in err and "not the calibrator's state" in err
+    doc = yaml.safe_load(next(p for p in paths if p.stem == member.trial_id).read_text())
+    assert "state" not in doc["calibrator"] and doc["calibrator"]["temperatures"]
+
+
+# ------------------------------------------------------------------------------------ exit status of a search
+
+
+DIVERGING_SPACE = """\
+name: diverging
+description: every trial diverges (a learning rate of 1e6)
+data: {name: digits, max_train: 200}
+model: {name: mlp}
+train: {epochs: 2, batch_size: 64, lr: 1.0e+6}
+calibration: {method: ts}
+search: {sampler: random, num_samples: 2, seed: 0}
+scheduler: {name: fifo}
+resources: {cpus_per_trial: 1, gpus_per_trial: 0}
+space:
+  loss.name: {choices: [cross_entropy, gce]}
+"""
+
+
+@pytest.mark.slow
+def test_a_search_where_every_trial_diverges_exits_1_with_the_reason(tmp_path, capsys):
+    import ray
+
+    space = tmp_path / "diverging.yaml"
+    space.write_text(DIVERGING_SPACE)
+    storage = tmp_path / "results"
+    assert not ray.is_initialized()
+    code = main(["run", str(space), "--storage", str(storage), "--name", "div"])
+    captured = capsys.readouterr()
+    assert not ray.is_initialized()
+    assert code == 1
+    reason = [line for line in captured.err.splitlines() if "no trial produced a usable result" in line]
+    assert len(reason) == 1 and "(2 diverged)" in reason[0] and "train.lr" in reason[0]
+    assert "gce-search export" not in captured.out and "gce-search tensorboard" not in captured.out
+    assert "2 trial(s) (2 diverged)" in captured.out
+    assert main(["pareto", str(storage / "div")]) == 2
+    assert "no complete trial (2 diverged)" in capsys.readouterr().err

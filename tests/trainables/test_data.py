@@ -342,6 +342,56 @@ def test_cifar_download_skipped_when_files_are_present(tmp_path):
     assert raw_data("cifar10", str(tmp_path), download=True).train_x.shape == (10, 3, 32, 32)
 
 
+class _RunsOnLoad:
+    """Unpickling an instance calls `call(*args)`: what a crafted batch file uses to run code."""
+
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+@pytest.mark.parametrize("payload", ["os.system", "builtins.exec", "object array", "codec"])
+def test_a_crafted_cifar_batch_is_refused_and_its_payload_does_not_run(tmp_path, payload):
+    import codecs
+    import os
+
+    formats.write_cifar10(tmp_path, per_batch=2, n_test=2)
+    marker = tmp_path / "payload-ran"
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    data = np.zeros((2, 3072), np.uint8)
+    if payload == "os.system":
+        evil = _RunsOnLoad(os.system, f"touch {marker}")
+    elif payload == "builtins.exec":
+        evil = _RunsOnLoad(exec, f"open({str(marker)!r}, 'w').close()")
+    elif payload == "object array":  # an object array's elements are pickled objects of their own
+        evil = np.array([_RunsOnLoad(os.system, f"touch {marker}")], dtype=object)
+    else:
+        evil = _RunsOnLoad(codecs.encode, "x", "rot13")
+    for protocol in (2, 4, 5):
+        with open(batch, "wb") as f:
+            pickle.dump({b"data": data, b"labels": [0, 1], b"batch_label": evil}, f, protocol=protocol)
+        with pytest.raises(ValueError, match=r"data_batch_1: not loaded, refused .*a CIFAR batch holds") as err:
+            raw_data("cifar10", str(tmp_path))
+        assert str(batch) in str(err.value)
+        assert not marker.exists(), f"the payload ran ({payload}, protocol {protocol})"
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_cifar_batches_of_every_pickle_protocol_still_load(tmp_path, protocol):
+    written = formats.write_cifar10(tmp_path, per_batch=3, n_test=4)
+    folder = tmp_path / "cifar-10-batches-py"
+    for path in folder.iterdir():  # the same batches re-pickled: numpy scalars and arrays, bytes, str, lists
+        obj = pickle.load(open(path, "rb"), encoding="bytes")
+        obj[b"num_vis" if path.name == "batches.meta" else b"extra"] = np.int64(3072)
+        with open(path, "wb") as f:
+            pickle.dump(obj, f, protocol=protocol)
+    raw = raw_data("cifar10", str(tmp_path))
+    np.testing.assert_array_equal(raw.train_x, written["train"][0])
+    np.testing.assert_array_equal(raw.test_y, written["test"][1])
+
+
 # --------------------------------------------------------------------------------------------------- tiny_imagenet
 
 
