@@ -3,6 +3,7 @@
 pareto.csv and summary.json, and serve the Pareto image series and the reliability diagrams."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -233,6 +234,69 @@ def test_tensorboard_serves_every_trial_parameter_and_the_pareto_figure(tiny_exp
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextlib.contextmanager
+def serve_tensorboard(exp: Path):
+    """`gce-search tensorboard EXP` on a free port, once TensorBoard has loaded every trial run; its base URL."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "tensorboard", str(exp), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(f"{base}/data/plugins_listing", proc)
+        deadline = time.time() + 60
+        while set(_results(exp)) - set(_get(f"{base}/data/runs")) and time.time() < deadline:
+            time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def displayed_columns(experiment: dict) -> tuple[list[str], list[str]]:
+    """The columns TensorBoard's HParams dashboard shows before anyone changes them: the first five parameters
+    (the server lists those flagged `differs` first) and the first five metrics of the config."""
+    return ([h["name"] for h in experiment["hparamInfos"]][:5],
+            [m["name"]["tag"] for m in experiment["metricInfos"]][:5])
+
+
+def test_parallel_coordinates_draw_no_nan_line(tiny_experiment):
+    """In a real browser: the HParams parallel-coordinates view draws one line per session group that has every
+    shown column, and no line has a NaN coordinate (a string in a numeric column made every line NaN)."""
+    from tests.search.browser import chromium, require_browser, wait_for_js
+
+    require_browser()
+    with serve_tensorboard(tiny_experiment) as base, chromium() as driver:
+        experiment = _get(f"{base}/data/plugin/hparams/experiment", {"experimentName": ""})
+        groups = session_groups(base)
+        hparams, metrics = displayed_columns(experiment)
+        complete_rows = [g["name"] for g in groups
+                         if set(hparams) <= set(g["hparams"])
+                         and set(metrics) <= {m["name"]["tag"] for m in g["metricValues"]}]
+        assert complete_rows, "the tiny search should have a trial with every shown column (a complete GCE trial)"
+        driver.get(f"{base}/#hparams")
+        wait_for_js(driver, """
+            const tab = find(document, el => el.tagName === 'PAPER-TAB'
+                                             && el.textContent.trim().toUpperCase().startsWith('PARALLEL'));
+            if (tab) tab.click();
+            return !!tab;""", what="the parallel-coordinates tab")
+        lines = wait_for_js(driver, """
+            const plot = find(document, el => el.tagName === 'TF-HPARAMS-PARALLEL-COORDS-PLOT');
+            if (!plot) return null;
+            const root = plot.shadowRoot || plot;
+            const fg = [...root.querySelectorAll('g.foreground path')].map(p => p.getAttribute('d') || '');
+            const axes = root.querySelectorAll('g.axis').length;
+            return fg.length && axes ? {lines: fg, axes: axes} : null;""", what="the parallel-coordinates lines")
+        assert lines["axes"] == len(hparams) + len(metrics)
+        nan_lines = [d for d in lines["lines"] if "NaN" in d or not d.startswith("M")]
+        assert nan_lines == [], f"lines with a NaN coordinate: {nan_lines[:3]}"
+        assert len(lines["lines"]) == len(complete_rows)
+        console = [e["message"] for e in driver.get_log("browser") if "NaN" in e["message"]]
+        assert console == [], console
 
 
 def test_summary_backfills_trials_a_callback_did_not_write(tiny_experiment, tmp_path):
