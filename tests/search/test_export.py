@@ -141,3 +141,60 @@ def test_retrain_from_export_reproduces_the_search(tiny_experiment, tmp_path, ca
         assert math.isclose(retrained[key], trial.final[key], rel_tol=0, abs_tol=1e-6), key
     assert retrained["calibration/temperatures"] == pytest.approx(trial.final["calibration/temperatures"], abs=1e-5)
     assert torch.load(tmp_path / "retrain" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
+def test_a_search_where_every_trial_errors_exits_1_and_export_says_why(tmp_path, capsys):
+    """Every trial fails at run time: the data passed every check before Ray started, and the training images
+    are then cut short (what a full disk or an unmounted share does to a file in use)."""
+    import threading
+    import time
+
+    import ray
+
+    from tests.trainables import formats
+
+    root = tmp_path / "fashion"
+    formats.write_fashion_mnist(root, n_train=200, n_test=40, compress=False)
+    space = tmp_path / "erroring.yaml"
+    space.write_text(f"""\
+name: erroring
+data: {{name: fashion_mnist, root: {root}, calib: 30, val: 30}}
+model: {{name: mlp}}
+train: {{epochs: 1, batch_size: 32}}
+calibration: {{method: ts}}
+search: {{sampler: random, num_samples: 2, seed: 0}}
+scheduler: {{name: fifo}}
+resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
+space:
+  loss.name: {{choices: [cross_entropy, gce]}}
+""")
+    exp_dir = tmp_path / "results" / "err"
+    images = root / "train-images-idx3-ubyte"
+    stop = threading.Event()
+
+    def cut_the_images_once_the_checks_passed():
+        # spec.yaml is written after every check and before the first trial starts
+        while not stop.is_set() and not (exp_dir / "spec.yaml").exists():
+            time.sleep(0.02)
+        if not stop.is_set():
+            images.write_bytes(images.read_bytes()[:100])
+
+    watcher = threading.Thread(target=cut_the_images_once_the_checks_passed)
+    watcher.start()
+    try:
+        code = main(["run", str(space), "--storage", str(tmp_path / "results"), "--name", "err"])
+    finally:
+        stop.set()
+        watcher.join()
+    captured = capsys.readouterr()
+    assert not ray.is_initialized()
+    assert images.stat().st_size == 100, "the data was cut after the checks"
+    assert code == 1
+    reason = [line for line in captured.err.splitlines() if "no trial produced a usable result" in line]
+    assert len(reason) == 1 and "(2 errored)" in reason[0] and "error.txt" in reason[0]
+    assert "gce-search export" not in captured.out and "gce-search tensorboard" not in captured.out
+    assert all((folder / "error.txt").is_file() for folder in exp_dir.glob("trial_*"))
+    assert [t.status for t in load_experiment(exp_dir).trials] == ["error", "error"]
+    assert main(["export", str(exp_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "no complete trial (2 errored)" in err and "Traceback" not in err
