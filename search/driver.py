@@ -188,7 +188,9 @@ def trial_resources(spec) -> dict[str, float]:
             if id(spec) not in _GPU_NOTICE_GIVEN:
                 _GPU_NOTICE_GIVEN.add(id(spec))
                 print(f"gce-search: no GPU in this cluster: resources.gpus_per_trial {gpus:g} ignored, each trial "
-                      f"runs on {bundle['CPU']:g} CPU(s) (train.device: auto)", flush=True)
+                      f"runs on {bundle['CPU']:g} CPU(s) (train.device: auto); a GPU-sized space can take hours "
+                      f"on CPUs: --set train.epochs=, data.max_train=, search.num_samples= size it down (or use "
+                      f"a CPU-sized space such as fashion_mnist_cpu)", flush=True)
     return bundle
 
 

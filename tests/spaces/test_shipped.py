@@ -11,9 +11,10 @@ from trainables.config import check_breakpoints, problems_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-EXPECTED = {"quickstart", "fashion_mnist", "fashion_mnist_lt", "cifar10", "cifar100", "cifar10_lt", "cifar100_lt",
-            "tiny_imagenet", "medmnist"}
-GPU_SPACES = sorted(EXPECTED - {"quickstart"})
+EXPECTED = {"quickstart", "fashion_mnist", "fashion_mnist_cpu", "fashion_mnist_lt", "cifar10", "cifar100",
+            "cifar10_lt", "cifar100_lt", "tiny_imagenet", "medmnist"}
+CPU_SPACES = {"quickstart", "fashion_mnist_cpu"}
+GPU_SPACES = sorted(EXPECTED - CPU_SPACES)
 
 
 def test_the_expected_spaces_are_shipped():
@@ -65,6 +66,22 @@ def test_quickstart_is_the_small_cpu_default():
     assert spec.param("loss.name").choices == ["cross_entropy", "gce", "focal", "label_smoothing"]
     assert {p.key for p in spec.params} == {"loss.name", "gce.lam", "focal.gamma", "train.lr",
                                             "calibration.breakpoints"}
+
+
+def test_fashion_mnist_cpu_is_sized_for_a_laptop():
+    spec = load_spec("fashion_mnist_cpu")
+    cfg = spec.base_config
+    assert cfg["data"]["name"] == "fashion_mnist" and cfg["model"]["name"] == "mlp"
+    assert spec.resources.gpus_per_trial == 0 and spec.resources.cpus_per_trial == 1
+    assert cfg["data"]["max_train"] <= 12000 and cfg["train"]["epochs"] <= 6 and spec.search.num_samples <= 12
+    assert spec.scheduler.params["grace_period"] < cfg["train"]["epochs"]
+    assert cfg["data"]["val"] >= 5000 and cfg["data"]["calib"] >= 5000  # the GPU space's ECE resolution
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_shipped_spaces_leave_precision_to_the_device(name):
+    train = load_spec(name).base_config["train"]
+    assert train["bf16"] == "auto" and train["channels_last"] == "auto"
 
 
 @pytest.mark.parametrize("name", GPU_SPACES)
