@@ -470,3 +470,27 @@ def test_a_search_where_every_trial_diverges_exits_1_with_the_reason(tmp_path, c
     assert "2 trial(s) (2 diverged)" in captured.out
     assert main(["pareto", str(storage / "div")]) == 2
     assert "no complete trial (2 diverged)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_closing_summary_counts_the_records_the_front_is_built_from(tiny_experiment, tmp_path,  # noqa: F811
+                                                                        capsys):
+    """What `run` and `resume` print ("N complete", the front) comes from the same trial records as pareto.csv,
+    also when result lines are cut."""
+    import time
+
+    from search.driver import summarize
+
+    intact = load_experiment(tiny_experiment)
+    exp_dir = _copy(tiny_experiment, tmp_path)
+    for path in exp_dir.glob("trial_*/result.json"):
+        _cut_last_line(path)
+    capsys.readouterr()
+    assert summarize(str(exp_dir), [], time.time()) == 0
+    out = capsys.readouterr().out
+    counts = intact.counts()
+    assert f"{counts['total']} trial(s) (" in out and f"{counts['complete']} complete" in out
+    printed = [line.split()[0] for line in out.split("Pareto front", 1)[1].splitlines()[1:] if line.startswith("  ")
+               and "val/acc" in line]
+    assert printed == [t.trial_id for t in intact.front()]
+    assert [r["trial"] for r in csv.DictReader(open(exp_dir / "pareto.csv"))] == printed
