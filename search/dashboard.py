@@ -3,9 +3,10 @@
 The study lives in `<exp>/optuna.journal` (search.searcher). What the dashboard can show beyond Optuna's own
 parameters comes from two places:
 
-- user attributes, set on every Optuna trial when it is told (`trial_user_attrs`): the real ATS breakpoints,
-  pieces and fitted temperatures (the sampler's parameters are the internal `u1`/`u2` coordinates), the loss with
-  its parameters, the training loss and the status (search.progress.trial_outcome);
+- user attributes of every Optuna trial: the loss with its parameters and the real ATS breakpoints and pieces
+  when it is asked (`config_user_attrs`; the sampler's parameters are the internal `u1`/`u2` coordinates), its
+  fitted temperatures, training loss and status (search.progress.trial_outcome) when it is told
+  (`result_user_attrs`);
 - artifacts in a FileSystemArtifactStore at `<exp>/optuna-artifacts/`: the front members' reliability diagrams and
   export YAMLs. Optuna refuses to change a finished trial, and the front is known only once trials have finished,
   so they are attached to the study (the dashboard's study page lists them), one pair per front member, named by
@@ -23,10 +24,12 @@ from typing import Any
 
 from search.cli import UsageError
 
-__all__ = ["ARTIFACTS_DIR", "trial_user_attrs", "artifact_store", "publish_front_artifacts", "dashboard_app",
+__all__ = ["ARTIFACTS_DIR", "config_user_attrs", "result_user_attrs", "artifact_store", "publish_front_artifacts", "dashboard_app",
            "cmd_dashboard"]
 
 ARTIFACTS_DIR = "optuna-artifacts"
+# The user attributes config_user_attrs may set (a retried trial takes them over from its failed attempt).
+CONFIG_ATTR_KEYS = ("loss", "loss.name", "calibration.method", "calibration.breakpoints", "calibration.pieces")
 INSTALL_HINT = 'pip install "gce-search[dashboard]" (or: pip install optuna-dashboard)'
 
 
@@ -34,19 +37,14 @@ def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def trial_user_attrs(result: dict | None, errored: bool = False) -> dict:
-    """User attributes of one Optuna trial from its last Ray result: what a person reads in the dashboard.
+def config_user_attrs(trial_config: dict | None) -> dict:
+    """User attributes of an Optuna trial from its resolved trial config, set when the trial is asked: `loss`
+    ("gce λ=0.8"), `loss.name`, `calibration.method`, and with ATS `calibration.breakpoints` (the confidence
+    breakpoints, not the sampler's u-coordinates) and `calibration.pieces`."""
+    from search.progress import describe_loss
 
-    `loss` ("gce λ=0.8"), `loss.name`, `calibration.method`, `calibration.breakpoints` (the confidence
-    breakpoints, not the sampler's u-coordinates) and `calibration.pieces` when ATS, `calibration.temperatures`,
-    `train.loss` (the last epoch's training loss) and `status`. Only JSON values; missing ones left out.
-    """
-    from search.progress import describe_loss, trial_outcome
-
-    attrs: dict[str, Any] = {"status": trial_outcome(result, errored=errored)}
-    if not result:
-        return attrs
-    config = (result.get("config") or {}).get("trial_config") or {}
+    config = trial_config or {}
+    attrs: dict[str, Any] = {}
     loss = config.get("loss") or {}
     if loss:
         attrs["loss"] = describe_loss(config)
@@ -58,6 +56,17 @@ def trial_user_attrs(result: dict | None, errored: bool = False) -> dict:
     if calibration.get("method") == "ats" and isinstance(breakpoints, (list, tuple)):
         attrs["calibration.breakpoints"] = [round(float(b), 6) for b in breakpoints]
         attrs["calibration.pieces"] = len(breakpoints) + 1
+    return attrs
+
+
+def result_user_attrs(result: dict | None, errored: bool = False) -> dict:
+    """User attributes of an Optuna trial from its last Ray result, set when it is told: `status`
+    (search.progress.trial_outcome), `calibration.temperatures` (fitted at the last epoch) and `train.loss`.
+    Only JSON values; missing ones are left out."""
+    from search.progress import trial_outcome
+
+    attrs: dict[str, Any] = {"status": trial_outcome(result, errored=errored)}
+    result = result or {}
     temperatures = result.get("calibration/temperatures")
     if isinstance(temperatures, (list, tuple)) and all(_number(t) for t in temperatures):
         attrs["calibration.temperatures"] = [round(float(t), 6) for t in temperatures]

@@ -63,11 +63,18 @@ def classify(result: dict | None, error: bool, metrics: list[str] = OBJECTIVES) 
     return TrialState.PRUNED, None, "stopped"
 
 
-def _dashboard_attrs(result: dict | None, error: bool) -> dict:
-    """What optuna-dashboard shows of a trial beyond its sampled parameters (search.dashboard.trial_user_attrs)."""
-    from search.dashboard import trial_user_attrs
+def _config_attrs(config: dict | None) -> dict:
+    """What optuna-dashboard shows of an asked trial beyond its sampled parameters (search.dashboard)."""
+    from search.dashboard import config_user_attrs
 
-    return trial_user_attrs(result, errored=error)
+    return config_user_attrs((config or {}).get("trial_config"))
+
+
+def _result_attrs(result: dict | None, error: bool) -> dict:
+    """What optuna-dashboard shows of a told trial: status, temperatures, training loss (search.dashboard)."""
+    from search.dashboard import result_user_attrs
+
+    return result_user_attrs(result, errored=error)
 
 
 class CalibratedOptunaSearch(OptunaSearch):
@@ -130,6 +137,8 @@ class CalibratedOptunaSearch(OptunaSearch):
         config = super().suggest(trial_id)
         if config is not None:
             self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+            for key, value in _config_attrs(config).items():
+                self._ot_trials[trial_id].set_user_attr(key, value)
         return config
 
     # -- telling --------------------------------------------------------------------------------------------
@@ -166,7 +175,7 @@ class CalibratedOptunaSearch(OptunaSearch):
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     ot_trial.set_user_attr(f"last {key}", float(value))
         ot_trial.set_user_attr("outcome", outcome)
-        for key, value in _dashboard_attrs(result, error).items():
+        for key, value in _result_attrs(result, error).items():
             ot_trial.set_user_attr(key, value)
         self._ot_study.tell(ot_trial, values, state=state)
         self._outcomes[trial_id] = outcome
@@ -175,7 +184,10 @@ class CalibratedOptunaSearch(OptunaSearch):
         """An errored trial that `gce-search resume` ran again (resume_errored) and that now ended otherwise: Optuna
         cannot re-tell a finished trial, so the retry becomes a new trial with the same parameters, linked to the
         failed attempt by `retry_of` (its Optuna number) and now carrying the Ray trial id."""
-        attrs = {**_dashboard_attrs(result, False), "ray_trial_id": trial_id, "outcome": outcome,
+        from search.dashboard import CONFIG_ATTR_KEYS
+
+        config_attrs = {k: v for k, v in failed.user_attrs.items() if k in CONFIG_ATTR_KEYS}  # same parameters
+        attrs = {**config_attrs, **_result_attrs(result, False), "ray_trial_id": trial_id, "outcome": outcome,
                  "retry_of": failed.number}
         if result and "epoch" in result:
             attrs["last_epoch"] = result["epoch"]

@@ -367,12 +367,16 @@ def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
     import numpy as np
     from ray import tune
 
-    from search.driver import configure_tune_environment, connect_ray, restore_environment
+    from search.cluster import JsonLoggerKeepingLocal
+    from search.driver import configure_tune_environment, connect_ray, restore_environment, say_starting_ray
+    from search.progress import quiet_ray_notices
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
     grid = [{"method": m, "seed": s, "trial_config": spec.run_config(m, s), "posthoc": spec.posthoc}
             for m in spec.methods for s in spec.seeds]
+    notices = quiet_ray_notices(str(out))
+    say_starting_ray(address)
     started = connect_ray(address)
     previous_environment = configure_tune_environment()  # quiet console: the progress lines replace Ray's
     try:
@@ -384,12 +388,15 @@ def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
             param_space={"run": tune.grid_search(grid)},
             tune_config=tune.TuneConfig(reuse_actors=True),
             run_config=tune.RunConfig(storage_path=str((out / "ray").resolve()), name=spec.name, verbose=0,
-                                      callbacks=[_progress_callback(len(grid))]),
+                                      # result.json per run: Ray's result grid reads it (and warns without it)
+                                      callbacks=[_progress_callback(len(grid)), JsonLoggerKeepingLocal()]),
         )
         t0 = time.perf_counter()
+        print("gce-search: first runs starting (a run process imports torch first: seconds)...", flush=True)
         results = list(tuner.fit())
         wall = time.perf_counter() - t0
     finally:
+        notices.log_in(None)
         restore_environment(previous_environment)
         if started:
             import ray
