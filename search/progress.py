@@ -1,13 +1,19 @@
-"""One line per trial event while a search runs, and the closing summary.
+"""The console of a search: one line per trial event, an estimate of the time it takes, a live view on a
+terminal, and the closing summary.
 
 Ray's own progress table is switched off (RunConfig(verbose=0)): it redraws every few seconds, cannot show the loss
-parameters of a conditional space, and hides the events that matter here (stopped early, diverged).
+parameters of a conditional space, and hides the events that matter here (stopped early, diverged). Ray's log
+messages that read as failures after a run that went well are taken off the console into a file of the experiment
+(RAY_NOISE).
 """
 from __future__ import annotations
 
+import logging
 import math
+import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ray.tune import Callback
@@ -38,27 +44,216 @@ def trial_outcome(last_result: dict | None, errored: bool = False) -> str:
     return outcome_rule(last_result, errored=errored)
 
 
-class ProgressPrinter(Callback):
-    """A ray.tune.Callback printing `HH:MM:SS trial <id> <event> <loss> epoch .. val/acc .. val/ece .. score ..`."""
+def expected_epochs(scheduler: dict | None, max_t: int) -> float:
+    """Epochs an average trial runs under the scheduler: ASHA keeps the top 1/eta of each rung, so a trial reaches
+    rung k (Ray's milestones grace_period * eta**k below max_t) with probability eta**-k. FIFO runs every trial to
+    max_t. Asynchronous ASHA promotes more than that early in a search (a rung with one result promotes it), so
+    this is the low end; ProgressPrinter blends in the epochs finished trials ran."""
+    settings = dict(scheduler or {})
+    if settings.get("name", "asha") not in ("asha", "moasha") or max_t <= 1:
+        return float(max_t)
+    grace, eta = int(settings.get("grace_period") or 1), int(settings.get("reduction_factor") or 3)
+    if grace >= max_t or eta < 2:
+        return float(max_t)
+    rungs = int(math.log(max_t / grace) / math.log(eta) + 1)  # as ray.tune.schedulers.async_hyperband
+    milestones = sorted(m for m in (grace * eta ** k for k in range(rungs)) if m < max_t)
+    expected, reached, previous = 0.0, 1.0, 0
+    for milestone in [*milestones, max_t]:
+        expected += (milestone - previous) * reached
+        reached /= eta
+        previous = milestone
+    return expected
 
-    def __init__(self, max_t: int | None = None, stream: TextIO | None = None):
+
+def format_duration(seconds: float) -> str:
+    """'45 s', '3 min', '2 h 05 min': a duration as a person reads it."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 1:
+        return "under 1 s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = int(round(seconds / 60))
+    if minutes < 120:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def estimate_minutes(seconds: float) -> int:
+    return max(1, int(round(seconds / 60)))
+
+
+@dataclass
+class TrialView:
+    """What the console knows of one trial."""
+
+    trial_id: str
+    loss: str
+    started: float
+    epoch: int = 0
+    result: dict | None = None  # the last result
+    outcome: str | None = None  # trial_outcome() once it has ended
+    first_result_s: float | None = None  # start -> first result
+    ended: float | None = None
+    step: dict | None = None  # the latest report from inside an epoch (trainables.step_progress)
+    step_line_at: float = 0.0  # when an off-terminal step line was last printed for it
+
+
+# Prior weight (in trials) of the scheduler's expected epochs against the epochs finished trials actually ran.
+_PRIOR_TRIALS = 4
+# Seconds between polls of the progress board (at most; a smaller step-progress threshold polls faster), and
+# between two off-terminal step lines of one trial.
+_BOARD_POLL_S = 2.0
+_STEP_LINE_S = 30.0
+_FRONT_ROWS = 5
+
+
+class ProgressPrinter(Callback):
+    """The console of a search (a ray.tune.Callback).
+
+    Off a terminal (`ray job logs`, a pipe, a file): one line per trial event, `HH:MM:SS [done/total done] trial
+    <id> <event> <loss> ...` for started, completed, stopped (by the scheduler), failed (diverged) and error, an
+    estimate of the search's time after its first epoch, and, from an epoch longer than about 20 s
+    (trainables.step_progress), an occasional line with its steps, images/s and time left.
+
+    On a terminal the same event lines scroll above a live view (rich): trials done / running / stopped / errored
+    of the total, elapsed and time left, the running trials with their progress inside the epoch, and the best
+    front so far.
+    """
+
+    def __init__(self, max_t: int | None = None, stream: TextIO | None = None, total: int | None = None,
+                 slots: int = 1, expected: float | None = None, timeout_s: float | None = None,
+                 experiment: str | None = None, live: bool | None = None):
         self.max_t = max_t
         self._stream = stream
+        self.total = total
+        self.slots = max(1, int(slots))
+        self.expected = float(expected) if expected is not None else (float(max_t) if max_t else None)
+        self.timeout_s = timeout_s
+        self.experiment = experiment
+        self.live = live  # None: a live view when the stream is a terminal
         self.counts = {"started": 0, "complete": 0, "degenerate": 0, "stopped": 0, "diverged": 0, "error": 0}
+        self.trials: dict[str, TrialView] = {}
+        self._reset_run_state()
+
+    @classmethod
+    def for_spec(cls, spec, experiment: str, slots: int, max_t: int, stream: TextIO | None = None):
+        concurrent = min(int(spec.search.get("max_concurrent") or slots), slots)
+        return cls(max_t=max_t, stream=stream, total=int(spec.search.get("num_samples") or 0) or None,
+                   slots=concurrent, expected=expected_epochs(dict(spec.scheduler), max_t),
+                   timeout_s=spec.search.get("timeout_s"), experiment=experiment)
+
+    def _reset_run_state(self) -> None:
+        """What belongs to one process's fit(): timings, the live view, the board handle (not pickled)."""
+        self.fit_started = time.time()
+        self.epoch_s_sum, self.epoch_n = 0.0, 0
+        self.estimate_printed = False
+        self._view = None
+        self._live = None
+        self._board = None
+        self._board_request = None  # the board's answer still to come
+        self._board_polled = 0.0
 
     def __getstate__(self) -> dict:
         # Pickled into Ray's tuner.pkl for resume; a stream does not pickle, and the new driver has its own stdout.
         state = self.__dict__.copy()
         state["_stream"] = None
+        for key in ("_view", "_live", "_board", "_board_request"):
+            state[key] = None
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        # an experiment saved by an older version lacks the newer attributes: they take their defaults
+        self.__dict__.update({**ProgressPrinter(max_t=state.get("max_t")).__dict__, **state})
+        self._reset_run_state()
+
+    # Ray saves these with each experiment checkpoint: a resumed search goes on counting from where it was.
+    def get_state(self) -> dict:
+        return {"counts": dict(self.counts),
+                "trials": {k: {**v.__dict__, "step": None} for k, v in self.trials.items()}}
+
+    def set_state(self, state: dict) -> None:
+        self.counts.update(state.get("counts") or {})
+        self.trials = {k: TrialView(**v) for k, v in (state.get("trials") or {}).items()}
 
     @property
     def stream(self) -> TextIO:
         return self._stream or sys.stdout
 
-    def _line(self, trial, event: str, result: dict | None = None) -> None:
+    # ---- derived numbers
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts[k] for k in ("complete", "degenerate", "stopped", "diverged", "error"))
+
+    def running(self) -> list[TrialView]:
+        return [t for t in self.trials.values() if t.outcome is None]
+
+    def epochs_per_trial(self) -> float | None:
+        finished = [t.epoch for t in self.trials.values() if t.outcome is not None]
+        if self.expected is None:
+            return None
+        return (self.expected * _PRIOR_TRIALS + sum(finished)) / (_PRIOR_TRIALS + len(finished))
+
+    def time_left(self, now: float | None = None) -> float | None:
+        """Seconds until the search ends: the work left (trials not started yet, the rest of the running ones) at
+        the measured epoch time and set-up time per trial, spread over the concurrent slots; None before the
+        first epoch."""
+        if not self.epoch_n or self.total is None:
+            return None
+        now = time.time() if now is None else now
+        epoch_s = self.epoch_s_sum / self.epoch_n
+        # A trial's fixed cost (set-up, scheduling): from the trials that ended, else from start to first epoch.
+        # The lower median, since the first trial on each slot also pays for starting a process and importing torch.
+        costs = sorted(max(0.0, t.ended - t.started - t.epoch * epoch_s) for t in self.trials.values()
+                       if t.ended is not None)
+        if not costs:
+            costs = sorted(max(0.0, t.first_result_s - epoch_s) for t in self.trials.values()
+                           if t.first_result_s is not None)
+        setup_s = costs[(len(costs) - 1) // 2] if costs else 0.0
+        epochs = self.epochs_per_trial() or 0.0
+        not_started = max(0, self.total - len(self.trials))
+        work = not_started * (setup_s + epochs * epoch_s)
+        for trial in self.running():
+            work += max(0.0, epochs - trial.epoch) * epoch_s + (setup_s if trial.first_result_s is None else 0.0)
+        left = work / max(1, min(self.slots, self.total - self.done))
+        if self.timeout_s:
+            left = min(left, max(0.0, float(self.timeout_s) - (now - self.fit_started)))
+        return left
+
+    def front(self) -> list[TrialView]:
+        """The trials whose latest results are not dominated on (val/acc max, val/ece min), by val/ece."""
+        from search.pareto import pareto_front
+
+        scored = [t for t in self.trials.values()
+                  if t.result and t.outcome not in ("error", "diverged", "degenerate")
+                  and all(isinstance(t.result.get(k), (int, float)) and math.isfinite(t.result[k])
+                          for k in ("val/acc", "val/ece"))]
+        if not scored:
+            return []
+        idx = pareto_front([(-t.result["val/acc"], t.result["val/ece"]) for t in scored])
+        return sorted((scored[i] for i in idx), key=lambda t: t.result["val/ece"])
+
+    # ---- output
+
+    def _live_wanted(self) -> bool:
+        if self.live is not None:
+            return self.live
+        isatty = getattr(self.stream, "isatty", None)
+        return bool(isatty and isatty()) and os.environ.get("TERM") != "dumb"
+
+    def _emit(self, text: str) -> None:
+        if self._live is not None:
+            self._live.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def _counter(self) -> str:
+        return f"[{self.done}/{self.total if self.total else '?'} done]"
+
+    def _line(self, trial, event: str, result: dict | None = None, tail: str = "") -> None:
         cfg = (trial.config or {}).get("trial_config") or {}
-        fields = [time.strftime("%H:%M:%S"), f"trial {trial.trial_id}", f"{event:<9}", describe_loss(cfg)]
+        fields = [time.strftime("%H:%M:%S"), self._counter(), f"trial {trial.trial_id}", f"{event:<9}",
+                  describe_loss(cfg)]
         if result:
             epoch = result.get("epoch")
             budget = f"/{self.max_t}" if self.max_t else ""
@@ -67,26 +262,289 @@ class ProgressPrinter(Callback):
                        f"score {_num(result.get('score'))}"]
             if "train/loss" in result:
                 fields.append(f"train/loss {_num(result.get('train/loss'))}")
-        print("  ".join(fields), file=self.stream, flush=True)
+        if tail:
+            fields.append(tail)
+        self._emit("  ".join(fields))
+
+    def _left_words(self) -> str:
+        left = self.time_left()
+        if left is None:
+            return ""
+        return "about " + format_duration(left) + " left" if self.done < (self.total or 0) else ""
+
+    def _step_words(self, step: dict) -> str:
+        pct = 100.0 * step["step"] / max(1, step["steps"])
+        return (f"epoch {step['epoch']}/{step['epochs']}: step {step['step']}/{step['steps']} ({pct:.0f}%), "
+                f"{step['images_per_s']:.0f} img/s, epoch ends in about {format_duration(step['eta_s'])}")
+
+    def _print_estimate(self) -> None:
+        left = self.time_left()
+        if left is None:
+            return
+        self.estimate_printed = True
+        whole = time.time() - self.fit_started + left
+        epoch_s = self.epoch_s_sum / self.epoch_n
+        epochs = self.epochs_per_trial() or 0.0
+        scheduler = "" if self.max_t is None or epochs >= self.max_t else f" (early stopping)"
+        per_epoch = format_duration(epoch_s) if epoch_s >= 1 else f"{epoch_s:.2f} s"
+        self._emit(f"gce-search: about {estimate_minutes(whole)} min for this search on this cluster (an "
+                   f"estimate from the first epoch: {per_epoch} per epoch, about {epochs:.1f} of {self.max_t} "
+                   f"epochs per trial{scheduler}, {self.total} trials, {min(self.slots, self.total or 1)} at a "
+                   f"time; the time left is updated as trials end)")
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.refresh()
+
+    # ---- Tune's callback hooks
+
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        self.fit_started = time.time()
+        if self._live_wanted():
+            from rich.console import Console
+            from rich.live import Live
+
+            console = Console(file=self.stream)
+            self._view = LiveView(self)
+            self._live = Live(self._view, console=console, refresh_per_second=2, transient=False,
+                              redirect_stdout=self._stream is None, redirect_stderr=False)
+            self._live.start()
+        self._emit("gce-search: first trials starting (a trial process imports torch first: seconds)...")
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        known = self.trials.get(trial.trial_id)
+        if known is not None and known.outcome is None:
+            return  # a trial restarted (resume, node failure) is the same trial
         self.counts["started"] += 1
+        cfg = (trial.config or {}).get("trial_config") or {}
+        self.trials[trial.trial_id] = TrialView(trial.trial_id, describe_loss(cfg), time.time())
         self._line(trial, "started")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        event = "diverged" if result.get("status") == "diverged" else "result"
-        self._line(trial, event, result)
+        view = self.trials.get(trial.trial_id)
+        if view is None:
+            view = self.trials[trial.trial_id] = TrialView(trial.trial_id, describe_loss(
+                (trial.config or {}).get("trial_config") or {}), time.time())
+        epoch_s = _epoch_seconds(result)
+        if epoch_s is not None:
+            self.epoch_s_sum += epoch_s
+            self.epoch_n += 1
+        if view.first_result_s is None:
+            view.first_result_s = time.time() - view.started
+        view.epoch = int(result.get("epoch") or view.epoch)
+        view.result = dict(result)
+        view.step = None
+        if not self.estimate_printed:
+            self._print_estimate()
+        self._refresh()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         outcome = trial_outcome(trial.last_result)
         self.counts[outcome] += 1
+        self._ended(trial, outcome)
         event = {"complete": "completed", "degenerate": "degenerate", "stopped": "stopped", "diverged": "failed",
                  "error": "error"}[outcome]
-        self._line(trial, event, trial.last_result)
+        self._line(trial, event, trial.last_result, self._left_words())
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.counts["error"] += 1
-        self._line(trial, "error", trial.last_result)
+        self._ended(trial, "error")
+        self._line(trial, "error", trial.last_result, self._left_words())
+
+    def _ended(self, trial, outcome: str) -> None:
+        view = self.trials.get(trial.trial_id)
+        if view is None:
+            view = self.trials[trial.trial_id] = TrialView(trial.trial_id, describe_loss(
+                (trial.config or {}).get("trial_config") or {}), time.time())
+        view.outcome = outcome
+        view.ended = time.time()
+        view.step = None
+        if trial.last_result:
+            view.result = dict(trial.last_result)
+            view.epoch = int(trial.last_result.get("epoch") or view.epoch)
+
+    def on_step_begin(self, iteration, trials, **info):
+        now = time.time()
+        from trainables.step_progress import threshold_s
+
+        if self.experiment is None or now - self._board_polled < min(_BOARD_POLL_S, threshold_s() / 2):
+            return
+        self._board_polled = now
+        for trial_id, step in self._poll_board().items():
+            view = self.trials.get(trial_id)
+            if view is None or view.outcome is not None or step["epoch"] <= view.epoch:
+                continue  # a report that the epoch's result has already overtaken
+            view.step = step
+            if self._live is None and now - view.step_line_at >= _STEP_LINE_S:
+                view.step_line_at = now
+                self._emit("  ".join([time.strftime("%H:%M:%S"), self._counter(), f"trial {trial_id}",
+                                      "training ", view.loss, self._step_words(step)]))
+        self._refresh()
+
+    def _poll_board(self) -> dict[str, dict]:
+        """The reports the board has collected since the last poll; never waits (Tune's loop runs this): the
+        answer to one request is picked up at the next poll, when the next request goes out."""
+        import ray
+
+        from trainables.step_progress import get_board
+
+        try:
+            if self._board is None:
+                self._board = get_board(self.experiment)
+            if self._board is None:
+                return {}
+            reports = {}
+            if self._board_request is not None:
+                ready, _ = ray.wait([self._board_request], timeout=0)
+                if not ready:
+                    return {}  # the board is still starting, or busy
+                reports = ray.get(self._board_request)
+            self._board_request = self._board.take.remote()
+            return reports
+        except Exception:  # the console never stops a search: a lost board is looked up again
+            self._board = self._board_request = None
+            return {}
+
+    def on_experiment_end(self, trials, **info):
+        self.close()
+
+    def close(self) -> None:
+        """Stop the live view and the progress board (idempotent; the driver calls it after fit() too)."""
+        if self._live is not None:
+            self._live.refresh()
+            self._live.stop()
+            self._live = None
+        if self.experiment is not None:
+            try:
+                from trainables.step_progress import close_board
+
+                close_board(self.experiment)
+            except Exception:  # Ray already shut down: the board went with it
+                pass
+            self._board = self._board_request = None
+
+
+def _epoch_seconds(result: dict) -> float | None:
+    train_s, eval_s = result.get("time/train_s"), result.get("time/eval_s")
+    if isinstance(train_s, (int, float)) and isinstance(eval_s, (int, float)):
+        return float(train_s) + float(eval_s)
+    value = result.get("time_this_iter_s")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+class LiveView:
+    """The live view of a ProgressPrinter on a terminal, redrawn by rich.live.Live from the printer's state."""
+
+    def __init__(self, printer: ProgressPrinter):
+        self.printer = printer
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        p = self.printer
+        c = p.counts
+        running = p.running()
+        left = p.time_left()
+        head = Text()
+        head.append(f"trials {p.done}/{p.total if p.total else '?'} done", style="bold")
+        words = (("complete", "complete"), ("degenerate", "degenerate"), ("stopped", "stopped"),
+                 ("diverged", "diverged"), ("error", "errored"))
+        ended = [f"{c.get(key, 0)} {word}" for key, word in words if key != "degenerate" or c.get(key)]
+        head.append(f" ({', '.join(ended)}), {len(running)} running")
+        head.append(f"   elapsed {format_duration(time.time() - p.fit_started)}")
+        head.append("   time left " + ("about " + format_duration(left) if left is not None
+                                        else "(after the first epoch)"), style="bold")
+        parts: list = [head]
+        if running:
+            table = Table(box=None, show_header=False, padding=(0, 1), pad_edge=False)
+            for trial in sorted(running, key=lambda t: t.started):
+                if trial.step is not None:
+                    where = p._step_words(trial.step)
+                elif trial.epoch:
+                    where = f"epoch {trial.epoch}/{p.max_t or '?'} done"
+                else:
+                    where = "starting"
+                table.add_row(f"  {trial.trial_id}", trial.loss, where)
+            parts.append(table)
+        front = p.front()
+        if front:
+            table = Table(box=None, padding=(0, 1), pad_edge=False, title_justify="left",
+                          title="best front so far (val/acc max, val/ece min)", title_style="bold")
+            for column in ("trial", "loss", "epoch", "val/acc", "val/ece"):
+                table.add_column(column, justify="left" if column in ("trial", "loss") else "right")
+            for trial in front[:_FRONT_ROWS]:
+                r = trial.result or {}
+                table.add_row(trial.trial_id, trial.loss, f"{trial.epoch}/{p.max_t or '?'}", _num(r.get("val/acc")),
+                              _num(r.get("val/ece")))
+            if len(front) > _FRONT_ROWS:
+                table.caption = f"(+{len(front) - _FRONT_ROWS} more)"
+            parts.append(table)
+        return Group(*parts)
+
+
+# Ray's messages that read as failures or point elsewhere than gce-search, kept out of the console and written to
+# the experiment's RAY_NOTICES_FILE instead: (logger, how the message starts); each with why it is not for the
+# console.
+RAY_NOTICES_FILE = "ray-notices.log"
+RAY_NOISE = (
+    # token authentication is on (a notice, not a problem); the warning when it is off stays on the console
+    ("ray._private.authentication.authentication_token_setup", "Token authentication is enabled for this Ray"),
+    # `gce-search resume` is the way to go on; Ray's Tuner.restore(...) hint is for its own Python API
+    ("ray.tune.tune", "Experiment has been interrupted, but the most recent state was saved"),
+    # Ray's result grid looking for result.json files that a run does not write (a study's runs report once)
+    ("ray.tune.analysis.experiment_analysis", "Failed to fetch metrics"),
+)
+
+
+class RayNotices(logging.Filter):
+    """Takes RAY_NOISE's messages off the console and appends them to a log file (held until it has one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.path: str | None = None
+        self.pending: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not any(record.name == name and message.startswith(start) for name, start in RAY_NOISE):
+            return True
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {record.levelname} {record.name}: {message}\n"
+        if self.path is None:
+            self.pending.append(line)
+        else:
+            self._write([line])
+        return False
+
+    def log_in(self, directory: str | None) -> None:
+        """Write to `directory`'s RAY_NOTICES_FILE from now on (None: hold them again)."""
+        self.path = os.path.join(directory, RAY_NOTICES_FILE) if directory is not None else None
+        if self.path is not None and self.pending:
+            self._write(self.pending)
+            self.pending = []
+
+    def _write(self, lines: list[str]) -> None:
+        try:
+            with open(self.path, "a") as f:
+                f.writelines(lines)
+        except OSError:  # the experiment directory went away: the notice is not worth failing for
+            pass
+
+
+_RAY_NOTICES = RayNotices()
+
+
+def quiet_ray_notices(log_dir: str | None = None) -> RayNotices:
+    """Install the filter on RAY_NOISE's loggers (once per process) and, given a directory, write the held and
+    later notices to its RAY_NOTICES_FILE."""
+    for name, _ in RAY_NOISE:
+        logger = logging.getLogger(name)
+        if _RAY_NOTICES not in logger.filters:
+            logger.addFilter(_RAY_NOTICES)
+    if log_dir is not None:
+        _RAY_NOTICES.log_in(log_dir)
+    return _RAY_NOTICES
 
 
 def print_summary(exp_dir: str, outcomes: dict[str, int], front: list[dict] | None, stream: TextIO | None = None,

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from trainables.checkpoints import CHECKPOINT_FILE
-from trainables.config import parse_override, resolve, set_path, trial_problems
+from trainables.config import parse_override, resolve, set_path
 from trainables.registry import ConfigError
+from trainables.step_progress import StepProgress, tune_sink
 
 Reporter = Callable[[dict, "str | None"], None]
 
@@ -169,6 +170,8 @@ def _set_rng_state(state: dict) -> None:
 class _Trial:
     """Everything one trial process holds: data, model, loss, optimiser, generator, epoch counter."""
 
+    step_progress = None  # trainables.step_progress.StepProgress: reports from inside a long epoch
+
     def __init__(self, cfg: dict, dist_ctx: DistContext | None, precision=None):
         from trainables.calibration import build_calibrator
         from trainables.data import augment, load_splits
@@ -299,6 +302,7 @@ class _Trial:
         perm = torch.randperm(x_all.shape[0], generator=self.generator, device=self.device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         first_step = self.epoch * self.steps_per_epoch
+        on_step = self.step_progress.epoch(self.epoch + 1) if self.step_progress is not None else None
         bs = self.batch_size
         for s in range(self.steps_per_epoch):
             idx = perm[s * bs:(s + 1) * bs]
@@ -318,6 +322,8 @@ class _Trial:
             if tc["grad_clip"] is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc["grad_clip"])
             self.optimizer.step()
+            if on_step is not None:
+                on_step(s + 1)
         if self.dist is not None:
             import torch.distributed as dist
 
@@ -474,6 +480,9 @@ def _run_loop(cfg: dict, reporter: Reporter | None, restore_from: str | None,
         _check_resumable(cfg, state, restore_from)
     trial = _Trial(cfg, dist_ctx, precision=from_checkpoint(state.get("precision")) if state else None)
     metrics: dict = {}
+    sink = tune_sink() if trial.rank == 0 else None
+    if sink is not None:
+        trial.step_progress = StepProgress(sink, cfg["train"]["epochs"], trial.steps_per_epoch, trial.batch_size)
     if state is not None:
         trial.load_state_dict(state)
         metrics = dict(state.get("metrics") or {})
@@ -493,6 +502,18 @@ def _run_loop(cfg: dict, reporter: Reporter | None, restore_from: str | None,
         if diverged:
             break
     return _plain(metrics)
+
+
+def trial_problems(cfg: dict) -> list[str]:
+    """Problems between settings of a resolved config that each look valid alone (run before anything starts)."""
+    tc = cfg["train"]
+    problems = []
+    if tc["batch_size"] % tc["workers"]:
+        problems.append(f"train.batch_size: got {tc['batch_size']} with train.workers {tc['workers']}; valid: a "
+                        f"multiple of train.workers (every process gets an equal share of the global batch)")
+    if tc["optimizer"] == "sgd" and tc["nesterov"] and tc["momentum"] <= 0:
+        problems.append("train.nesterov: true needs train.momentum > 0; valid: momentum in (0, 1) or nesterov false")
+    return problems
 
 
 def run_trial(config: dict, reporter: Reporter | None = None, restore_from: str | None = None) -> dict:
@@ -517,15 +538,19 @@ def run_trial(config: dict, reporter: Reporter | None = None, restore_from: str 
 
 
 def read_config_file(path: str) -> dict:
-    """A trial config from YAML: a bare trial config, or an exported file with a top-level `config:` key. Read
-    with the space files' loader (spaces.schema.read_yaml): duplicate keys refused, `1e-3` a float."""
-    from search.cli import UsageError
-    from spaces.schema import read_yaml
+    """A trial config from YAML: a bare trial config, or an exported file with a top-level `config:` key."""
+    import yaml
 
-    if not os.path.exists(path):
+    from search.cli import UsageError
+
+    try:
+        with open(path) as fh:
+            doc = yaml.safe_load(fh)
+    except FileNotFoundError:
         raise UsageError(f"{path}: no such file; valid: a trial config YAML (or one written by gce-search "
-                         f"export)")
-    doc = read_yaml(path)  # ConfigError naming the file and the line
+                         f"export)") from None
+    except yaml.YAMLError as err:
+        raise UsageError(f"{path}: not valid YAML ({err})") from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
@@ -575,14 +600,6 @@ def cmd_train(args) -> int:
         raise ConfigError(problems, args.config)
     stem = os.path.splitext(os.path.basename(args.config))[0]
     out = os.path.abspath(args.out or f"train-{stem}")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out {out}: is a file; valid: a new or empty directory (or the directory of an "
-                         f"interrupted run of the same config)")
-    from trainables.data import data_problems
-
-    problems = data_problems(cfg["data"])  # missing or truncated files, splits that do not fit: before any write
-    if problems:
-        raise ConfigError(problems, args.config)
     if os.path.isfile(os.path.join(out, "metrics.json")):
         raise UsageError(f"--out {out}: already holds a finished run (metrics.json); valid: a new or empty "
                          f"directory")
@@ -591,24 +608,13 @@ def cmd_train(args) -> int:
         # An interrupted run of the same config continues from its last epoch; anything else is refused.
         saved = None
         if os.path.isfile(os.path.join(out, "config.yaml")):
-            from spaces.schema import read_yaml
-
-            try:
-                saved = read_yaml(os.path.join(out, "config.yaml"))
-            except ConfigError as err:
-                raise UsageError(f"--out {out}: its config.yaml cannot be read ({'; '.join(err.problems)}); valid: "
-                                 f"a new directory, or remove {out} to start over") from None
+            with open(os.path.join(out, "config.yaml")) as fh:
+                saved = yaml.safe_load(fh)
         if saved != cfg:
             raise UsageError(f"--out {out}: holds the checkpoint of a run with a different config; valid: the "
                              f"same config (to resume it) or a new directory")
         restore_from = out
-        try:
-            state = load_checkpoint(out)
-        except Exception as err:  # torch.load raises several types for a truncated or foreign file
-            raise UsageError(f"--out {out}: {CHECKPOINT_FILE} cannot be read ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else ''}); valid: a checkpoint written by "
-                             f"gce-search train, or remove {os.path.join(out, CHECKPOINT_FILE)} to start "
-                             f"over") from None
+        state = load_checkpoint(out)
         history = list(state.get("history", []))
         print(f"gce-search train: resuming {out} after epoch {state['epoch']}", flush=True)
     os.makedirs(out, exist_ok=True)
@@ -634,8 +640,8 @@ def cmd_train(args) -> int:
         final = run_trial(cfg, reporter, restore_from=restore_from)
     except ConfigError:
         raise
-    except (ValueError, OSError) as err:  # what the user can fix (missing data files, a model too big for the
-        raise UsageError(str(err)) from None  # images, ...)
+    except ValueError as err:  # what the user can fix (missing data files, a model too big for the images, ...)
+        raise UsageError(str(err)) from None
     result = dict(final)
     result["wall_s"] = time.perf_counter() - started
     result["history"] = history
