@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a space file; lists every problem")
     v.add_argument("space")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    v.add_argument("--skip-data", action="store_true",
+                   help="do not look at the data files (a space for a cluster whose nodes hold the data)")
 
     pa = sub.add_parser("pareto", help="print the accuracy-vs-ECE front; write pareto.csv/png and summary.json")
     pa.add_argument("experiment_dir")

@@ -167,17 +167,17 @@ def write_exports(exp_dir: str | os.PathLike, selector: str = "pareto", out: str
 def load_export(path: str | os.PathLike) -> dict:
     """Read an export YAML (safe YAML) and validate it: UsageError for structure, ConfigError listing every
     problem of `config:` (each line names its dotted path)."""
-    import yaml
-
+    from spaces.schema import read_yaml
     from trainables.config import resolve
+    from trainables.registry import ConfigError
 
     path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such file; valid: a YAML file written by gce-search export")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file; valid: a YAML file written by gce-search export") from None
-    except yaml.YAMLError as err:
-        raise UsageError(f"{path}: not valid YAML ({err})") from None
+        doc = read_yaml(path)  # the space files' loader: duplicate keys refused, `1e-3` a float
+    except ConfigError as err:
+        raise UsageError(f"{path}: not valid YAML ({'; '.join(err.problems)})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
         raise UsageError(f"{path}: expected a mapping with a 'config:' mapping (the resolved trial config); valid: "
                          f"a file written by gce-search export")

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from spaces.schema import read_yaml
 from trainables.config import deep_merge, parse_override, set_path
 from trainables.registry import ConfigError
 
@@ -78,12 +79,7 @@ def load_study(name_or_path: str, overrides: list[str] = ()) -> StudySpec:
 
     path = resolve_study_path(name_or_path)
     source = str(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError([f"(file): not valid YAML{where}: {getattr(err, 'problem', err)}"], source) from None
+    raw = read_yaml(path)  # the space files' loader: duplicate keys refused, `1e-3` a float; ConfigError
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): expected a mapping with base, methods, posthoc, seeds"], source)
     problems: list[str] = []

@@ -1257,10 +1257,27 @@ def _order(ck: _Checker, params: list[SpaceParam]) -> list[SpaceParam]:
 # ------------------------------------------------------------------------------------------------------------- CLI
 
 
+def data_problems_of(spec: SearchSpec) -> list[str]:
+    """What the trials would find wrong with the data files and the split sizes, for the fixed data settings and
+    at the ends of each searched data setting (trainables.data.data_problems; headers and listings only)."""
+    from trainables.data import data_problems
+
+    out: list[str] = []
+    for where, cfg in extreme_configs(spec):
+        if where and not where.startswith("space.data."):
+            continue  # the data settings are the base ones: already checked
+        out += [f"{where}{p}" for p in data_problems(cfg["data"]) if f"{where}{p}" not in out]
+    return out
+
+
 def cmd_validate(args) -> int:
     """`gce-search validate SPACE [--set k=v]`: 'OK: ...' and exit 0, or every problem, one per line, exit 2."""
     try:
         spec = load_spec(args.space, getattr(args, "overrides", None) or ())
+        if not getattr(args, "skip_data", False):
+            problems = data_problems_of(spec)
+            if problems:
+                raise ConfigError(problems, spec.source)
     except ConfigError as err:
         head = f"{err.source}: " if err.source else ""
         print(f"INVALID: {head}{len(err.problems)} problem(s)", file=sys.stderr)

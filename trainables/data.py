@@ -350,12 +350,13 @@ def _read_jpegs(paths: list[Path], howto: str) -> np.ndarray:
     return np.stack(images).transpose(0, 3, 1, 2).copy()
 
 
-@_register("tiny_imagenet", "Tiny-ImageNet: 100k train + 10k val images, 3×64×64, 200 classes; the "
-                            "tiny-imagenet-200 folder under data.root (val serves as the test split)")
-def load_tiny_imagenet(root: str | None, subset: str | None, download: bool, options: dict) -> RawData:
-    base = _root(root, DEFAULT_ROOT) / "tiny-imagenet-200"
-    howto = (f"unzip {TINY_IMAGENET_ARCHIVE.rsplit('/', 1)[-1]} ({TINY_IMAGENET_ARCHIVE}) under data.root so that "
-             f"{base} holds wnids.txt, train/<wnid>/images/*.JPEG, val/images/ and val/val_annotations.txt")
+def _tiny_imagenet_howto(base: Path) -> str:
+    return (f"unzip {TINY_IMAGENET_ARCHIVE.rsplit('/', 1)[-1]} ({TINY_IMAGENET_ARCHIVE}) under data.root so that "
+            f"{base} holds wnids.txt, train/<wnid>/images/*.JPEG, val/images/ and val/val_annotations.txt")
+
+
+def _tiny_imagenet_index(base: Path, howto: str) -> tuple[list[str], list[Path], list[int], list[Path], list[int]]:
+    """The class ids and the image paths with their labels, from the folder listing (no image is decoded)."""
     wnids_path = base / "wnids.txt"
     if not wnids_path.is_file():
         raise FileNotFoundError(f"tiny_imagenet: expected {wnids_path}; {howto}")
@@ -397,6 +398,15 @@ def load_tiny_imagenet(root: str | None, subset: str | None, download: bool, opt
                                     f"{howto}")
         val_paths.append(path)
         val_labels.append(index[wnid])
+    return wnids, train_paths, train_labels, val_paths, val_labels
+
+
+@_register("tiny_imagenet", "Tiny-ImageNet: 100k train + 10k val images, 3×64×64, 200 classes; the "
+                            "tiny-imagenet-200 folder under data.root (val serves as the test split)")
+def load_tiny_imagenet(root: str | None, subset: str | None, download: bool, options: dict) -> RawData:
+    base = _root(root, DEFAULT_ROOT) / "tiny-imagenet-200"
+    howto = _tiny_imagenet_howto(base)
+    wnids, train_paths, train_labels, val_paths, val_labels = _tiny_imagenet_index(base, howto)
     train_x = _read_jpegs(train_paths, howto)
     test_x = _read_jpegs(val_paths, howto)
     if test_x.shape[1:] != train_x.shape[1:] and len(val_paths):
@@ -549,6 +559,184 @@ def raw_data(name: str, root: str | None = None, subset: str | None = None, down
     return _raw_cached(name, root, subset, bool(download))
 
 
+# ------------------------------------------------------------------------------- sizes without decoding (pre-checks)
+
+
+@dataclass(frozen=True)
+class DataLabels:
+    """A dataset's labels and class count, read without decoding its images: what the split sizes depend on."""
+
+    train_y: np.ndarray
+    test_y: np.ndarray | None  # None: the dataset has no test split of its own
+    num_classes: int
+
+
+def _idx_count(path: Path, ndim: int, item_bytes: int) -> int:
+    """The sample count in an idx file's header, checked against the file's length (for .gz, the uncompressed
+    length the gzip trailer records, modulo 2^32)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            header = f.read(4 + 4 * ndim)
+        if path.suffix == ".gz":
+            with open(path, "rb") as f:
+                f.seek(-4, os.SEEK_END)
+                length = int.from_bytes(f.read(4), "little")
+        else:
+            length = path.stat().st_size
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{path}: cannot read this idx file ({err}); re-fetch it: {_FASHION_HOWTO}") from None
+    if len(header) < 4 + 4 * ndim or header[:2] != b"\0\0" or header[3] != ndim:
+        raise ValueError(f"{path}: not a {ndim}-dimensional idx file; re-fetch it: {_FASHION_HOWTO}")
+    n = int.from_bytes(header[4:8], "big")
+    expected = 4 + 4 * ndim + n * item_bytes
+    if length != (expected % 2**32 if path.suffix == ".gz" else expected):
+        raise ValueError(f"{path}: the idx header says {n} samples ({expected} bytes) but the file holds {length} "
+                         f"bytes; the file is truncated or corrupt: {_FASHION_HOWTO}")
+    return n
+
+
+def _fashion_mnist_labels(root: str | None, subset: str | None, download: bool, options: dict) -> DataLabels:
+    base = _root(root, FASHION_MNIST_ROOT)
+    if not base.is_dir():
+        raise FileNotFoundError(f"fashion_mnist: directory {base} does not exist; {_FASHION_HOWTO}")
+    labels = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        img_path = _find_idx(base, f"{prefix}-images-idx3-ubyte")
+        lab_path = _find_idx(base, f"{prefix}-labels-idx1-ubyte")
+        n = _idx_count(img_path, 3, 28 * 28)
+        y = read_idx(lab_path)  # 60k bytes: read whole, so the class counts are the real ones
+        if y.ndim != 1 or y.shape[0] != n:
+            raise ValueError(f"{lab_path}: expected {n} labels to match {img_path.name}, got shape {y.shape}; "
+                             f"{_FASHION_HOWTO}")
+        y = y.astype(np.int64)
+        _check_labels(y, 10, str(lab_path))
+        labels[split] = y
+    return DataLabels(labels["train"], labels["test"], 10)
+
+
+def _cifar_labels(name: str, root: str | None, download: bool, folder: str, archive: str, train_files: list[str],
+                  test_file: str, meta_file: str, num_classes: int) -> DataLabels | None:
+    """CIFAR's batches are pickles (their labels cannot be read without unpickling ~30 MB each): the files must be
+    there with at least the bytes of their images; the labels are the datasets' balanced counts."""
+    folder_path = _root(root, DEFAULT_ROOT) / folder
+    needed = [folder_path / n for n in (*train_files, test_file, meta_file)]
+    missing = [p for p in needed if not p.is_file()]
+    if missing and download:
+        return None  # fetched when the trial starts
+    if missing:
+        raise FileNotFoundError(f"{name}: expected {missing[0]}"
+                                f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; extract "
+                                f"{archive.rsplit('/', 1)[-1]} ({archive}) under data.root, or set data.download: "
+                                f"true on a machine with network")
+    per_train = 50_000 // len(train_files)
+    for path, n in [*((folder_path / f, per_train) for f in train_files), (folder_path / test_file, 10_000)]:
+        size = path.stat().st_size
+        if size < n * 3 * 32 * 32:
+            raise ValueError(f"{path}: {size} bytes, fewer than the {n * 3 * 32 * 32} of its {n} images; the file "
+                             f"is truncated: extract {archive.rsplit('/', 1)[-1]} ({archive}) again")
+    return DataLabels(np.arange(50_000) % num_classes, np.arange(10_000) % num_classes, num_classes)
+
+
+def _tiny_imagenet_labels(root: str | None, subset: str | None, download: bool, options: dict) -> DataLabels:
+    base = _root(root, DEFAULT_ROOT) / "tiny-imagenet-200"
+    wnids, _, train_labels, _, val_labels = _tiny_imagenet_index(base, _tiny_imagenet_howto(base))
+    return DataLabels(np.asarray(train_labels, np.int64), np.asarray(val_labels, np.int64), len(wnids))
+
+
+def _medmnist_labels_only(root: str | None, subset: str | None, download: bool, options: dict) -> DataLabels:
+    """The label arrays (small) and the image arrays' headers (their shapes) of a MedMNIST archive."""
+    import zipfile
+
+    base = _root(root, DEFAULT_ROOT)
+    if not subset:
+        raise ValueError("data.subset: medmnist needs a subset name, the stem of <data.root>/<subset>.npz; "
+                         "valid: e.g. pathmnist, dermamnist, bloodmnist, organamnist, pathmnist_64")
+    path = base / f"{subset}.npz"
+    howto = f"download {subset}.npz from MedMNIST ({MEDMNIST_HOME}) into {base}"
+    if not path.is_file():
+        raise FileNotFoundError(f"medmnist: expected {path}; {howto}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = {n.removesuffix(".npy"): n for n in zf.namelist()}
+            missing = [k for k in _MEDMNIST_KEYS if k not in names]
+            if missing:
+                raise ValueError(f"{path}: missing array(s) {', '.join(missing)} (found {', '.join(names)}); "
+                                 f"valid: an archive with {', '.join(_MEDMNIST_KEYS)}; {howto}")
+            labels = {}
+            for split in ("train", "val", "test"):
+                with zf.open(names[f"{split}_images"]) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, _ = read_header(f)
+                with zf.open(names[f"{split}_labels"]) as f:
+                    y = np.lib.format.read_array(f, allow_pickle=False)
+                labels[split] = _medmnist_labels(y, shape[0], path, f"{split}_labels", howto)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ValueError(f"{path}: not a readable .npz archive ({type(err).__name__}: {err}); {howto}") from None
+    train_y = np.concatenate([labels["train"], labels["val"]])
+    num_classes = int(max(labels[s].max(initial=-1) for s in labels)) + 1
+    if num_classes < 2:
+        raise ValueError(f"{path}: the labels name fewer than 2 classes; {howto}")
+    return DataLabels(train_y, labels["test"], num_classes)
+
+
+def _synthetic_labels(root: str | None, subset: str | None, download: bool, options: dict) -> DataLabels:
+    o = {k: p.default for k, p in SYNTHETIC_OPTIONS.items()} | options
+    return DataLabels(np.arange(o["train"]) % o["classes"], np.arange(o["test"]) % o["classes"], o["classes"])
+
+
+def _digits_labels(root: str | None, subset: str | None, download: bool, options: dict) -> DataLabels:
+    raw = raw_data("digits")
+    return DataLabels(raw.train_y, None, raw.num_classes)
+
+
+_LABEL_READERS: dict[str, Callable[..., DataLabels | None]] = {
+    "digits": _digits_labels,
+    "fashion_mnist": _fashion_mnist_labels,
+    "cifar10": lambda root, subset, download, options: _cifar_labels(
+        "cifar10", root, download, "cifar-10-batches-py", CIFAR10_ARCHIVE, [f"data_batch_{i}" for i in range(1, 6)],
+        "test_batch", "batches.meta", 10),
+    "cifar100": lambda root, subset, download, options: _cifar_labels(
+        "cifar100", root, download, "cifar-100-python", CIFAR100_ARCHIVE, ["train"], "test", "meta", 100),
+    "tiny_imagenet": _tiny_imagenet_labels,
+    "medmnist": _medmnist_labels_only,
+    "synthetic": _synthetic_labels,
+}
+
+
+@functools.lru_cache(maxsize=8)
+def data_labels(name: str, root: str | None = None, subset: str | None = None,
+                download: bool = False) -> DataLabels | None:
+    """The labels of a registered dataset from its files' headers and listings (no image decoded); None when they
+    cannot be known before the trial runs (a download still to happen, a dataset without a label reader).
+    FileNotFoundError / ValueError as the dataset's loader would raise them."""
+    reader = _LABEL_READERS.get(name)
+    if reader is None:
+        return None
+    return reader(root, subset, bool(download), parse_options(name, subset))
+
+
+def data_problems(data_cfg: dict) -> list[str]:
+    """What a trial would find wrong with the data of a resolved `data:` section, found before it starts: the
+    files (present, readable headers, sizes that match) and the split sizes they give (the rule load_splits
+    applies, on the real labels where they are cheap to read)."""
+    where = f"data (dataset {data_cfg.get('name')!r}, data.root {data_cfg.get('root')!r})"
+    try:
+        labels = data_labels(data_cfg["name"], data_cfg.get("root"), data_cfg.get("subset"),
+                             bool(data_cfg.get("download", False)))
+    except (OSError, ValueError) as err:
+        return [f"{where}: {err}"]
+    if labels is None:
+        return []
+    try:
+        plan_splits(labels.train_y, labels.test_y, labels.num_classes, data_cfg)
+    except ValueError as err:
+        return [str(err)]
+    return []
+
+
 # ------------------------------------------------------------------------------------------------------------ splits
 
 
@@ -638,6 +826,12 @@ def split_indices(y_pool: np.ndarray, num_classes: int, data_cfg: dict,
         counts = np.bincount(y_pool[train], minlength=num_classes)
         target = long_tail_counts(int(counts.max()), num_classes, float(imbalance))
         # `train` is already in random order, so the first n_i of class i are a seeded random subsample.
+        emptied = [c for c in range(num_classes) if counts[c] > 0 and target[c] < 1]
+        if emptied:
+            raise ValueError(f"data.imbalance: {imbalance!r} leaves {len(emptied)} of {num_classes} classes without a "
+                             f"training sample (the largest class has {int(counts.max())}, the smallest keeps "
+                             f"largest / imbalance); valid: a ratio in [1, {int(counts.max())}] for this data, so that "
+                             f"each class keeps at least one training sample")
         keep = np.zeros(train.size, bool)
         for c in range(num_classes):
             members = np.flatnonzero(y_pool[train] == c)
@@ -654,6 +848,34 @@ def split_indices(y_pool: np.ndarray, num_classes: int, data_cfg: dict,
     return {"train": np.sort(train), "calib": np.sort(calib), "val": np.sort(val)}
 
 
+def plan_splits(train_y: np.ndarray, test_y: np.ndarray | None, num_classes: int, data_cfg: dict) -> dict:
+    """Which samples go to which split, from the labels alone: {'pool': indices of the train/calib/val pool into
+    the dataset's training images, 'parts': train/calib/val indices into the pool, 'test': indices of the test split
+    (into the training images when the dataset has no test split of its own, into its test split when data.test
+    subsamples that, None for the whole official test split)}. ValueError names the data setting that does not fit.
+    """
+    seed = int(data_cfg.get("split_seed", 0) or 0)
+    # Separate streams for the test split and the pool, so calib/val/train of a dataset with its own test split
+    # do not move when data.test changes.
+    test_rng, pool_rng = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 0])
+    test_cfg = data_cfg.get("test")
+    test_idx = None
+    if test_y is None:
+        order = _stratified_order(train_y, test_rng)
+        n_test = _size(test_cfg, train_y.size, "data.test", default=0.2)
+        if n_test >= train_y.size:
+            raise ValueError(f"data.test: {n_test} of {train_y.size} samples leaves none for training; "
+                             f"valid: fewer than {train_y.size}")
+        test_idx, pool_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
+    else:
+        pool_idx = np.arange(train_y.size)
+        if test_cfg is not None:
+            n_test = _size(test_cfg, test_y.size, "data.test")
+            test_idx = np.sort(_stratified_order(test_y, test_rng)[:n_test])
+    parts = split_indices(train_y[pool_idx], num_classes, data_cfg, pool_rng)
+    return {"pool": pool_idx, "parts": parts, "test": test_idx}
+
+
 def load_splits(data_cfg: dict, device: str | torch.device = "cpu") -> DataSplits:
     """Train / calib / val / test tensors on `device` for a trial config's `data:` section.
 
@@ -666,28 +888,14 @@ def load_splits(data_cfg: dict, device: str | torch.device = "cpu") -> DataSplit
     name = data_cfg.get("name", "digits")
     raw = raw_data(name, data_cfg.get("root"), data_cfg.get("subset"), bool(data_cfg.get("download", False)))
     seed = int(data_cfg.get("split_seed", 0) or 0)
-    # Separate streams for the test split and the pool, so calib/val/train of a dataset with its own test split
-    # do not move when data.test changes.
-    test_rng, pool_rng = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 0])
-    test_cfg = data_cfg.get("test")
+    plan = plan_splits(raw.train_y, raw.test_y, raw.num_classes, data_cfg)
+    pool_x, pool_y, pool_idx, parts = raw.train_x, raw.train_y, plan["pool"], plan["parts"]
     if raw.test_x is None:
-        order = _stratified_order(raw.train_y, test_rng)
-        n_test = _size(test_cfg, raw.train_y.size, "data.test", default=0.2)
-        if n_test >= raw.train_y.size:
-            raise ValueError(f"data.test: {n_test} of {raw.train_y.size} samples leaves none for training; "
-                             f"valid: fewer than {raw.train_y.size}")
-        test_idx, pool_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
-        pool_x, pool_y = raw.train_x, raw.train_y
-        test_x, test_y = raw.train_x[test_idx], raw.train_y[test_idx]
-    else:
-        pool_idx = np.arange(raw.train_y.size)
-        pool_x, pool_y = raw.train_x, raw.train_y
+        test_x, test_y = raw.train_x[plan["test"]], raw.train_y[plan["test"]]
+    elif plan["test"] is None:
         test_x, test_y = raw.test_x, raw.test_y
-        if test_cfg is not None:
-            n_test = _size(test_cfg, test_y.size, "data.test")
-            sub = np.sort(_stratified_order(test_y, test_rng)[:n_test])
-            test_x, test_y = test_x[sub], test_y[sub]
-    parts = split_indices(pool_y[pool_idx], raw.num_classes, data_cfg, pool_rng)
+    else:
+        test_x, test_y = raw.test_x[plan["test"]], raw.test_y[plan["test"]]
     arrays = {s: (pool_x[pool_idx[idx]], pool_y[pool_idx[idx]]) for s, idx in parts.items()}
     arrays["test"] = (test_x, test_y)
 
