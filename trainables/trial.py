@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from trainables.checkpoints import CHECKPOINT_FILE
-from trainables.config import parse_override, resolve, set_path
+from trainables.config import parse_override, resolve, set_path, trial_problems
 from trainables.registry import ConfigError
 from trainables.step_progress import StepProgress, tune_sink
 
@@ -504,18 +504,6 @@ def _run_loop(cfg: dict, reporter: Reporter | None, restore_from: str | None,
     return _plain(metrics)
 
 
-def trial_problems(cfg: dict) -> list[str]:
-    """Problems between settings of a resolved config that each look valid alone (run before anything starts)."""
-    tc = cfg["train"]
-    problems = []
-    if tc["batch_size"] % tc["workers"]:
-        problems.append(f"train.batch_size: got {tc['batch_size']} with train.workers {tc['workers']}; valid: a "
-                        f"multiple of train.workers (every process gets an equal share of the global batch)")
-    if tc["optimizer"] == "sgd" and tc["nesterov"] and tc["momentum"] <= 0:
-        problems.append("train.nesterov: true needs train.momentum > 0; valid: momentum in (0, 1) or nesterov false")
-    return problems
-
-
 def run_trial(config: dict, reporter: Reporter | None = None, restore_from: str | None = None) -> dict:
     """Train one trial config for its full budget (from the epoch after `restore_from`'s checkpoint).
 
@@ -538,19 +526,15 @@ def run_trial(config: dict, reporter: Reporter | None = None, restore_from: str 
 
 
 def read_config_file(path: str) -> dict:
-    """A trial config from YAML: a bare trial config, or an exported file with a top-level `config:` key."""
-    import yaml
-
+    """A trial config from YAML: a bare trial config, or an exported file with a top-level `config:` key. Read
+    with the space files' loader (spaces.schema.read_yaml): duplicate keys refused, `1e-3` a float."""
     from search.cli import UsageError
+    from spaces.schema import read_yaml
 
-    try:
-        with open(path) as fh:
-            doc = yaml.safe_load(fh)
-    except FileNotFoundError:
+    if not os.path.exists(path):
         raise UsageError(f"{path}: no such file; valid: a trial config YAML (or one written by gce-search "
-                         f"export)") from None
-    except yaml.YAMLError as err:
-        raise UsageError(f"{path}: not valid YAML ({err})") from None
+                         f"export)")
+    doc = read_yaml(path)  # ConfigError naming the file and the line
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
@@ -600,6 +584,14 @@ def cmd_train(args) -> int:
         raise ConfigError(problems, args.config)
     stem = os.path.splitext(os.path.basename(args.config))[0]
     out = os.path.abspath(args.out or f"train-{stem}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out}: is a file; valid: a new or empty directory (or the directory of an "
+                         f"interrupted run of the same config)")
+    from trainables.data import data_problems
+
+    problems = data_problems(cfg["data"])  # missing or truncated files, splits that do not fit: before any write
+    if problems:
+        raise ConfigError(problems, args.config)
     if os.path.isfile(os.path.join(out, "metrics.json")):
         raise UsageError(f"--out {out}: already holds a finished run (metrics.json); valid: a new or empty "
                          f"directory")
@@ -608,13 +600,24 @@ def cmd_train(args) -> int:
         # An interrupted run of the same config continues from its last epoch; anything else is refused.
         saved = None
         if os.path.isfile(os.path.join(out, "config.yaml")):
-            with open(os.path.join(out, "config.yaml")) as fh:
-                saved = yaml.safe_load(fh)
+            from spaces.schema import read_yaml
+
+            try:
+                saved = read_yaml(os.path.join(out, "config.yaml"))
+            except ConfigError as err:
+                raise UsageError(f"--out {out}: its config.yaml cannot be read ({'; '.join(err.problems)}); valid: "
+                                 f"a new directory, or remove {out} to start over") from None
         if saved != cfg:
             raise UsageError(f"--out {out}: holds the checkpoint of a run with a different config; valid: the "
                              f"same config (to resume it) or a new directory")
         restore_from = out
-        state = load_checkpoint(out)
+        try:
+            state = load_checkpoint(out)
+        except Exception as err:  # torch.load raises several types for a truncated or foreign file
+            raise UsageError(f"--out {out}: {CHECKPOINT_FILE} cannot be read ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}); valid: a checkpoint written by "
+                             f"gce-search train, or remove {os.path.join(out, CHECKPOINT_FILE)} to start "
+                             f"over") from None
         history = list(state.get("history", []))
         print(f"gce-search train: resuming {out} after epoch {state['epoch']}", flush=True)
     os.makedirs(out, exist_ok=True)
@@ -640,8 +643,8 @@ def cmd_train(args) -> int:
         final = run_trial(cfg, reporter, restore_from=restore_from)
     except ConfigError:
         raise
-    except ValueError as err:  # what the user can fix (missing data files, a model too big for the images, ...)
-        raise UsageError(str(err)) from None
+    except (ValueError, OSError) as err:  # what the user can fix (missing data files, a model too big for the
+        raise UsageError(str(err)) from None  # images, ...)
     result = dict(final)
     result["wall_s"] = time.perf_counter() - started
     result["history"] = history
