@@ -569,13 +569,13 @@ def _pareto_frame_png(sub, exp, finished: int) -> bytes:
 def write_pareto_metrics(root: Path, exp) -> None:
     """`pareto/rank` and `pareto/on_front` of every trial, in an event file of their own in the trial's run that
     is replaced on every call (a trial's rank changes as later trials complete)."""
+    from torch.utils.tensorboard import SummaryWriter
+
     ranks = pareto_ranks(exp)
     for trial in exp.trials:
         run_dir = root / trial.trial_id
         for old in run_dir.glob(f"events.out.tfevents.*{PARETO_EVENTS_SUFFIX}"):
             old.unlink()
-        from torch.utils.tensorboard import SummaryWriter
-
         run_dir.mkdir(parents=True, exist_ok=True)
         writer = SummaryWriter(log_dir=str(run_dir), filename_suffix=PARETO_EVENTS_SUFFIX)
         step = int(trial.final["epoch"]) if _is_number(trial.final.get("epoch")) else 0
