@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import hang_s
+
 # Test-only: where the tests that need the real Fashion-MNIST look for its four idx files (default: Debian's place).
 FASHION_MNIST_ENV = "GCE_SEARCH_TEST_FASHION_MNIST_ROOT"
 FASHION_MNIST_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -64,3 +66,19 @@ def _precision_cache_under_pytest(tmp_path_factory):
         os.environ.pop("GCE_SEARCH_CACHE_DIR", None)
     else:
         os.environ["GCE_SEARCH_CACHE_DIR"] = previous
+
+
+# pytest-timeout is the last-resort guard for a test that hangs where no wait of tests/waiting.py watches (a call
+# that never returns). Per test, twice the progress-aware hang guard: never what decides a slow machine's run.
+WHOLE_TEST_HANGS = 2
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test without its own timeout marker gets WHOLE_TEST_HANGS x the hang guard (GCE_SEARCH_TEST_HANG_S
+    scales both); --timeout or PYTEST_TIMEOUT still win."""
+    if config.getvalue("timeout") is not None or os.environ.get("PYTEST_TIMEOUT"):
+        return
+    guard = WHOLE_TEST_HANGS * hang_s()
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(guard))

@@ -307,11 +307,11 @@ def test_one_yaml_loader_for_train_configs(tmp_path):
 
 
 def test_validate_does_not_import_ray_or_optuna_with_the_data_check():
-    import subprocess
     import sys
+
+    from tests.waiting import run_to_end
 
     code = ("import sys; from search.cli import main; rc = main(['validate', 'quickstart']); "
             "print(rc, 'ray' in sys.modules, 'optuna' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    out = run_to_end([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.stdout.split()[-3:] == ["0", "False", "False"], out.stdout + out.stderr

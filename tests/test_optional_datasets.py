@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import FASHION_MNIST_ENV
+from tests.waiting import run_to_end
 
 REPO = Path(__file__).resolve().parents[1]
 NEEDS_FASHION_MNIST = "tests/trainables/test_data.py::test_fashion_mnist_real_files"
@@ -20,8 +21,8 @@ def _pytest(env_overrides: dict[str, str | None]) -> subprocess.CompletedProcess
             env.pop(key, None)
         else:
             env[key] = value
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rsf", "-p", "no:cacheprovider",
-                           NEEDS_FASHION_MNIST], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return run_to_end([sys.executable, "-m", "pytest", "-q", "-rsf", "-p", "no:cacheprovider", NEEDS_FASHION_MNIST],
+                      cwd=REPO, env=env)
 
 
 def test_a_missing_dataset_is_a_skip_that_says_how_to_install_it(tmp_path):

@@ -5,7 +5,6 @@ import copy
 import os
 import re
 import shutil
-import subprocess
 import sys
 import textwrap
 
@@ -14,6 +13,7 @@ import yaml
 
 from spaces.schema import SearchSpec, load_spec, shipped_spaces, spec_from_dict
 from trainables.config import DEFAULTS
+from tests.waiting import run_to_end
 from trainables.registry import ConfigError
 
 BASE = {
@@ -429,14 +429,14 @@ def run_cli(*args, cwd=None):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     script = shutil.which("gce-search")
     command = [script] if script else [sys.executable, "-m", "search.cli"]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
+    return run_to_end([*command, *args], cwd=cwd, env=env)
 
 
 def test_cli_validate_ok_without_importing_ray(tmp_path):
     code = ("import sys; from search.cli import main; rc = main(['validate', 'quickstart']); "
             "print('RAY' if 'ray' in sys.modules else 'NORAY', 'OPTUNA' if 'optuna' in sys.modules else 'NOOPTUNA');"
             "sys.exit(rc)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = run_to_end([sys.executable, "-c", code])
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("OK: quickstart (5 searched parameters")
     assert "NORAY NOOPTUNA" in out.stdout

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import psutil
@@ -16,6 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from tests.waiting import hang_s, wait_until
 from trainables.trial import forward_backward, load_checkpoint, local_shard, run_trial
 
 WORLD = 2
@@ -98,7 +98,7 @@ def test_two_gloo_workers_match_one_process_on_the_global_batch():
     try:
         mp.start_processes(_gradient_worker, args=(f"file://{store}/store", results), nprocs=WORLD,
                            start_method="spawn")
-        got = results.get(timeout=60)
+        got = results.get(timeout=hang_s())  # the workers have joined: their results are queued
     finally:
         shutil.rmtree(store, ignore_errors=True)
     for key, (loss_sum, grads) in expected.items():
@@ -190,17 +190,17 @@ def test_killed_parent_takes_its_workers_with_it(tmp_path):
                                                        os.environ.get("PYTHONPATH", "")])}
     parent = subprocess.Popen([sys.executable, str(script), str(marker)], env=env)
     try:
-        deadline = time.monotonic() + 90
-        while not marker.exists() and time.monotonic() < deadline and parent.poll() is None:
-            time.sleep(0.2)
+        wait_until(marker.exists, what="the multi-process trial to report an epoch", proc=parent, watch=[tmp_path])
         assert marker.exists(), "the multi-process trial never reported an epoch"
         workers = _spawned_workers(psutil.Process(parent.pid))
         assert len(workers) == 2
         parent.send_signal(signal.SIGKILL)  # no finally, no atexit: only the workers' own watch can act
         parent.wait(10)
-        deadline = time.monotonic() + 15
-        while any(_is_worker(w) for w in workers) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        try:
+            wait_until(lambda: not any(_is_worker(w) for w in workers), what="the orphaned DDP workers to exit",
+                       watch=[lambda: sum(_is_worker(w) for w in workers)])
+        except AssertionError:
+            pass  # the assertion below names them
         alive = [w.pid for w in workers if _is_worker(w)]
         assert not alive, f"orphaned DDP workers: {alive}"
     finally:
