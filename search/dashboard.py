@@ -59,14 +59,31 @@ def config_user_attrs(trial_config: dict | None) -> dict:
     return attrs
 
 
+def _nest(result: dict, key: str) -> dict:
+    """`result` with the mapping `key` rebuilt from its flattened `key/...` entries: a searcher gets Ray's result
+    flattened ("data/info/sizes/val"), while the status rule reads the nested "data/info" the trial reported."""
+    prefix = key + "/"
+    if key in result or not any(k.startswith(prefix) for k in result):
+        return result
+    nested: dict = {}
+    for k, v in result.items():
+        if k.startswith(prefix):
+            node = nested
+            *parents, leaf = k[len(prefix):].split("/")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = v
+    return {**result, key: nested}
+
+
 def result_user_attrs(result: dict | None, errored: bool = False) -> dict:
     """User attributes of an Optuna trial from its last Ray result, set when it is told: `status`
     (search.progress.trial_outcome), `calibration.temperatures` (fitted at the last epoch) and `train.loss`.
     Only JSON values; missing ones are left out."""
     from search.progress import trial_outcome
 
+    result = _nest(result or {}, "data/info")
     attrs: dict[str, Any] = {"status": trial_outcome(result, errored=errored)}
-    result = result or {}
     temperatures = result.get("calibration/temperatures")
     if isinstance(temperatures, (list, tuple)) and all(_number(t) for t in temperatures):
         attrs["calibration.temperatures"] = [round(float(t), 6) for t in temperatures]

@@ -7,7 +7,6 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from search.cli import main
 from tests.search.test_tensorboard import _free_port, _results, tiny_experiment_dir
+from tests.waiting import PipeReader, hang_s, run_to_end, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def _study(exp: Path):
 
 
 def _get_json(url: str):
-    with urllib.request.urlopen(url, timeout=30) as resp:
+    with urllib.request.urlopen(url, timeout=hang_s()) as resp:  # a loaded machine answers late, not never
         return json.loads(resp.read())
 
 
@@ -48,18 +48,16 @@ def serve_dashboard(exp: Path):
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", str(exp), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
+    output = PipeReader(proc.stdout)  # read as it comes, so a full pipe never blocks it; quoted when a wait fails
+
+    def studies():
+        try:
+            return _get_json(f"{base}/api/studies")
+        except OSError:  # not listening yet
+            return None
+
     try:
-        deadline = time.time() + 120
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"gce-search dashboard exited with {proc.returncode}: {proc.stdout.read()}")
-            try:
-                _get_json(f"{base}/api/studies")
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise AssertionError("optuna-dashboard did not answer within 120 s") from None
-                time.sleep(0.5)
+        wait_until(studies, what="optuna-dashboard to answer", proc=proc, output=output)
         yield base, proc
     finally:
         proc.terminate()
@@ -93,6 +91,21 @@ def test_every_optuna_trial_carries_real_breakpoints_temperatures_loss_and_statu
         assert any(k.startswith("calibration.breakpoints.u") for k in trial.params)
         assert attrs["calibration.temperatures"] == pytest.approx(last["calibration/temperatures"], abs=1e-6)
         assert attrs["train.loss"] == pytest.approx(last["train/loss"])
+
+
+def test_status_attribute_reads_the_result_ray_flattens_for_the_searcher(tiny_experiment):
+    """Ray hands a searcher its result flattened ("data/info/sizes/val"); the status attribute must still be the
+    status of the result files, degenerate included (that rule reads the nested data/info)."""
+    from ray.tune.utils import flatten_dict
+
+    from search.dashboard import result_user_attrs
+    from search.results import trial_outcome
+
+    rows = next(rows for rows in _results(tiny_experiment).values() if rows[-1].get("final") is True)
+    at_chance = dict(rows[-1], **{"val/acc": 0.0})
+    for last in (rows[-1], at_chance):
+        assert result_user_attrs(flatten_dict(last))["status"] == trial_outcome(last)
+    assert trial_outcome(at_chance) == "degenerate"
 
 
 def test_dashboard_serves_the_study_on_loopback_with_the_front_artifacts(tiny_experiment):
@@ -155,7 +168,7 @@ def test_dashboard_refuses_bad_input_with_one_line(tiny_experiment, tmp_path, ca
     # without optuna-dashboard: one line saying how to install it, no traceback
     code = ("import sys; sys.modules['optuna_dashboard'] = None; from search.cli import main; "
             f"sys.exit(main(['dashboard', {str(tiny_experiment)!r}]))")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    run = run_to_end([sys.executable, "-c", code])
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1] == (
         'gce-search dashboard: optuna-dashboard is not installed; install it with pip install '
