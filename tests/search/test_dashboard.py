@@ -174,3 +174,15 @@ def test_dashboard_refuses_bad_input_with_one_line(tiny_experiment, tmp_path, ca
         'gce-search dashboard: optuna-dashboard is not installed; install it with pip install '
         '"gce-search[dashboard]" (or: pip install optuna-dashboard)')
     assert "Traceback" not in run.stderr
+
+
+def test_browser_tests_skip_without_chromium_but_fail_under_ci(monkeypatch, tmp_path):
+    from tests.search import browser
+
+    monkeypatch.setattr(browser, "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no-chromium"):
+        browser.require_browser()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run it"):
+        browser.require_browser()
