@@ -106,7 +106,7 @@ def _journal(exp) -> Path:
     journal = exp.path / JOURNAL_FILE
     if not journal.is_file():
         raise UsageError(f"{exp.path}: no {JOURNAL_FILE}; optuna-dashboard shows the Optuna study of a search "
-                         "run with `gce-search run` (a grid search or a study has none)")
+                         "run with `gce-search run` (the directory of a `gce-search study` has none)")
     return journal
 
 
