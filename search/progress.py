@@ -78,6 +78,11 @@ def format_duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
+def about(seconds: float) -> str:
+    """'about 3 min', 'under 1 s': an estimated duration."""
+    return format_duration(seconds) if seconds < 1 else "about " + format_duration(seconds)
+
+
 def estimate_minutes(seconds: float) -> int:
     return max(1, int(round(seconds / 60)))
 
@@ -93,6 +98,7 @@ class TrialView:
     result: dict | None = None  # the last result
     outcome: str | None = None  # trial_outcome() once it has ended
     first_result_s: float | None = None  # start -> first result
+    first_iter_s: float | None = None  # Ray's time_this_iter_s of the first result: set-up in the trial + an epoch
     ended: float | None = None
     step: dict | None = None  # the latest report from inside an epoch (trainables.step_progress)
     step_line_at: float = 0.0  # when an off-terminal step line was last printed for it
@@ -104,6 +110,8 @@ _PRIOR_TRIALS = 4
 # between two off-terminal step lines of one trial.
 _BOARD_POLL_S = 2.0
 _STEP_LINE_S = 30.0
+# Slot-seconds Ray Tune spends on a trial besides running it (README, "search overhead": 0.35 measured).
+_TUNE_TRIAL_S = 0.35
 _FRONT_ROWS = 5
 
 
@@ -202,13 +210,16 @@ class ProgressPrinter(Callback):
             return None
         now = time.time() if now is None else now
         epoch_s = self.epoch_s_sum / self.epoch_n
-        # A trial's fixed cost (set-up, scheduling): from the trials that ended, else from start to first epoch.
+        # A trial's fixed cost (set-up, and Tune's scheduling between one trial and the next): from the trials that
+        # ended, else from their first results.
         # The lower median, since the first trial on each slot also pays for starting a process and importing torch.
-        costs = sorted(max(0.0, t.ended - t.started - t.epoch * epoch_s) for t in self.trials.values()
-                       if t.ended is not None)
+        costs = sorted(max(0.0, t.ended - t.started - t.epoch * epoch_s) + _TUNE_TRIAL_S
+                       for t in self.trials.values() if t.ended is not None)
         if not costs:
-            costs = sorted(max(0.0, t.first_result_s - epoch_s) for t in self.trials.values()
-                           if t.first_result_s is not None)
+            # Before any trial ended: the set-up inside the trial (a reused trial process has imported torch
+            # already, so start-up is paid once per slot) and Tune's own cost of a trial.
+            costs = sorted(max(0.0, t.first_iter_s - epoch_s) + _TUNE_TRIAL_S for t in self.trials.values()
+                           if t.first_iter_s is not None)
         setup_s = costs[(len(costs) - 1) // 2] if costs else 0.0
         epochs = self.epochs_per_trial() or 0.0
         not_started = max(0, self.total - len(self.trials))
@@ -270,12 +281,14 @@ class ProgressPrinter(Callback):
         left = self.time_left()
         if left is None:
             return ""
-        return "about " + format_duration(left) + " left" if self.done < (self.total or 0) else ""
+        if self.done >= (self.total or 0):
+            return ""
+        return f"{about(left)} left"
 
     def _step_words(self, step: dict) -> str:
         pct = 100.0 * step["step"] / max(1, step["steps"])
         return (f"epoch {step['epoch']}/{step['epochs']}: step {step['step']}/{step['steps']} ({pct:.0f}%), "
-                f"{step['images_per_s']:.0f} img/s, epoch ends in about {format_duration(step['eta_s'])}")
+                f"{step['images_per_s']:.0f} img/s, epoch ends in {about(step['eta_s'])}")
 
     def _print_estimate(self) -> None:
         left = self.time_left()
@@ -314,7 +327,9 @@ class ProgressPrinter(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         known = self.trials.get(trial.trial_id)
         if known is not None and known.outcome is None:
-            return  # a trial restarted (resume, node failure) is the same trial
+            known.started, known.step = time.time(), None
+            self._line(trial, "resumed")  # a trial restarted (resume, node failure) is the same trial
+            return
         self.counts["started"] += 1
         cfg = (trial.config or {}).get("trial_config") or {}
         self.trials[trial.trial_id] = TrialView(trial.trial_id, describe_loss(cfg), time.time())
@@ -331,6 +346,8 @@ class ProgressPrinter(Callback):
             self.epoch_n += 1
         if view.first_result_s is None:
             view.first_result_s = time.time() - view.started
+            first_iter = result.get("time_this_iter_s")
+            view.first_iter_s = float(first_iter) if isinstance(first_iter, (int, float)) else view.first_result_s
         view.epoch = int(result.get("epoch") or view.epoch)
         view.result = dict(result)
         view.step = None
@@ -454,7 +471,7 @@ class LiveView:
         ended = [f"{c.get(key, 0)} {word}" for key, word in words if key != "degenerate" or c.get(key)]
         head.append(f" ({', '.join(ended)}), {len(running)} running")
         head.append(f"   elapsed {format_duration(time.time() - p.fit_started)}")
-        head.append("   time left " + ("about " + format_duration(left) if left is not None
+        head.append("   time left " + (about(left) if left is not None
                                         else "(after the first epoch)"), style="bold")
         parts: list = [head]
         if running:
