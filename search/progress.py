@@ -471,8 +471,11 @@ class LiveView:
         ended = [f"{c.get(key, 0)} {word}" for key, word in words if key != "degenerate" or c.get(key)]
         head.append(f" ({', '.join(ended)}), {len(running)} running")
         head.append(f"   elapsed {format_duration(time.time() - p.fit_started)}")
-        head.append("   time left " + (about(left) if left is not None
-                                        else "(after the first epoch)"), style="bold")
+        if p.total and p.done >= p.total:
+            head.append("   all trials ended", style="bold")
+        else:
+            head.append("   time left " + (about(left) if left is not None else "(after the first epoch)"),
+                        style="bold")
         parts: list = [head]
         if running:
             table = Table(box=None, show_header=False, padding=(0, 1), pad_edge=False)
