@@ -10,10 +10,11 @@ import contextlib
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -69,13 +70,16 @@ def chromium(width: int = 1600, height: int = 1000):
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def wait_for_js(driver, script: str, timeout: float = 60.0, what: str = "the page"):
-    """Run `script` (FIND_JS is prepended) until it returns something truthy; that value."""
-    deadline = time.time() + timeout
-    value = None
-    while time.time() < deadline:
-        value = driver.execute_script(FIND_JS + script)
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"{what} did not appear within {timeout} s (last: {value!r})")
+def wait_for_js(driver, script: str, timeout: float | None = None, what: str = "the page"):
+    """Run `script` (FIND_JS is prepended) until it returns something truthy; that value. `timeout` is a hang guard
+    only (default: tests/waiting.py's hang_s()): a page that a loaded machine renders slowly is waited for."""
+    last = []
+
+    def shown():
+        last[:] = [driver.execute_script(FIND_JS + script)]
+        return last[0]
+
+    try:
+        return wait_until(shown, what=what, hang=timeout)
+    except AssertionError as hang:
+        raise AssertionError(f"{hang} (last: {last[0] if last else None!r})") from None

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -19,6 +18,7 @@ from optuna.trial import TrialState
 
 from search.searcher import optuna_records
 from tests.search.test_driver import EXPECTED_STATE, ray_outcome, snapshot, write_tiny_space
+from tests.waiting import run_to_end, wait_until
 
 NUM_SAMPLES = 8
 EPOCHS = 3
@@ -53,12 +53,25 @@ def completed_trials(exp: Path) -> dict[str, int]:
     return done
 
 
+def completions_in_ray_state(exp: Path) -> dict[str, int] | None:
+    """The completed trials (as completed_trials), once Ray's saved experiment state lists every one of them as
+    TERMINATED, so a resume will not run them again; None before that."""
+    done = completed_trials(exp)
+    if not done:
+        return None
+    try:
+        statuses = ray_trials(exp)
+    except Exception:  # no state file yet, or one being replaced
+        return None
+    return done if all(statuses.get(tid) == "TERMINATED" for tid in done) else None
+
+
 def kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL the driver first (what is being tested), then what it started (a real kill leaves Ray to its fate-
     sharing; here nothing of the killed search may keep writing while the resume runs)."""
     children = psutil.Process(proc.pid).children(recursive=True)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.wait()  # SIGKILL cannot be ignored: no guard needed
     for child in children:
         try:
             child.kill()
@@ -77,14 +90,13 @@ def test_resume_after_sigkill_finishes_consistently(tmp_path):
     proc = subprocess.Popen(cli("run", space, "--storage", str(storage), "--name", "killed"), cwd=tmp_path,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None and not completed_trials(exp):
-            time.sleep(0.2)
+        wait_until(lambda: completed_trials(exp), what="a first completed trial", proc=proc,
+                   output=tmp_path / "run.log", watch=[exp])
         assert proc.poll() is None, "the search ended before it could be killed:\n" + (tmp_path / "run.log").read_text()
         assert completed_trials(exp), "no trial completed in time:\n" + (tmp_path / "run.log").read_text()
-        # Longer than the driver's experiment-state period (1 s) so that the first completion is in Ray's record.
-        time.sleep(2.0)
-        done_before = completed_trials(exp)
+        # The completions must be in Ray's record (saved every second, later on a loaded machine) before the kill.
+        done_before = wait_until(lambda: completions_in_ray_state(exp), what="Ray's saved state to list the "
+                                 "completed trials", proc=proc, output=tmp_path / "run.log", watch=[exp])
         kill_tree(proc)
     finally:
         if proc.poll() is None:
@@ -92,7 +104,7 @@ def test_resume_after_sigkill_finishes_consistently(tmp_path):
         log.close()
     assert len(done_before) < NUM_SAMPLES, "every trial finished before the kill; nothing left to resume"
 
-    resumed = subprocess.run(cli("resume", str(exp)), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    resumed = run_to_end(cli("resume", str(exp)), cwd=tmp_path, watch=[exp])
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "Search finished" in resumed.stdout and f"gce-search export {exp}" in resumed.stdout
     # ASHA's rungs came back with the experiment (Ray itself does not save the scheduler)
@@ -163,11 +175,10 @@ def test_resume_when_the_saved_state_names_a_deleted_checkpoint(tmp_path):
     proc = subprocess.Popen(cli("run", str(space), "--storage", str(storage), "--name", "stale"), cwd=tmp_path,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None and not (
-                len(lines := [result_lines(f) for f in exp.glob("trial_*")]) == 2
-                and all(2 <= len(rows) and not rows[-1].get("final") for rows in lines)):
-            time.sleep(0.1)
+        wait_until(lambda: len(lines := [result_lines(f) for f in exp.glob("trial_*")]) == 2
+                   and all(2 <= len(rows) and not rows[-1].get("final") for rows in lines),
+                   what="both trials past their second epoch", proc=proc, output=tmp_path / "run.log", watch=[exp],
+                   max_poll_s=0.1)
 
         def state_names_a_checkpoint() -> bool:
             # Ray saves its state every second, and later on a loaded machine (a save still being copied is not
@@ -178,9 +189,8 @@ def test_resume_when_the_saved_state_names_a_deleted_checkpoint(tmp_path):
                 return False
             return len(trials) == 2 and any(t.status != "TERMINATED" and t.checkpoint is not None for t in trials)
 
-        deadline = time.time() + 60
-        while time.time() < deadline and proc.poll() is None and not state_names_a_checkpoint():
-            time.sleep(0.2)
+        wait_until(state_names_a_checkpoint, what="Ray's saved state to name a checkpoint of an unfinished trial",
+                   proc=proc, output=tmp_path / "run.log", watch=[exp])
         kill_tree(proc)
     finally:
         if proc.poll() is None:
@@ -201,7 +211,7 @@ def test_resume_when_the_saved_state_names_a_deleted_checkpoint(tmp_path):
     assert broken, "no unfinished trial with a checkpoint when the driver was killed:\n" + \
         (tmp_path / "run.log").read_text()
 
-    resumed = subprocess.run(cli("resume", str(exp)), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    resumed = run_to_end(cli("resume", str(exp)), cwd=tmp_path, watch=[exp])
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     trials = ExperimentAnalysis(str(exp)).trials
     assert all(t.status == "TERMINATED" for t in trials), [(t.trial_id, t.status) for t in trials]
@@ -226,14 +236,11 @@ def kill_after_first_completion(tmp_path: Path, num_samples: int = 4, batch_size
     proc = subprocess.Popen(cli("run", space, "--storage", str(storage), "--name", "cut"), cwd=tmp_path,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None and not completed_trials(exp):
-            time.sleep(0.1)
-        done = completed_trials(exp)
+        done = wait_until(lambda: completed_trials(exp), what="a first completed trial", proc=proc,
+                          output=tmp_path / "run.log", watch=[exp], max_poll_s=0.1)
         # a backup made after the completion: Ray's state then lists it
-        deadline = time.time() + 60
-        while time.time() < deadline and proc.poll() is None and not backup_lists(exp, set(done)):
-            time.sleep(0.1)
+        wait_until(lambda: backup_lists(exp, set(done)), what="a state backup listing the completed trial",
+                   proc=proc, output=tmp_path / "run.log", watch=[exp], max_poll_s=0.1)
         kill_tree(proc)
     finally:
         if proc.poll() is None:
@@ -337,7 +344,7 @@ def test_an_unreadable_state_file_is_recovered_and_resume_finishes(interrupted, 
     shutil.rmtree(exp)
     exp = copy_of(interrupted, tmp_path / "cut")
     cut(newest_file(exp, pattern), how)
-    resumed = subprocess.run(cli("resume", str(exp)), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    resumed = run_to_end(cli("resume", str(exp)), cwd=tmp_path, watch=[exp])
     assert str(newest_file(interrupted, pattern).name) in resumed.stdout, resumed.stdout[-3000:]
     assert_finished_consistently(exp, resumed)
 
@@ -348,7 +355,7 @@ def test_unrecoverable_state_is_refused_naming_the_file_with_nothing_changed(int
     broken = newest_file(exp, "experiment_state-*.json")
     cut(broken, "half")
     before = snapshot(exp)
-    resumed = subprocess.run(cli("resume", str(exp)), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    resumed = run_to_end(cli("resume", str(exp)), cwd=tmp_path, watch=[exp])
     assert resumed.returncode == 2, resumed.stdout + resumed.stderr
     assert str(broken) in resumed.stderr and "no complete copy" in resumed.stderr, resumed.stderr
     assert "Traceback" not in resumed.stderr and "starting Ray" not in resumed.stdout
@@ -387,7 +394,7 @@ def test_a_moved_and_a_copied_experiment_resume_in_themselves(interrupted, tmp_p
     untouched = snapshot(original)
     # a copy under another parent (and name) resumes and writes only into itself
     copy = copy_of(original, tmp_path / "elsewhere" / "cut-copy")
-    resumed = subprocess.run(cli("resume", str(copy)), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    resumed = run_to_end(cli("resume", str(copy)), cwd=tmp_path, watch=[copy])
     assert_finished_consistently(copy, resumed)
     assert snapshot(original) == untouched  # journal and everything else byte for byte
     saved = newest_file(copy, "searcher-state-*.pkl").read_text()
@@ -396,7 +403,7 @@ def test_a_moved_and_a_copied_experiment_resume_in_themselves(interrupted, tmp_p
     moved = tmp_path / "moved" / "cut"
     moved.parent.mkdir()
     original.rename(moved)
-    resumed = subprocess.run(cli("resume", str(moved)), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    resumed = run_to_end(cli("resume", str(moved)), cwd=tmp_path, watch=[moved])
     assert_finished_consistently(moved, resumed)
     assert not original.exists()
 
@@ -416,7 +423,7 @@ def test_a_torn_journal_tail_is_set_aside_and_the_trial_told_again(interrupted, 
                and ray_id.get(r["trial_id"]) in ended)
     torn = lines[tell][: len(lines[tell]) // 2]
     journal.write_bytes(b"".join(lines[:tell] + lines[tell + 1:]) + torn)
-    resumed = subprocess.run(cli("resume", str(exp)), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    resumed = run_to_end(cli("resume", str(exp)), cwd=tmp_path, watch=[exp])
     assert "torn record" in resumed.stdout, resumed.stdout[-3000:]
     assert (exp / "optuna.journal.torn-1").read_bytes() == torn
     assert "told Optuna again from Ray's record" in resumed.stdout, resumed.stdout[-3000:]

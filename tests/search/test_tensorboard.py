@@ -10,7 +10,6 @@ import math
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 
 from search.cli import main
 from search.tensorboard import tensorboard_command
+from tests.waiting import PipeReader, hang_s, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -70,21 +70,28 @@ def _free_port() -> int:
 def _get(url: str, data: dict | None = None):
     body = json.dumps(data).encode() if data is not None else None
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"} if body else {})
-    with urllib.request.urlopen(req, timeout=30) as resp:
+    with urllib.request.urlopen(req, timeout=hang_s()) as resp:  # a loaded machine answers late, not never
         raw = resp.read()
         return json.loads(raw) if resp.headers.get_content_type() == "application/json" else raw
 
 
-def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 90.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"tensorboard exited with {proc.returncode}")
-        try:
-            return _get(url)
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"tensorboard did not answer {url} within {timeout} s")
+def _answer(url: str):
+    try:
+        return _get(url)
+    except OSError:  # not listening yet
+        return None
+
+
+def _wait_for(url: str, proc: subprocess.Popen, output: PipeReader | None = None):
+    """TensorBoard's answer at `url` once it serves it (a failure at once if it exits first)."""
+    return wait_until(lambda: _answer(url), what=f"tensorboard to answer {url}", proc=proc, output=output)
+
+
+def _wait_for_runs(base: str, runs: set[str], proc: subprocess.Popen, output: PipeReader) -> None:
+    """TensorBoard loads event files in the background: wait until it lists every run of `runs` (the hang guard
+    starts again with each run it adds)."""
+    wait_until(lambda: runs <= set(_get(f"{base}/data/runs")), what="tensorboard to list every trial run",
+               proc=proc, output=output, watch=[lambda: len(_get(f"{base}/data/runs"))])
 
 
 ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
@@ -126,20 +133,15 @@ def test_tensorboard_serves_every_trial_parameter_and_the_pareto_figure(tiny_exp
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     # what a user runs: `gce-search tensorboard EXP --port P`
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "tensorboard", str(exp), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = PipeReader(proc.stdout)  # quoted when a wait fails
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(f"{base}/data/plugins_listing", proc)
+        _wait_for(f"{base}/data/plugins_listing", proc, output)
         listening = {c.laddr.ip for c in psutil.Process(proc.pid).net_connections(kind="inet")
                      if c.status == psutil.CONN_LISTEN}
         assert listening == {"127.0.0.1"}, f"TensorBoard must listen on loopback only, got {listening}"
-        # TensorBoard loads event files in the background: wait until every trial run is there.
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            runs = _get(f"{base}/data/runs")
-            if set(results) <= set(runs):
-                break
-            time.sleep(0.5)
+        _wait_for_runs(base, set(results), proc, output)
         experiment = _get(f"{base}/data/plugin/hparams/experiment", {"experimentName": ""})
         declared = {h["name"] for h in experiment["hparamInfos"]}
         assert set(space) | {"calibration.pieces", "trial.status"} <= declared
@@ -234,6 +236,8 @@ def test_tensorboard_serves_every_trial_parameter_and_the_pareto_figure(tiny_exp
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        proc.stdout.close()
 
 
 @contextlib.contextmanager
@@ -241,13 +245,12 @@ def serve_tensorboard(exp: Path):
     """`gce-search tensorboard EXP` on a free port, once TensorBoard has loaded every trial run; its base URL."""
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "tensorboard", str(exp), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = PipeReader(proc.stdout)  # quoted when a wait fails
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(f"{base}/data/plugins_listing", proc)
-        deadline = time.time() + 60
-        while set(_results(exp)) - set(_get(f"{base}/data/runs")) and time.time() < deadline:
-            time.sleep(0.5)
+        _wait_for(f"{base}/data/plugins_listing", proc, output)
+        _wait_for_runs(base, set(_results(exp)), proc, output)
         yield base
     finally:
         proc.terminate()
@@ -255,6 +258,8 @@ def serve_tensorboard(exp: Path):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        proc.stdout.close()
 
 
 def displayed_columns(experiment: dict) -> tuple[list[str], list[str]]:
