@@ -366,6 +366,7 @@ def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
     from search.cluster import JsonLoggerKeepingLocal
     from search.driver import configure_tune_environment, connect_ray, restore_environment, say_starting_ray
     from search.progress import quiet_ray_notices
+    from trainables.step_progress import close_board
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
@@ -394,6 +395,7 @@ def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
     finally:
         notices.log_in(None)
         restore_environment(previous_environment)
+        close_board(spec.name)  # a run with a long epoch put its progress there (trainables.step_progress)
         if started:
             import ray
 

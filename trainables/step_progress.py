@@ -62,6 +62,8 @@ def get_board(experiment: str):
 def close_board(experiment: str) -> None:
     import ray
 
+    if not ray.is_initialized():
+        return  # a local Ray took its actors with it
     board = get_board(experiment)
     if board is not None:
         ray.kill(board)
