@@ -269,22 +269,34 @@ def test_resumed_search_ends_with_the_rest_of_its_time_budget(local_ray, tmp_pat
     import os
     import signal
     import threading
-    import time
+
+    from tests.waiting import wait_until
 
     storage = tmp_path / "results"
     exp = storage / "budget"
     space = write_tiny_space(tmp_path, num_samples=200)
 
+    returned = threading.Event()
+    failures: list[AssertionError] = []
+
     def interrupt_after_first_result():
-        deadline = time.time() + 120
-        while time.time() < deadline and not list(exp.glob("*/result.json")):
-            time.sleep(0.1)
-        os.kill(os.getpid(), signal.SIGINT)  # inside fit(): Tune's handler stops the run and saves its state
+        try:
+            wait_until(lambda: list(exp.glob("*/result.json")) or returned.is_set(), what="a first trial result",
+                       watch=[storage])
+        except AssertionError as hang:
+            failures.append(hang)
+            return
+        if not returned.is_set():
+            os.kill(os.getpid(), signal.SIGINT)  # inside fit(): Tune's handler stops the run and saves its state
 
     sender = threading.Thread(target=interrupt_after_first_result, daemon=True)
     sender.start()
-    code = main(["run", space, "--storage", str(storage), "--name", "budget", "--set", "search.timeout_s=15"])
+    try:
+        code = main(["run", space, "--storage", str(storage), "--name", "budget", "--set", "search.timeout_s=15"])
+    finally:
+        returned.set()
     sender.join()
+    assert not failures, failures
     assert code == 130 and "Search interrupted" in capsys.readouterr().out
 
     code = main(["resume", str(exp)])
