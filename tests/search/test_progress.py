@@ -85,6 +85,33 @@ def test_durations_read_as_a_person_says_them():
         ["under 1 s", "45 s", "89 s", "2 min", "2 h 05 min"]
 
 
+def test_time_left_is_the_work_left_over_the_slots_by_hand():
+    """10 trials, 2 at a time, 2 expected epochs of 1 s each: with 4 trials started (one ended after its 2 epochs,
+    three running at epochs 0, 1 and 2), the work left is 6 trials x (cost + their epochs) plus what is left of the
+    running ones (the one without a result yet also pays its set-up cost)."""
+    from search.progress import _TUNE_TRIAL_S, ProgressPrinter, TrialView
+
+    printer = ProgressPrinter(max_t=4, total=10, slots=2, expected=2.0)
+    assert printer.time_left() is None  # nothing measured yet
+    now = time.time()
+    printer.epoch_s_sum, printer.epoch_n = 5.0, 5
+    printer.trials = {
+        "a": TrialView("a", "gce", started=now - 3.0, epoch=2, outcome="stopped", first_result_s=2.0,
+                       first_iter_s=1.5, ended=now),
+        "b": TrialView("b", "gce", started=now - 1.0, epoch=0),
+        "c": TrialView("c", "gce", started=now - 1.0, epoch=1, first_result_s=1.0, first_iter_s=1.0),
+        "d": TrialView("d", "gce", started=now - 1.0, epoch=2, first_result_s=1.0, first_iter_s=1.0),
+    }
+    printer.counts["stopped"] = 1
+    cost = 3.0 - 2 * 1.0 + _TUNE_TRIAL_S  # the ended trial: its wall time less its epochs, and Tune's share
+    epochs = (2.0 * 4 + 2) / 5  # the prior of 2 epochs (weight 4 trials) blended with the ended trial's 2
+    work = 6 * (cost + epochs * 1.0) + (epochs - 0 + cost) + (epochs - 1) + max(0.0, epochs - 2)
+    assert printer.time_left(now) == pytest.approx(work / 2)
+    printer.timeout_s = 1.0  # a time budget caps it
+    printer.fit_started = now - 0.25
+    assert printer.time_left(now) == pytest.approx(0.75)
+
+
 # ------------------------------------------------------------------------------------------- real runs, off a TTY
 
 
