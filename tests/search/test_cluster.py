@@ -9,7 +9,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,8 @@ from search.cli import UsageError, main
 from search.cluster import (SHARED_ENV, SHARED_MARKER, check_storage, is_multi_node, job_address,
                             nodes_missing_file, pull_experiment, push_driver_files, trial_nodes)
 from search.searcher import optuna_records
-from tests.search.test_resume import cli, completed_trials, result_lines
+from tests.search.test_resume import cli, completed_trials, completions_in_ray_state, result_lines
+from tests.waiting import run_to_end, wait_until
 
 # Fake GPU ids: a raylet takes its GPU ids from the CUDA_VISIBLE_DEVICES it starts with, so two distinct ids tell
 # which node's GPU a trial was given.
@@ -331,8 +331,7 @@ def test_head_keeps_dashboard_on_loopback_and_token_auth_on(sim):
             f"print('NODES', len(g.get_all_node_info(timeout=10)))")
 
     def ask(**env: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", code], env=driver_env(**env), capture_output=True, text=True,
-                              timeout=120)
+        return run_to_end([sys.executable, "-c", code], env=driver_env(**env))
 
     assert "NODES 3" in ask().stdout
     for refused in (ask(RAY_AUTH_TOKEN="0" * 64), ask(RAY_AUTH_MODE="disabled", RAY_AUTH_TOKEN="")):
@@ -344,9 +343,8 @@ def test_head_keeps_dashboard_on_loopback_and_token_auth_on(sim):
 def test_fractional_gpu_trials_pack_four_per_gpu_across_both_workers(sim, tmp_path):
     storage = tmp_path / "results"
     space = write_space(tmp_path, "packed", num_samples=8, epochs=4, fraction=0.25)
-    run = subprocess.run(cli("run", space, "--address", sim.address, "--storage", str(storage), "--name", "packed"),
-                         env=driver_env(**{SHARED_ENV: "1"}), cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
+    run = run_to_end(cli("run", space, "--address", sim.address, "--storage", str(storage), "--name", "packed"),
+                     env=driver_env(**{SHARED_ENV: "1"}), cwd=tmp_path, watch=[storage])
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "2 GPU on 3 node(s)" in run.stdout  # the driver saw the whole cluster
     rows = assert_every_trial_accounted_for(storage / "packed", "packed", num_samples=8, epochs=4)
@@ -423,17 +421,6 @@ def assert_resumed_not_restarted(lines: list[dict]) -> None:
     assert epochs[0] == 1 and all(b - a in (0, 1) for a, b in zip(epochs, epochs[1:])), epochs
 
 
-def wait_for(condition, timeout_s: float, proc: subprocess.Popen | None = None, poll_s: float = 0.1):
-    """The first truthy value of condition() within timeout_s (None on timeout, or when `proc` exits first)."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline and (proc is None or proc.poll() is None):
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll_s)
-    return None
-
-
 @pytest.mark.slow
 def test_worker_node_then_driver_killed_search_resumes_and_accounts_for_every_trial(sim, tmp_path):
     """A bad day on one search: a worker node dies (its trials go on from their checkpoints on the other node, with
@@ -453,15 +440,20 @@ def test_worker_node_then_driver_killed_search_resumes_and_accounts_for_every_tr
                                 "faults"), env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     victim = moved = None
     try:
-        # 1. remove a worker node (SIGKILL, no goodbye) while one of its trials is past its first checkpoints
+        # 1. remove a worker node (SIGKILL, no goodbye) while one of its trials is past its first checkpoints, and
+        # every unfinished trial it reports is past epoch 2 (on a loaded machine the node's second trial can start
+        # late: removing the node while that one is at epoch 1 would move a trial with nothing to resume from)
         def running_on_a_worker():
-            for lines in trial_rows(exp).values():
-                if lines[-1]["node_id"] in gpu_of and 2 <= lines[-1]["epoch"] <= epochs // 3:
-                    return lines[-1]["node_id"]
+            last = [lines[-1] for lines in trial_rows(exp).values() if not lines[-1].get("final")]
+            for node in gpu_of:
+                on_node = [r["epoch"] for r in last if r["node_id"] == node]
+                if on_node and min(on_node) >= 2 and any(e <= epochs // 3 for e in on_node):
+                    return node
             return None
 
-        victim = wait_for(running_on_a_worker, 300, proc)
-        assert victim is not None, "no trial reached epoch 2 in time:\n" + log_path.read_text()
+        # polled every 0.1 s at most: the window (epochs 2 to epochs // 3) lasts about a second
+        victim = wait_until(running_on_a_worker, what="a worker whose trials are past epoch 2, one of them before "
+                            f"epoch {epochs // 3}", proc=proc, output=log_path, watch=[exp], max_poll_s=0.1)
         kill_worker_node(sim, gpu_of[victim])
         before_node_kill = trial_rows(exp)
         moved = [tid for tid, lines in before_node_kill.items()
@@ -477,12 +469,13 @@ def test_worker_node_then_driver_killed_search_resumes_and_accounts_for_every_tr
                        and not rows[t][-1].get("final")]
             return (done, resumed) if done and resumed else None
 
-        assert wait_for(resumed_on_survivor, 300, proc), \
-            "no moved trial resumed on the surviving node before the end:\n" + log_path.read_text()
-        time.sleep(1.0)  # the driver's experiment-state period: Ray's record holds the completions
-        done_before = completed_trials(exp)
+        wait_until(resumed_on_survivor, what="a finished trial and a moved trial resumed on the surviving node",
+                   proc=proc, output=log_path, watch=[exp], max_poll_s=0.1)
+        # Ray's record holds the completions (its state is saved every second, later on a loaded machine)
+        done_before = wait_until(lambda: completions_in_ray_state(exp), what="Ray's saved state to list the "
+                                 "completed trials", proc=proc, output=log_path, watch=[exp])
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.wait()  # SIGKILL cannot be ignored: no guard needed
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -492,11 +485,11 @@ def test_worker_node_then_driver_killed_search_resumes_and_accounts_for_every_tr
             sim.cluster.wait_for_nodes()
     assert len(done_before) < num_samples, "every trial finished before the driver was killed"
     # Ray ends a dead driver's trial actors itself: they run under the worker nodes' raylets, not under the driver
-    assert wait_for(lambda: not trial_processes(sim), 60, poll_s=0.2), "the killed driver's trials kept running"
+    wait_until(lambda: not trial_processes(sim), what="Ray to end the killed driver's trials",
+               watch=[lambda: len(trial_processes(sim))])
 
     # 3. resume by address
-    resumed = subprocess.run(cli("resume", str(exp), "--address", sim.address), env=env, cwd=tmp_path,
-                             capture_output=True, text=True, timeout=300)
+    resumed = run_to_end(cli("resume", str(exp), "--address", sim.address), env=env, cwd=tmp_path, watch=[exp])
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "Search finished" in resumed.stdout and "on 3 node(s)" in resumed.stdout
 
