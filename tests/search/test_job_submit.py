@@ -13,9 +13,7 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -24,6 +22,7 @@ import pytest
 
 from tests.search.test_cluster import token_cluster
 from tests.search.test_resume import completed_trials, result_lines
+from tests.waiting import hang_s, run_to_end, wait_until
 
 SPACE = """\
 name: jobs
@@ -50,28 +49,46 @@ def _ray_cli() -> list[str]:
     return [exe] if os.path.exists(exe) else [sys.executable, "-m", "ray.scripts.scripts"]
 
 
-def _wait_for_dashboard(url: str, token: str, timeout_s: float = 60.0) -> None:
-    deadline = time.time() + timeout_s
+def _wait_for_dashboard(url: str, token: str) -> None:
+    """Until the job server answers (the dashboard starts after the head node, later on a loaded machine)."""
     request = urllib.request.Request(url + "/api/version", headers={"Authorization": f"Bearer {token}"})
-    while True:
+
+    def answered() -> bool:
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
+            with urllib.request.urlopen(request, timeout=hang_s()) as response:
                 json.load(response)
-                return
-        except (urllib.error.URLError, ConnectionError, OSError, ValueError):
-            if time.time() > deadline:
-                raise
-            time.sleep(0.5)
+                return True
+        except (urllib.error.URLError, ConnectionError, OSError, ValueError):  # not up yet
+            return False
+
+    wait_until(answered, what=f"Ray's job server at {url} to answer")
+
+
+def _wait_for_job_agent(url: str) -> None:
+    """Until the job server takes a job: its head-node agent starts after the dashboard answers (seconds later on a
+    loaded machine), and until then a submission is refused with 'No available agent ... try again later'."""
+    def takes_a_job() -> bool:
+        probe = run_to_end([*_ray_cli(), "job", "submit", "--address", url, "--", "true"])
+        said = probe.stdout + probe.stderr
+        if probe.returncode == 0:
+            return True
+        assert "No available agent" in said, f"the probe job was refused:\n{said[-3000:]}"
+        return False
+
+    wait_until(takes_a_job, what=f"Ray's job server at {url} to take a job")
 
 
 @pytest.fixture
 def job_cluster():
     port = _free_port()
-    with token_cluster(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-                       dashboard_port=port) as (cluster, token):
+    # the job agent on a free port too: Ray's fixed default (52365) is taken by any other Ray on this machine, and
+    # a head whose agent cannot bind refuses every job ('No available agent')
+    with token_cluster(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                       dashboard_agent_listen_port=_free_port()) as (cluster, token):
         cluster.wait_for_nodes()
         url = f"http://127.0.0.1:{port}"
         _wait_for_dashboard(url, token)
+        _wait_for_job_agent(url)
         yield cluster, url, token
 
 
@@ -95,10 +112,10 @@ def test_search_submitted_as_a_ray_job_runs_on_the_cluster(job_cluster, tmp_path
 
     # 1. the README's command (`--address auto`); 2. without --address: the driver finds the job's cluster itself
     for name, address in (("readme", ["--address", "auto"]), ("implicit", [])):
-        submitted = subprocess.run(
+        submitted = run_to_end(
             [*_ray_cli(), "job", "submit", "--address", url, "--working-dir", str(work), "--",
              "gce-search", "run", "space.yaml", *address, "--storage", str(storage), "--name", name],
-            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+            cwd=tmp_path, watch=[storage])
         output = submitted.stdout + submitted.stderr
         assert submitted.returncode == 0, output[-5000:]
         assert "succeeded" in output and "Search finished" in output, output[-5000:]
@@ -116,8 +133,8 @@ def test_search_submitted_as_a_ray_job_runs_on_the_cluster(job_cluster, tmp_path
     # without the token, the job server refuses the submission
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
     env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
-    refused = subprocess.run([*_ray_cli(), "job", "submit", "--address", url, "--", "echo", "hello"],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    refused = run_to_end([*_ray_cli(), "job", "submit", "--address", url, "--", "echo", "hello"], cwd=tmp_path,
+                         env=env)
     refusal = refused.stdout + refused.stderr
     assert refused.returncode != 0 and "hello" not in refused.stdout, refusal[-3000:]
     assert "AuthenticationError" in refusal or "Unauthorized" in refusal, refusal[-3000:]
