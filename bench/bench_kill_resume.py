@@ -43,7 +43,7 @@ space:
   gce.lam: {low: 0.0, high: 1.0}
   train.lr: {low: 0.01, high: 0.3, log: true}
 """
-STATE = {"complete": "COMPLETE", "stopped": "PRUNED", "diverged": "FAIL"}
+STATE = {"complete": "COMPLETE", "degenerate": "PRUNED", "stopped": "PRUNED", "diverged": "FAIL", "error": "FAIL"}
 
 
 def cli(*args: str) -> list[str]:
@@ -149,12 +149,10 @@ def main() -> int:
     import optuna
 
     trials = ExperimentAnalysis(str(exp)).trials
-    outcome = {}
-    for t in trials:
-        last = t.last_result or {}
-        outcome[t.trial_id] = ("diverged" if last.get("status") == "diverged"
-                               else "complete" if last.get("final") is True else "stopped")
-    lost = sorted(tid for tid in seen_final if outcome.get(tid) != "complete")
+    from search.results import trial_outcome
+
+    outcome = {t.trial_id: trial_outcome(t.last_result, errored=t.status == "ERROR") for t in trials}
+    lost = sorted(tid for tid in seen_final if outcome.get(tid) not in ("complete", "degenerate"))
     twice = sorted(tid for tid, n in finals(exp).items() if n > 1)
     for folder in exp.glob("trial_*"):
         epochs = [r["epoch"] for r in rows(folder)]

@@ -515,6 +515,9 @@ RAY_NOISE = (
     ("ray.tune.tune", "Experiment has been interrupted, but the most recent state was saved"),
     # Ray's result grid looking for result.json files that a run does not write (a study's runs report once)
     ("ray.tune.analysis.experiment_analysis", "Failed to fetch metrics"),
+    # Ray's 0.5 s "slow operation" notices: on busy cores any callback can take that long, and a trial's own time
+    # is measured and printed by the progress lines anyway
+    ("ray.tune.utils.util", "The `"),
 )
 
 

@@ -160,6 +160,11 @@ class CalibratedOptunaSearch(OptunaSearch):
         storage = self._ot_study._storage
         current = storage.get_trial(ot_trial._trial_id)
         state, values, outcome = classify(result, error, list(self.metric))
+        attrs = _result_attrs(result, error)
+        if state is TrialState.COMPLETE and attrs.get("status") == "degenerate":
+            # At chance level it is on no front of the tool's, so not on the study's either; a pruned trial sits
+            # on the bad side of TPE's split, which is what a collapsed model is (docs/results-format.md).
+            state, values, outcome = TrialState.PRUNED, None, "degenerate"
         if current.state.is_finished():
             if current.user_attrs.get("outcome") == "error" and outcome != "error":
                 self._record_retry(trial_id, current, state, values, outcome, result)
@@ -175,7 +180,7 @@ class CalibratedOptunaSearch(OptunaSearch):
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     ot_trial.set_user_attr(f"last {key}", float(value))
         ot_trial.set_user_attr("outcome", outcome)
-        for key, value in _result_attrs(result, error).items():
+        for key, value in attrs.items():
             ot_trial.set_user_attr(key, value)
         self._ot_study.tell(ot_trial, values, state=state)
         self._outcomes[trial_id] = outcome
@@ -239,7 +244,8 @@ class CalibratedOptunaSearch(OptunaSearch):
         with open(checkpoint_path, "rb") as f:
             state, problem = parse_searcher_state(f.read())
         if problem is not None:
-            raise ValueError(f"{checkpoint_path}: {problem}; `gce-search resume` rebuilds it from the Optuna journal")
+            raise ValueError(f"{checkpoint_path}: not a CalibratedOptunaSearch state ({problem}); `gce-search resume` "
+                             f"rebuilds it from the Optuna journal")
         if self._journal_path is None:
             raise RuntimeError("restore: no journal attached (call attach_journal with the experiment's own "
                                "optuna.journal first)")
