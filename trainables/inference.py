@@ -34,12 +34,17 @@ def split_logits(state: dict | str, splits: Iterable[str] = ("calib", "val", "te
     data = load_splits(cfg["data"], device=device)
     model = build_model(cfg["model"], data.in_channels, data.num_classes, data.image_size)
     model.load_state_dict(state["model"])
+    # the memory layout the trial evaluated in (its precision choice): a conv sums in another order in another one
+    layout = torch.channels_last if (state.get("precision") or {}).get("channels_last") else torch.contiguous_format
     model.to(device).eval()
+    if layout is torch.channels_last:
+        model = model.to(memory_format=layout)
     batch = cfg["train"]["eval_batch_size"]
     out = {}
     for split in splits:
         x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
-        chunks = [model(x[i:i + batch]).float().cpu() for i in range(0, x.shape[0], batch)]
+        chunks = [model(x[i:i + batch].contiguous(memory_format=layout)).float().cpu()
+                  for i in range(0, x.shape[0], batch)]
         logits = torch.cat(chunks) if chunks else torch.zeros(0, data.num_classes)
         out[split] = (logits, y.cpu())
     return out

@@ -162,8 +162,12 @@ def test_synthetic_run_reports_contract_keys_and_consistent_metrics():
         model = build_model(cfg["model"], data.in_channels, data.num_classes, data.image_size)
         model.load_state_dict(state["model"])
         model.eval()
+        # in the memory layout the trial's evaluation used (train.channels_last: auto lets a probe choose; a conv in
+        # another layout sums in another order, ~1e-9 apart)
+        layout = torch.channels_last if last["train/channels_last"] else torch.contiguous_format
+        model = model.to(memory_format=layout)
         with torch.no_grad():
-            probs = torch.softmax(model(data.val_x).double(), 1).numpy()
+            probs = torch.softmax(model(data.val_x.contiguous(memory_format=layout)).double(), 1).numpy()
         labels = data.val_y.numpy()
         assert last["val/acc"] == pytest.approx((probs.argmax(1) == labels).mean(), abs=1e-12)
         assert last["val/ece_raw"] == pytest.approx(_ece_15(probs, labels), abs=1e-9)
@@ -177,7 +181,7 @@ def test_synthetic_run_reports_contract_keys_and_consistent_metrics():
 
         def fitted_on(split):
             with torch.no_grad():
-                split_logits = model(getattr(data, f"{split}_x")).float()
+                split_logits = model(getattr(data, f"{split}_x").contiguous(memory_format=layout)).float()
             return build_calibrator(cfg["calibration"]).fit(split_logits, getattr(data, f"{split}_y"))
 
         on_calib = fitted_on("calib")
@@ -186,7 +190,7 @@ def test_synthetic_run_reports_contract_keys_and_consistent_metrics():
         for other in ("val", "test"):
             assert fitted_on(other).temperatures != pytest.approx(on_calib.temperatures, rel=1e-3), other
         with torch.no_grad():
-            val_logits = model(data.val_x).float()
+            val_logits = model(data.val_x.contiguous(memory_format=layout)).float()
         refit = summary(on_calib.transform(val_logits), data.val_y, n_bins=15)
         assert last["val/ece"] == pytest.approx(refit["ece"], abs=1e-9)
         assert last["val/nll"] == pytest.approx(refit["nll"], rel=1e-6)
