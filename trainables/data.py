@@ -449,17 +449,23 @@ def _medmnist_labels(arr: np.ndarray, n: int, path: Path, key: str, howto: str) 
     return arr.astype(np.int64)
 
 
-@_register("medmnist", "a MedMNIST subset (Yang et al. 2023): <data.root>/<data.subset>.npz with train_/val_/"
-                       "test_images and _labels; the official val split joins the train/calib/val pool")
-def load_medmnist(root: str | None, subset: str | None, download: bool, options: dict) -> RawData:
+def _medmnist_archive(root: str | None, subset: str | None) -> tuple[Path, str]:
+    """The subset's .npz (which must exist) and how to get it."""
     base = _root(root, DEFAULT_ROOT)
     if not subset:
         raise ValueError("data.subset: medmnist needs a subset name, the stem of <data.root>/<subset>.npz; "
                          "valid: e.g. pathmnist, dermamnist, bloodmnist, organamnist, pathmnist_64")
     path = base / f"{subset}.npz"
-    howto = (f"download {subset}.npz from MedMNIST ({MEDMNIST_HOME}) into {base}")
+    howto = f"download {subset}.npz from MedMNIST ({MEDMNIST_HOME}) into {base}"
     if not path.is_file():
         raise FileNotFoundError(f"medmnist: expected {path}; {howto}")
+    return path, howto
+
+
+@_register("medmnist", "a MedMNIST subset (Yang et al. 2023): <data.root>/<data.subset>.npz with train_/val_/"
+                       "test_images and _labels; the official val split joins the train/calib/val pool")
+def load_medmnist(root: str | None, subset: str | None, download: bool, options: dict) -> RawData:
+    path, howto = _medmnist_archive(root, subset)
     try:
         npz = np.load(path, allow_pickle=False)
     except Exception as err:  # zipfile and numpy raise several types for a corrupt archive
@@ -648,14 +654,7 @@ def _medmnist_labels_only(root: str | None, subset: str | None, download: bool, 
     """The label arrays (small) and the image arrays' headers (their shapes) of a MedMNIST archive."""
     import zipfile
 
-    base = _root(root, DEFAULT_ROOT)
-    if not subset:
-        raise ValueError("data.subset: medmnist needs a subset name, the stem of <data.root>/<subset>.npz; "
-                         "valid: e.g. pathmnist, dermamnist, bloodmnist, organamnist, pathmnist_64")
-    path = base / f"{subset}.npz"
-    howto = f"download {subset}.npz from MedMNIST ({MEDMNIST_HOME}) into {base}"
-    if not path.is_file():
-        raise FileNotFoundError(f"medmnist: expected {path}; {howto}")
+    path, howto = _medmnist_archive(root, subset)
     try:
         with zipfile.ZipFile(path) as zf:
             names = {n.removesuffix(".npy"): n for n in zf.namelist()}
