@@ -493,7 +493,7 @@ TUNE_ENVIRONMENT = {
     # With CheckpointConfig(num_to_keep=1) Ray also snapshots whenever a trial checkpoints (so that the state never
     # names a deleted checkpoint), and warns each time: here that frequency is wanted, the warning is noise.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": ("0", False),
-    # Ray's default TensorBoard logger declares the hparams of one run only (DESIGN.md); search.tensorboard writes
+    # Ray's default TensorBoard logger declares the hparams of one run only (docs/design.md); search.tensorboard writes
     # the experiment-level record instead. The JSON/CSV loggers are added explicitly in build_tuner.
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": ("1", True),
     # The progress lines replace Ray's output; Ray's newer console output prints its own header even at verbose=0.

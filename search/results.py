@@ -6,7 +6,7 @@ An experiment directory (docs/architecture.md, "Experiment directory") holds Ray
 `summary.json` and the experiment-level TensorBoard summary. File formats: docs/results-format.md.
 
 The front is built from full-budget trials only: Ray reports an early-stopped trial's partial metrics as if they
-were final, and a diverged trial's NaN ECE must never read as a perfect one (DESIGN.md, "Ray and Optuna facts").
+were final, and a diverged trial's NaN ECE must never read as a perfect one (docs/design.md, "Ray and Optuna facts").
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ RAY_KEYS = frozenset({
 CONFIG_SECTIONS = frozenset({"seed", "data", "model", "loss", "train", "calibration", "objective"})
 NOT_APPLICABLE = None
 
-# 15-bin ECE of a perfectly calibrated model, simulated on realistic confidences (DESIGN.md, "ECE is noisy at small
+# 15-bin ECE of a perfectly calibrated model, simulated on realistic confidences (docs/design.md, "ECE is noisy at small
 # n"): std 0.004 at n = 1k, 0.002 at 5k, 0.0013 at 10k, i.e. std * sqrt(n) = 0.126, 0.141, 0.130. We use
 # ECE_STD_TIMES_SQRT_N / sqrt(n) only when neither the validation predictions nor reliability bins can be
 # bootstrapped (ece_uncertainty).
@@ -489,7 +489,7 @@ def require_complete(exp: Experiment) -> list[TrialRecord]:
 
 
 def ece_std_from_n(n: float) -> float:
-    """Approximate standard deviation of a 15-bin ECE measured on n samples (DESIGN.md simulation, ~0.13/sqrt(n))."""
+    """Approximate standard deviation of a 15-bin ECE measured on n samples (docs/design.md simulation, ~0.13/sqrt(n))."""
     return ECE_STD_TIMES_SQRT_N / math.sqrt(n) if _finite(n) and n > 0 else float("nan")
 
 
@@ -624,7 +624,7 @@ def _ece_uncertainty(trial: TrialRecord, split: str, predictions: bool) -> dict:
     """{"n", "std", "method"} of a trial's final `<split>/ece`.
 
     In order of preference: a bootstrap over the validation samples recomputed from the trial's checkpoint
-    (`predictions=True`, val only), a bootstrap over reported `<split>/reliability` bins, else the DESIGN.md
+    (`predictions=True`, val only), a bootstrap over reported `<split>/reliability` bins, else the docs/design.md
     approximation 0.13/sqrt(n).
     """
     n = trial.final.get(f"{split}/n")
@@ -768,7 +768,7 @@ def summary_dict(exp: Experiment) -> dict:
         "val_n": val_n[0] if len(val_n) == 1 else val_n,
         "ece_uncertainty_note": (
             "val/ece of a front member carries the std in val_ece_uncertainty; two trials scored on the same split "
-            "differ meaningfully only when their ECE gap exceeds about 2.5 std (DESIGN.md: ECE is noisy at small n)"),
+            "differ meaningfully only when their ECE gap exceeds about 2.5 std (docs/design.md: ECE is noisy at small n)"),
         "front": members,
         # every problem met reading any trial (cut result lines, unreadable checkpoints), also warned on the console
         "warnings": [f"trial {t.trial_id}: {note}" for t in exp.trials for note in t.notes],

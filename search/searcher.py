@@ -1,7 +1,7 @@
 """Ray Tune's OptunaSearch, telling Optuna what actually happened to each trial.
 
 Ray's OptunaSearch tells every trial ASHA stopped as COMPLETE with its partial values, and a NaN-diverged trial as
-COMPLETE too (measured on ray 2.60 / optuna 5.0, see DESIGN.md "Ray and Optuna facts"): the study's Pareto front
+COMPLETE too (measured on ray 2.60 / optuna 5.0, see docs/design.md "Ray and Optuna facts"): the study's Pareto front
 then mixes 1-epoch results with full-budget ones, and a diverged trial can sit on it with ECE 0. This subclass tells
 
 - COMPLETE with (val/acc, val/ece) of the last epoch, only when that result says ``final: true`` (full budget);

@@ -11,7 +11,7 @@ Layout under `<exp>/tensorboard/` (served by `gce-search tensorboard EXP`):
   hypervolume against wall-clock seconds, and reliability diagrams of every complete trial, front members first.
 
 Why not Ray's TBXLoggerCallback or torch's `add_hparams`: both declare the parameter list of one run only, so a
-conditional parameter (gce.lam) vanishes from the HParams table depending on load order (DESIGN.md). We write one
+conditional parameter (gce.lam) vanishes from the HParams table depending on load order (docs/design.md). We write one
 experiment-level config declaring every parameter of the space, plus a session record per trial. The writers run on
 the driver (a ray.tune.Callback): a SummaryWriter opened at a trial's cwd would write into Ray's temp dir.
 The HParams table shows the *last* value of each metric tag, so the result values get tags of their own.

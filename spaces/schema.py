@@ -49,7 +49,7 @@ RESOURCE_UNIT = 1e-4
 RESOURCES_SCHEMA: dict[str, Param] = {
     "cpus_per_trial": Param(1, low=0.0, low_inclusive=False, doc="CPUs reserved per trial (fractions allowed)"),
     "gpus_per_trial": Param(0, low=0.0, doc="GPUs per trial: a fraction <= 1 packs trials onto one GPU"),
-    # DESIGN.md, Ray facts: reuse_actors cut the per-trial overhead from ~4.3 to ~1.0 slot-seconds.
+    # docs/design.md, Ray facts: reuse_actors cut the per-trial overhead from ~4.3 to ~1.0 slot-seconds.
     "reuse_actors": Param(True, kind="bool", doc="reuse trial actors between trials"),
 }
 

@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 # Bounds of every fitted temperature, symmetric in log T. Mukhoti et al.'s grid spans 0.1..10; fitted CIFAR
-# temperatures are ~1-3 (REFERENCE.md), so these bounds are only reached by degenerate splits.
+# temperatures are ~1-3 (docs/design.md, "Metric conventions"), so these bounds are only reached by degenerate splits.
 T_MIN = 0.05
 T_MAX = 20.0
 # Newton stops when a step (or the bracket) is below this fraction of beta: ten times the float32 round-off of

@@ -3,7 +3,7 @@
 The trial (a Ray Tune function trainable or `gce-search train`) spawns its N workers inside the resources it has
 reserved: one per GPU with NCCL on a GPU node (Ray sets CUDA_VISIBLE_DEVICES to the trial's GPUs), N gloo processes
 on CPU. We do not use Ray's TorchTrainer inside a Tune trial: it leaks its workers when ASHA stops the trial and
-later trials hang (ray#54305, DESIGN.md "Ray and Optuna facts").
+later trials hang (ray#54305, docs/design.md "Ray and Optuna facts").
 
 The workers are fresh interpreters (`python -c "from trainables.ddp import worker_main; ..."`), not
 multiprocessing children: `spawn` would re-run the parent's main module in every worker (a user's script without a

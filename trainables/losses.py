@@ -10,7 +10,7 @@ section ``{name: gce, lam: 0.5}`` is checked against the registry and becomes ``
 ``build_loss(loss_cfg, num_classes)`` returns a ``Loss`` object (call, per-epoch hook, checkpointable state) that
 the trial loop uses for every loss, stateful (AdaFocal) or not.
 
-Formulas: ../shared/REFERENCE.md ("Losses"); notation z logits, p = softmax(z), p_t = p of the target class.
+Formulas: docs/losses.md; notation z logits, p = softmax(z), p_t = p of the target class.
 """
 from __future__ import annotations
 
@@ -495,7 +495,7 @@ class AdaFocal(Loss):
     bins (edges at their quantiles); in bin b with mean confidence C_b and accuracy A_b,
     ``gamma_b <- gamma_b * exp(lam * (C_b - A_b))`` when gamma_b > 0 (overconfident bins focus more), and
     ``gamma_b <- gamma_b * exp(-lam * (C_b - A_b))`` when gamma_b <= 0, so that |gamma_b| of an inverse-focal bin
-    grows while the bin stays underconfident (the official code's rule; REFERENCE.md gives the gamma > 0 case).
+    grows while the bin stays underconfident (the official code's rule; docs/losses.md gives the gamma > 0 case).
     A result with |gamma_b| < 0.2 switches family: positive -> -0.2 (inverse focal), otherwise -> +0.2; then gamma is
     clipped to [-2, 20]. Empty bins (ties) keep their gamma apart from the switch and the clip.
 

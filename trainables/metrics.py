@@ -1,6 +1,6 @@
 """Accuracy and calibration metrics: ECE (equal-width and equal-mass bins), classwise ECE, MCE, NLL, Brier.
 
-Conventions (see REFERENCE.md "Metrics"):
+Conventions (docs/design.md, "Metric conventions"):
 
 - Equal-width bins are ((m-1)/M, m/M], m = 1..M (Guo et al. 2017; Mukhoti et al. 2020's code); a confidence of
   exactly 0 goes to the first bin. torchmetrics bins [a, b) instead, so the two agree only away from bin edges.
@@ -9,7 +9,7 @@ Conventions (see REFERENCE.md "Metrics"):
   computes the softmax in float64, because in fp16 confidences above ~0.9998 round to 1.0.
 - Every function returns Python floats (or NumPy arrays for `reliability_bins`), computed in float64 on the CPU.
 
-ECE is noisy at small n (DESIGN.md): `summary` reports ``n`` so that every ECE travels with its sample size.
+ECE is noisy at small n (docs/design.md): `summary` reports ``n`` so that every ECE travels with its sample size.
 """
 from __future__ import annotations
 
@@ -235,7 +235,7 @@ def reliability_diagram(probs: Any, labels: Any, n_bins: int = 15, calibrated_pr
     plot. `ax` draws into an existing Axes; otherwise a new Figure with an Agg canvas is made (no pyplot, so the
     caller's backend is left alone). `path` saves the figure there.
     """
-    # Imported here so that `import trainables.metrics` stays light (STYLE.md).
+    # Imported here so that `import trainables.metrics` stays light.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

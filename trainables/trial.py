@@ -390,7 +390,7 @@ class _Trial:
         finite = (math.isfinite(train_loss) and bool(torch.isfinite(calib_logits).all())
                   and bool(torch.isfinite(val_logits).all()))
         if not finite:
-            # A diverged trial must never look like a scored one (DESIGN.md: a NaN trial can land on the front
+            # A diverged trial must never look like a scored one (docs/design.md: a NaN trial can land on the front
             # with ECE 0): every val metric and the score are NaN, and the trial stops here.
             metrics.update({f"val/{key}": math.nan for key in CALIBRATED_KEYS})
             metrics.update({f"val/{key}_raw": math.nan for key in RAW_KEYS})

@@ -1,7 +1,7 @@
 """The Ray Tune trainable: a thin adapter around trainables.trial.run_trial.
 
 Inside a Tune function trainable the session API is `ray.tune.report / get_checkpoint / Checkpoint`;
-`ray.train.report` errors there (DESIGN.md, "Ray and Optuna facts").
+`ray.train.report` errors there (docs/design.md, "Ray and Optuna facts").
 
 `Trainable` is the function trainable with one change: where a restarted trial goes on from. Ray keeps one
 checkpoint per trial (CheckpointConfig(num_to_keep=1)) and deletes the previous one as soon as it registers a new

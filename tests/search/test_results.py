@@ -221,7 +221,7 @@ def test_bad_input_is_a_usage_error_and_overwrites_nothing(tmp_path, capsys):
 
 
 def test_ece_std_from_n_matches_design_simulation():
-    # DESIGN.md: 15-bin ECE of a calibrated model reads 0.014 +- 0.004 at n = 1k, +- 0.002 at 5k, +- 0.0013 at 10k.
+    # docs/design.md: 15-bin ECE of a calibrated model reads 0.014 +- 0.004 at n = 1k, +- 0.002 at 5k, +- 0.0013 at 10k.
     assert ece_std_from_n(1000) == pytest.approx(0.004, rel=0.05)
     assert ece_std_from_n(5000) == pytest.approx(0.002, rel=0.1)
     assert ece_std_from_n(10_000) == pytest.approx(0.0013, rel=0.05)

@@ -96,7 +96,7 @@ def test_gpu_spaces_ask_for_gpus_and_a_real_budget(name):
     assert spec.scheduler.params["grace_period"] * eta ** 2 <= spec.base_config["train"]["epochs"]
     if name.endswith("_lt"):
         assert spec.base_config["data"]["imbalance"] == 100
-    # evaluation splits large enough to resolve ECE differences of ~0.004 (DESIGN.md: ECE is noisy at small n)
+    # evaluation splits large enough to resolve ECE differences of ~0.004 (docs/design.md: ECE is noisy at small n)
     assert spec.base_config["data"]["val"] >= 5000 and spec.base_config["data"]["calib"] >= 5000
 
 

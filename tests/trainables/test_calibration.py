@@ -95,7 +95,7 @@ def test_ats_recovers_per_piece_temperatures_and_beats_ts_on_ece():
     val_logits, val_labels, _ = synthetic(40000, truth, seed=1)
     ats_ece = metrics.summary(ats.transform(val_logits), val_labels)["ece"]
     ts_ece = metrics.summary(ts.transform(val_logits), val_labels)["ece"]
-    # n = 40k resolves ECE gaps of ~0.003 (DESIGN.md); single TS cannot fit four temperatures at once.
+    # n = 40k resolves ECE gaps of ~0.003 (docs/design.md); single TS cannot fit four temperatures at once.
     assert ats_ece < 0.02 < 0.05 < ts_ece
 
 
