@@ -117,8 +117,8 @@ def test_time_left_is_the_work_left_over_the_slots_by_hand():
 
 def test_off_a_terminal_one_line_per_trial_event_with_a_counter_and_an_estimate(tmp_path):
     """A pipe, as `ray job logs` or a redirect: one line per trial event (not per epoch), each with the [done/total]
-    counter; the estimate after the first epoch; with a tiny step-progress threshold (0.5 ms: an epoch here can take under 50 ms), lines from inside epochs;
-    none of Ray's notices on the console, and the token notice in the experiment's log file."""
+    counter; the estimate after the first epoch; with a tiny step-progress threshold (0.5 ms: an epoch here can take
+    under 50 ms), lines from inside epochs; none of Ray's notices on the console, and the token notice in the experiment's log file."""
     storage = tmp_path / "results"
     proc = run_to_end(cli("run", write_space(tmp_path, num_samples=4, epochs=3), "--storage", str(storage),
                           "--name", "pipe"), env=environment(GCE_SEARCH_STEP_PROGRESS_S="0.0005"), watch=[storage])
