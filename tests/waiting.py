@@ -191,6 +191,18 @@ def wait_for_exit(proc: subprocess.Popen, *, what: str, output=None, watch: Iter
     return proc.returncode
 
 
+def stop_server(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """Stop a server a test started (SIGTERM, then SIGKILL after `grace_s`) and close its output pipe."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 def kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL `proc` and everything it started, and reap them."""
     try:

@@ -15,7 +15,7 @@ import pytest
 
 from search.cli import main
 from tests.search.test_tensorboard import _free_port, _results, tiny_experiment_dir
-from tests.waiting import PipeReader, hang_s, run_to_end, wait_until
+from tests.waiting import PipeReader, hang_s, run_to_end, stop_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -60,12 +60,7 @@ def serve_dashboard(exp: Path):
         wait_until(studies, what="optuna-dashboard to answer", proc=proc, output=output)
         yield base, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        proc.stdout.close()
+        stop_server(proc)
 
 
 def test_every_optuna_trial_carries_real_breakpoints_temperatures_loss_and_status(tiny_experiment):

@@ -18,7 +18,7 @@ import pytest
 
 from search.cli import main
 from search.tensorboard import tensorboard_command
-from tests.waiting import PipeReader, hang_s, wait_until
+from tests.waiting import PipeReader, hang_s, stop_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -231,13 +231,7 @@ def test_tensorboard_serves_every_trial_parameter_and_the_pareto_figure(tiny_exp
 
         assert Image.open(__import__("io").BytesIO(png)).size == (1000, 700)  # readable at TensorBoard's card width
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        stop_server(proc)
 
 
 @contextlib.contextmanager
@@ -253,13 +247,7 @@ def serve_tensorboard(exp: Path):
         _wait_for_runs(base, set(_results(exp)), proc, output)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        stop_server(proc)
 
 
 def displayed_columns(experiment: dict) -> tuple[list[str], list[str]]:
