@@ -32,8 +32,8 @@ def median_ms(fn, repeats: int) -> tuple[float, float, float]:
 def main() -> None:
     from scipy.optimize import minimize_scalar
 
-    from trainables import calibration
-    from trainables.calibration import PiecewiseTemperatureScaling, TemperatureScaling
+    from gce_search.trainables import calibration
+    from gce_search.trainables.calibration import PiecewiseTemperatureScaling, TemperatureScaling
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)

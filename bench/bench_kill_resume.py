@@ -48,7 +48,7 @@ STATE = {"complete": "COMPLETE", "degenerate": "PRUNED", "stopped": "PRUNED", "d
 
 def cli(*args: str) -> list[str]:
     exe = shutil.which("gce-search")
-    return [exe, *args] if exe else [sys.executable, "-m", "search.cli", *args]
+    return [exe, *args] if exe else [sys.executable, "-m", "gce_search", *args]
 
 
 def rows(folder: Path) -> list[dict]:
@@ -149,7 +149,7 @@ def main() -> int:
     import optuna
 
     trials = ExperimentAnalysis(str(exp)).trials
-    from search.results import trial_outcome
+    from gce_search.search.results import trial_outcome
 
     outcome = {t.trial_id: trial_outcome(t.last_result, errored=t.status == "ERROR") for t in trials}
     lost = sorted(tid for tid in seen_final if outcome.get(tid) not in ("complete", "degenerate"))

@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from trainables.losses import LOSSES, build_loss
+from gce_search.trainables.losses import LOSSES, build_loss
 
 
 def gce_composed(logits: torch.Tensor, targets: torch.Tensor, lam: float = 1.0) -> torch.Tensor:

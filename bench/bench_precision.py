@@ -35,9 +35,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ["GCE_SEARCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-precision-")  # a probe from scratch
 
-    from trainables.config import resolve
-    from trainables.models import build_model
-    from trainables.precision import VARIANTS, cpu_model, decide, has_conv, measure
+    from gce_search.trainables.config import resolve
+    from gce_search.trainables.models import build_model
+    from gce_search.trainables.precision import VARIANTS, cpu_model, decide, has_conv, measure
 
     model_cfg = {"name": args.model, "width": args.width}
     model = build_model(model_cfg, args.channels, args.classes, args.size)

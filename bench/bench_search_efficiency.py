@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search.pareto import hypervolume_acc_ece
+from gce_search.search.pareto import hypervolume_acc_ece
 
 ARMS = ("random_fifo", "tpe_fifo", "tpe_asha", "tpe_moasha", "optuna_median")
 BASELINE_ARM = "random_fifo"
@@ -71,7 +71,7 @@ def write_space(dataset: str, arm: str, seed: int, budget_s: float, folder: Path
     """The quickstart space with this dataset's and arm's sections, as a YAML file for `gce-search run`."""
     import yaml
 
-    from trainables.config import deep_merge
+    from gce_search.trainables.config import deep_merge
 
     quickstart = Path(__file__).resolve().parents[1] / "spaces" / "quickstart.yaml"
     spec = yaml.safe_load(quickstart.read_text(encoding="utf-8"))
@@ -94,7 +94,7 @@ def write_space(dataset: str, arm: str, seed: int, budget_s: float, folder: Path
 
 
 def run_ray_arm(arm: str, dataset: str, seed: int, budget_s: float, out: Path, extra: list[str]) -> dict:
-    from search.driver import cmd_run
+    from gce_search.search.driver import cmd_run
 
     name = f"{dataset}-{arm}-s{seed}"
     storage = out / "runs"
@@ -139,9 +139,9 @@ def run_optuna_arm(dataset: str, seed: int, budget_s: float, out: Path, extra: l
     """Plain Optuna in one process: TPE on the scalar score, MedianPruner after each epoch."""
     import optuna
 
-    from search.space import define_by_run
-    from spaces.schema import load_spec
-    from trainables.trial import run_trial
+    from gce_search.search.space import define_by_run
+    from gce_search.spaces.schema import load_spec
+    from gce_search.trainables.trial import run_trial
 
     spec = load_spec(str(write_space(dataset, "optuna_median", seed, budget_s, out / "spaces")), list(extra))
     space = define_by_run(spec)

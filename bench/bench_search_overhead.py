@@ -86,9 +86,9 @@ def run_search(num_trials: int, reuse: bool, matmuls_per_epoch: int, root: str, 
     from ray import tune
     from ray.tune import PlacementGroupFactory
 
-    from search.driver import build_tuner, trial_resources
-    from search.progress import ProgressPrinter
-    from spaces.schema import load_spec
+    from gce_search.search.driver import build_tuner, trial_resources
+    from gce_search.search.progress import ProgressPrinter
+    from gce_search.spaces.schema import load_spec
 
     path = os.path.join(root, f"overhead-{reuse}-{num_trials}.yaml")
     with open(path, "w") as f:
@@ -123,7 +123,7 @@ def run_search(num_trials: int, reuse: bool, matmuls_per_epoch: int, root: str, 
 
 def time_quickstart(root: str) -> float | None:
     exe = shutil.which("gce-search")
-    cmd = [exe] if exe else [sys.executable, "-m", "search.cli"]
+    cmd = [exe] if exe else [sys.executable, "-m", "gce_search"]
     t0 = time.perf_counter()
     done = subprocess.run([*cmd, "run", "--storage", os.path.join(root, "qs"), "--name", "quickstart-bench"],
                           capture_output=True, text=True)
@@ -147,7 +147,7 @@ def main() -> None:
 
     import ray
 
-    from search.driver import configure_tune_environment
+    from gce_search.search.driver import configure_tune_environment
 
     cpus = os.cpu_count() or 1
     per_epoch = calibrate(args.trial_seconds / EPOCHS)

@@ -36,8 +36,8 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from trainables.config import resolve  # noqa: E402
-from trainables.models import build_model  # noqa: E402
+from gce_search.trainables.config import resolve  # noqa: E402
+from gce_search.trainables.models import build_model  # noqa: E402
 
 
 class BareLoop:
@@ -92,7 +92,7 @@ def throughput(args) -> list[dict]:
     fit and metrics), timed by the trial itself. On a shared machine the load drifts by several times within a
     minute, so we report the median over pairs of the per-pair ratio: adjacent epochs see nearly the same load.
     """
-    from trainables.trial import _Trial
+    from gce_search.trainables.trial import _Trial
 
     rows = []
     for case, base in CASES.items():
@@ -160,7 +160,7 @@ def full_train(args) -> dict:
             yaml.safe_dump(cfg, fh)
         out = os.path.join(tmp, "out")
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "search.cli", "train", path, "--out", out],
+        proc = subprocess.run([sys.executable, "-m", "gce_search", "train", path, "--out", out],
                               cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         wall = time.perf_counter() - t0
         peak_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

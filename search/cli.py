@@ -9,22 +9,19 @@ import argparse
 import importlib
 import sys
 
-
-class UsageError(Exception):
-    """A problem with what the user asked for: printed as one or more lines, no traceback, exit 2."""
-
+from gce_search.errors import ConfigError, UsageError
 
 # subcommand -> (module, function); the function takes the parsed argparse.Namespace and returns an exit code.
 COMMANDS = {
-    "run": ("search.driver", "cmd_run"),
-    "resume": ("search.driver", "cmd_resume"),
-    "validate": ("spaces.schema", "cmd_validate"),
-    "pareto": ("search.results", "cmd_pareto"),
-    "export": ("search.export", "cmd_export"),
-    "train": ("trainables.trial", "cmd_train"),
-    "tensorboard": ("search.tensorboard", "cmd_tensorboard"),
-    "dashboard": ("search.dashboard", "cmd_dashboard"),
-    "study": ("search.study", "cmd_study"),
+    "run": ("gce_search.search.driver", "cmd_run"),
+    "resume": ("gce_search.search.driver", "cmd_resume"),
+    "validate": ("gce_search.spaces.schema", "cmd_validate"),
+    "pareto": ("gce_search.search.results", "cmd_pareto"),
+    "export": ("gce_search.search.export", "cmd_export"),
+    "train": ("gce_search.trainables.trial", "cmd_train"),
+    "tensorboard": ("gce_search.search.tensorboard", "cmd_tensorboard"),
+    "dashboard": ("gce_search.search.dashboard", "cmd_dashboard"),
+    "study": ("gce_search.search.study", "cmd_study"),
 }
 
 
@@ -90,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module_name, func_name = COMMANDS[args.command]
     func = getattr(importlib.import_module(module_name), func_name)
-    from trainables.registry import ConfigError
 
     try:
         return int(func(args) or 0)

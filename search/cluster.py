@@ -37,7 +37,7 @@ from collections.abc import Iterable
 
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-from search.cli import UsageError
+from gce_search.errors import UsageError
 
 SHARED_ENV = "GCE_SEARCH_SHARED_STORAGE"
 SHARED_MARKER = ".gce-search-shared"

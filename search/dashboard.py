@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from search.cli import UsageError
+from gce_search.errors import UsageError
 
 __all__ = ["ARTIFACTS_DIR", "config_user_attrs", "result_user_attrs", "artifact_store", "publish_front_artifacts", "dashboard_app",
            "cmd_dashboard"]
@@ -41,7 +41,7 @@ def config_user_attrs(trial_config: dict | None) -> dict:
     """User attributes of an Optuna trial from its resolved trial config, set when the trial is asked: `loss`
     ("gce λ=0.8"), `loss.name`, `calibration.method`, and with ATS `calibration.breakpoints` (the confidence
     breakpoints, not the sampler's u-coordinates) and `calibration.pieces`."""
-    from search.progress import describe_loss
+    from gce_search.search.progress import describe_loss
 
     config = trial_config or {}
     attrs: dict[str, Any] = {}
@@ -80,7 +80,7 @@ def result_user_attrs(result: dict | None, errored: bool = False) -> dict:
     """User attributes of an Optuna trial from its last Ray result, set when it is told: `status`
     (search.progress.trial_outcome), `calibration.temperatures` (fitted at the last epoch) and `train.loss`.
     Only JSON values; missing ones are left out."""
-    from search.progress import trial_outcome
+    from gce_search.search.progress import trial_outcome
 
     result = _nest(result or {}, "data/info")
     attrs: dict[str, Any] = {"status": trial_outcome(result, errored=errored)}
@@ -101,7 +101,7 @@ def artifact_store(exp_dir: str | os.PathLike):
 
 
 def _journal(exp) -> Path:
-    from search.driver import JOURNAL_FILE
+    from gce_search.search.driver import JOURNAL_FILE
 
     journal = exp.path / JOURNAL_FILE
     if not journal.is_file():
@@ -113,7 +113,7 @@ def _journal(exp) -> Path:
 def _study(exp):
     import optuna
 
-    from search.searcher import open_journal
+    from gce_search.search.searcher import open_journal
 
     storage = open_journal(str(_journal(exp)))
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
@@ -128,8 +128,8 @@ def publish_front_artifacts(exp, study=None) -> list[str]:
     import yaml
     from optuna.artifacts import get_all_artifact_meta, upload_artifact
 
-    from search.export import export_document
-    from search.tensorboard import _figure_png, reliability_figure
+    from gce_search.search.export import export_document
+    from gce_search.search.tensorboard import _figure_png, reliability_figure
 
     if study is None:
         study, _ = _study(exp)
@@ -172,7 +172,7 @@ def dashboard_app(exp):
     """The optuna-dashboard WSGI app for an experiment (its journal and artifact store)."""
     dashboard = _dashboard_module()
     _study(exp)  # a journal without a study: say so before serving an empty page
-    from search.searcher import open_journal
+    from gce_search.search.searcher import open_journal
 
     return dashboard.wsgi(open_journal(str(_journal(exp))), artifact_store=artifact_store(exp.path))
 
@@ -181,7 +181,7 @@ def cmd_dashboard(args) -> int:
     """`gce-search dashboard EXPERIMENT_DIR [--port N]`: serve optuna-dashboard on 127.0.0.1 until Ctrl-C."""
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-    from search.results import load_experiment
+    from gce_search.search.results import load_experiment
 
     port = int(args.port)
     if not 0 < port < 65536:

@@ -14,10 +14,10 @@ from typing import Any
 
 from ray.tune import Callback
 
-from search.cli import UsageError
-from search.cluster import (CSVLoggerKeepingLocal, JsonLoggerKeepingLocal, check_storage, job_address,
+from gce_search.errors import UsageError
+from gce_search.search.cluster import (CSVLoggerKeepingLocal, JsonLoggerKeepingLocal, check_storage, job_address,
                             pull_experiment, push_driver_files)
-from trainables.registry import ConfigError
+from gce_search.trainables.registry import ConfigError
 
 DEFAULT_SPACE = "quickstart"
 DEFAULT_STORAGE = "./gce-search-results"
@@ -36,7 +36,7 @@ ADDRESS_PATTERN = re.compile(r"^(auto|local|(ray|ray\+tls)://[^\s/:]+:\d{1,5}|[^
 
 
 def check_overrides(overrides: list[str]) -> None:
-    from trainables.config import parse_override
+    from gce_search.trainables.config import parse_override
 
     for text in overrides:
         try:
@@ -49,7 +49,7 @@ def load_and_validate(space: str, overrides: list[str]):
     """The SearchSpec; ConfigError (every problem, YAML paths; an unknown space name or a missing file too) or
     UsageError, with nothing started."""
     check_overrides(overrides)
-    from spaces.schema import load_spec
+    from gce_search.spaces.schema import load_spec
 
     try:
         return load_spec(space, list(overrides))
@@ -275,8 +275,8 @@ def max_epochs(spec) -> int:
 
 
 def build_searcher(spec, exp_dir: str, study_name: str):
-    from search.searcher import CalibratedOptunaSearch
-    from search.space import define_by_run, make_sampler
+    from gce_search.search.searcher import CalibratedOptunaSearch
+    from gce_search.search.space import define_by_run, make_sampler
 
     return CalibratedOptunaSearch(
         space=define_by_run(spec), journal_path=os.path.join(exp_dir, JOURNAL_FILE),
@@ -287,7 +287,7 @@ def build_trainable(spec):
     from ray import tune
     from ray.tune import PlacementGroupFactory
 
-    from trainables.tune_adapter import Trainable
+    from gce_search.trainables.tune_adapter import Trainable
 
     # One bundle per trial: DDP processes are spawned from inside the trial on what it reserved, because a
     # TorchTrainer inside a Tune trial leaks its workers when ASHA stops the trial (ray#54305).
@@ -296,7 +296,7 @@ def build_trainable(spec):
 
 def optional_callbacks(exp_dir: str, spec) -> list:
     try:
-        from search.tensorboard import TensorBoardCallback
+        from gce_search.search.tensorboard import TensorBoardCallback
     except ImportError:
         return []
     return [TensorBoardCallback(exp_dir, spec)]
@@ -438,7 +438,7 @@ def build_tuner(spec, storage: str, name: str, exp_dir: str, progress, slots: in
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from search.schedulers import build_scheduler
+    from gce_search.search.schedulers import build_scheduler
 
     searcher = build_searcher(spec, exp_dir, study_name=name)
     # Ray lets a custom searcher have a single PENDING trial unless it is wrapped in a ConcurrencyLimiter, whose
@@ -468,7 +468,7 @@ def build_tuner(spec, storage: str, name: str, exp_dir: str, progress, slots: in
     )
     if spec.search.get("timeout_s"):
         run_config.callbacks.append(TimeBudget(spec.search["timeout_s"]))
-    from search.state import StateBackup
+    from gce_search.search.state import StateBackup
 
     run_config.callbacks.append(StateBackup())
     if trainable is None:
@@ -556,12 +556,12 @@ def summarize(exp_dir: str, grid, started: float) -> int:
 
     The counts come from the same trial records as the front and the files (search.results), so what is printed
     agrees with pareto.csv and summary.json; Ray's grid only fills in trials without a record there."""
-    from search.progress import print_summary, trial_outcome
+    from gce_search.search.progress import print_summary, trial_outcome
 
     outcomes = {"complete": 0, "degenerate": 0, "stopped": 0, "diverged": 0, "error": 0}
     front = None
     try:
-        from search.results import load_experiment, write_results
+        from gce_search.search.results import load_experiment, write_results
 
         exp = load_experiment(exp_dir)
     except Exception as err:  # an unreadable directory: Ray's own view of the trials still tells what happened
@@ -591,8 +591,8 @@ def summarize(exp_dir: str, grid, started: float) -> int:
 
 def grid_front(grid) -> list[dict]:
     """The front from Ray's grid, when the trial records could not be read: complete trials by trial_outcome."""
-    from search.pareto import pareto_front
-    from search.progress import trial_outcome
+    from gce_search.search.pareto import pareto_front
+    from gce_search.search.progress import trial_outcome
 
     rows = []
     for result in grid:
@@ -634,7 +634,7 @@ def cmd_run(args) -> int:
     check_name(name)
     if args.address is None and job_address() is None:
         # A local search reads the data here; a cluster's nodes may hold data this machine has not.
-        from spaces.schema import data_problems_of
+        from gce_search.spaces.schema import data_problems_of
 
         problems = data_problems_of(spec)
         if problems:
@@ -653,7 +653,7 @@ def cmd_run(args) -> int:
 
     import ray
 
-    from search.progress import ProgressPrinter, quiet_ray_notices
+    from gce_search.search.progress import ProgressPrinter, quiet_ray_notices
 
     notices = quiet_ray_notices()
     owns_ray = False
@@ -725,7 +725,7 @@ def cmd_resume(args) -> int:
 
     import ray
 
-    from search.progress import ProgressPrinter, quiet_ray_notices
+    from gce_search.search.progress import ProgressPrinter, quiet_ray_notices
 
     notices = quiet_ray_notices(exp_dir)
     say_starting_ray(address)
@@ -789,7 +789,7 @@ def cmd_resume(args) -> int:
 def recover_for_resume(exp_dir: str, journal: str) -> tuple[list[str], set[str]]:
     """Before Ray starts: set aside a torn journal tail, make Ray's saved state readable (search.state); returns
     what was done and how many trials Ray's state lists. UsageError naming the file when it cannot be done."""
-    from search.state import StateError, expected_trials, recover_state, repair_journal
+    from gce_search.search.state import StateError, expected_trials, recover_state, repair_journal
 
     notes = []
     try:

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from search.cli import UsageError
+from gce_search.errors import UsageError
 
 __all__ = ["parse_selector", "select_trials", "export_document", "write_exports", "load_export", "cmd_export"]
 
@@ -44,7 +44,7 @@ def select_trials(exp, selector: str) -> list:
     Only full-budget trials qualify: an early-stopped trial's score is from a shorter budget than its config's,
     so ranking it against complete ones (or retraining it for the full budget and expecting its numbers) is wrong.
     """
-    from search.results import require_complete
+    from gce_search.search.results import require_complete
 
     kind, k = parse_selector(selector)
     complete = [t for t in require_complete(exp) if t.metric("score") == t.metric("score")]  # finite score only
@@ -54,7 +54,7 @@ def select_trials(exp, selector: str) -> list:
 
 
 def _calibrator_state(trial) -> dict | None:
-    from search.results import latest_checkpoint
+    from gce_search.search.results import latest_checkpoint
 
     ckpt = latest_checkpoint(trial)
     if ckpt is None:
@@ -64,7 +64,7 @@ def _calibrator_state(trial) -> dict | None:
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as err:  # the temperatures from the metrics still go out
-        from search.results import warn
+        from gce_search.search.results import warn
 
         message = (f"{ckpt}: checkpoint unreadable ({type(err).__name__}: {err}); the export of trial "
                    f"{trial.trial_id} has the temperatures from its metrics but not the calibrator's state")
@@ -90,10 +90,10 @@ def _plain(obj: Any) -> Any:
 
 def export_document(exp, trial, selector: str, rank: int) -> dict:
     """The export YAML of one trial (a plain dict)."""
-    from search.results import chosen_metrics
-    from trainables.config import resolve
+    from gce_search.search.results import chosen_metrics
+    from gce_search.trainables.config import resolve
 
-    from trainables.precision import pin_precision
+    from gce_search.trainables.precision import pin_precision
 
     # resolve() re-validates and fills any default a trial config from an older version lacked.
     config = resolve(trial.config, source=f"{trial.path}/result.json (config.trial_config)")
@@ -130,7 +130,7 @@ def write_exports(exp_dir: str | os.PathLike, selector: str = "pareto", out: str
     """
     import yaml
 
-    from search.results import load_experiment
+    from gce_search.search.results import load_experiment
 
     parse_selector(selector)  # an unknown selector fails before the experiment is read
     exp = load_experiment(exp_dir)
@@ -167,9 +167,9 @@ def write_exports(exp_dir: str | os.PathLike, selector: str = "pareto", out: str
 def load_export(path: str | os.PathLike) -> dict:
     """Read an export YAML (safe YAML) and validate it: UsageError for structure, ConfigError listing every
     problem of `config:` (each line names its dotted path)."""
-    from spaces.schema import read_yaml
-    from trainables.config import resolve
-    from trainables.registry import ConfigError
+    from gce_search.spaces.schema import read_yaml
+    from gce_search.trainables.config import resolve
+    from gce_search.trainables.registry import ConfigError
 
     path = Path(path)
     if not path.exists():

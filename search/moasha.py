@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
-from search import pareto
+from gce_search.search import pareto
 
 __all__ = [
     "RankingStrategy",

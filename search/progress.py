@@ -39,7 +39,7 @@ def describe_loss(trial_config: dict) -> str:
 def trial_outcome(last_result: dict | None, errored: bool = False) -> str:
     """How a trial ended (complete | degenerate | stopped | diverged | error): search.results.trial_outcome, the
     one rule for the console, the result files and TensorBoard."""
-    from search.results import trial_outcome as outcome_rule
+    from gce_search.search.results import trial_outcome as outcome_rule
 
     return outcome_rule(last_result, errored=errored)
 
@@ -233,7 +233,7 @@ class ProgressPrinter(Callback):
 
     def front(self) -> list[TrialView]:
         """The trials whose latest results are not dominated on (val/acc max, val/ece min), by val/ece."""
-        from search.pareto import pareto_front
+        from gce_search.search.pareto import pareto_front
 
         scored = [t for t in self.trials.values()
                   if t.result and t.outcome not in ("error", "diverged", "degenerate")
@@ -382,7 +382,7 @@ class ProgressPrinter(Callback):
 
     def on_step_begin(self, iteration, trials, **info):
         now = time.time()
-        from trainables.step_progress import threshold_s
+        from gce_search.trainables.step_progress import threshold_s
 
         if self.experiment is None or now - self._board_polled < min(_BOARD_POLL_S, threshold_s() / 2):
             return
@@ -403,7 +403,7 @@ class ProgressPrinter(Callback):
         answer to one request is picked up at the next poll, when the next request goes out."""
         import ray
 
-        from trainables.step_progress import get_board
+        from gce_search.trainables.step_progress import get_board
 
         try:
             if self._board is None:
@@ -433,7 +433,7 @@ class ProgressPrinter(Callback):
             self._live = None
         if self.experiment is not None:
             try:
-                from trainables.step_progress import close_board
+                from gce_search.trainables.step_progress import close_board
 
                 close_board(self.experiment)
             except Exception:  # Ray already shut down: the board went with it
@@ -576,7 +576,7 @@ def print_summary(exp_dir: str, outcomes: dict[str, int], front: list[dict] | No
 
     Returns whether the search produced a usable result (a complete trial). Without one, a one-line reason goes
     to stderr instead of the pareto/export/tensorboard hints, which would only refuse."""
-    from search.results import describe_counts
+    from gce_search.search.results import describe_counts
 
     out = stream or sys.stdout
     total = sum(outcomes.values())

@@ -22,8 +22,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from search.cli import UsageError
-from search.pareto import MODES, OBJECTIVES, REFERENCE_POINT, hypervolume_acc_ece, pareto_front, to_minimization
+from gce_search.errors import UsageError
+from gce_search.search.pareto import MODES, OBJECTIVES, REFERENCE_POINT, hypervolume_acc_ece, pareto_front, to_minimization
 
 __all__ = [
     "STATUSES",
@@ -204,7 +204,7 @@ def as_search_spec(spec: Any):
     if spec is None or hasattr(spec, "is_active"):
         return spec
     try:
-        from spaces.schema import spec_from_dict
+        from gce_search.spaces.schema import spec_from_dict
 
         return spec_from_dict(spec, source="spec.yaml")
     except Exception:  # an experiment written by another version: still readable, with the simpler rule
@@ -237,7 +237,7 @@ def searched_values(spec: Any, config: dict, keys: list[str] | None = None) -> d
     search_spec = as_search_spec(spec)
     if search_spec is None:
         return {k: param_value(config, k) for k in (keys if keys is not None else _space_keys(spec))}
-    from trainables.config import get_path
+    from gce_search.trainables.config import get_path
 
     def at(path: str) -> Any:
         try:
@@ -549,7 +549,7 @@ def latest_checkpoint(trial: TrialRecord) -> Path | None:
     latest epoch; for folders without a manifest, the highest-numbered one holding a checkpoint.pt."""
     import pyarrow.fs
 
-    from trainables.checkpoints import CHECKPOINT_FILE, newest_checkpoint
+    from gce_search.trainables.checkpoints import CHECKPOINT_FILE, newest_checkpoint
 
     found = newest_checkpoint(pyarrow.fs.LocalFileSystem(), str(trial.path))
     if found is not None:
@@ -574,8 +574,8 @@ def val_predictions(trial: TrialRecord) -> dict | None:
     if ckpt is not None and trial.status == "complete":
         import torch
 
-        from trainables.calibration import build_calibrator
-        from trainables.inference import split_logits
+        from gce_search.trainables.calibration import build_calibrator
+        from gce_search.trainables.inference import split_logits
 
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         state.setdefault("config", trial.config)
@@ -846,7 +846,7 @@ def write_results(exp_dir: str | os.PathLike, tensorboard: bool = True, experime
     _atomic_write(exp.path / "pareto.png", png.getvalue())
     _atomic_write(exp.path / "summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     if tensorboard:
-        from search.tensorboard import write_tensorboard_summary
+        from gce_search.search.tensorboard import write_tensorboard_summary
 
         write_tensorboard_summary(exp.path, experiment=exp, pareto_png=png.getvalue())
     return summary

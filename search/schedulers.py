@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from trainables.registry import Param, Registry
+from gce_search.trainables.registry import Param, Registry
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def _asha(settings: dict, max_t: int):
 
 
 def _moasha(settings: dict, max_t: int):
-    from search.moasha import MultiObjectiveASHA
+    from gce_search.search.moasha import MultiObjectiveASHA
 
     return MultiObjectiveASHA(time_attr="epoch", max_t=max_t, **settings)
 

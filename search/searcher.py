@@ -65,14 +65,14 @@ def classify(result: dict | None, error: bool, metrics: list[str] = OBJECTIVES) 
 
 def _config_attrs(config: dict | None) -> dict:
     """What optuna-dashboard shows of an asked trial beyond its sampled parameters (search.dashboard)."""
-    from search.dashboard import config_user_attrs
+    from gce_search.search.dashboard import config_user_attrs
 
     return config_user_attrs((config or {}).get("trial_config"))
 
 
 def _result_attrs(result: dict | None, error: bool) -> dict:
     """What optuna-dashboard shows of a told trial: status, temperatures, training loss (search.dashboard)."""
-    from search.dashboard import result_user_attrs
+    from gce_search.search.dashboard import result_user_attrs
 
     return result_user_attrs(result, errored=error)
 
@@ -189,7 +189,7 @@ class CalibratedOptunaSearch(OptunaSearch):
         """An errored trial that `gce-search resume` ran again (resume_errored) and that now ended otherwise: Optuna
         cannot re-tell a finished trial, so the retry becomes a new trial with the same parameters, linked to the
         failed attempt by `retry_of` (its Optuna number) and now carrying the Ray trial id."""
-        from search.dashboard import CONFIG_ATTR_KEYS
+        from gce_search.search.dashboard import CONFIG_ATTR_KEYS
 
         config_attrs = {k: v for k, v in failed.user_attrs.items() if k in CONFIG_ATTR_KEYS}  # same parameters
         attrs = {**config_attrs, **_result_attrs(result, False), "ray_trial_id": trial_id, "outcome": outcome,
@@ -226,7 +226,7 @@ class CalibratedOptunaSearch(OptunaSearch):
     def save(self, checkpoint_path: str) -> None:
         # Plain JSON (Ray names the file .pkl): only identifiers, the study itself is already on disk in the
         # journal. No path: the journal is found from the experiment directory (attach_journal).
-        from search.state import SEARCHER_FORMAT
+        from gce_search.search.state import SEARCHER_FORMAT
 
         state = {
             "format": SEARCHER_FORMAT,
@@ -239,7 +239,7 @@ class CalibratedOptunaSearch(OptunaSearch):
             json.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        from search.state import parse_searcher_state
+        from gce_search.search.state import parse_searcher_state
 
         with open(checkpoint_path, "rb") as f:
             state, problem = parse_searcher_state(f.read())

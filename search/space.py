@@ -23,7 +23,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from trainables.registry import Registry
+from gce_search.trainables.registry import Registry
 
 
 @dataclass(frozen=True)

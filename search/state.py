@@ -244,7 +244,7 @@ def rebuild_searcher_state(journal_path: str, study_name: str | None = None) -> 
     `study_name` None: the journal's only study (a renamed experiment keeps its study's first name)."""
     import optuna
 
-    from search.searcher import open_journal
+    from gce_search.search.searcher import open_journal
 
     storage = open_journal(journal_path)
     if study_name is None:

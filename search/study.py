@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from spaces.schema import read_yaml
-from trainables.config import deep_merge, parse_override, set_path
-from trainables.registry import ConfigError
+from gce_search.spaces.schema import read_yaml
+from gce_search.trainables.config import deep_merge, parse_override, set_path
+from gce_search.trainables.registry import ConfigError
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "spaces" / "studies"
 METRICS = ("acc", "ece", "ece20", "adaece", "cece", "nll", "brier")
@@ -46,7 +46,7 @@ class StudySpec:
 
     def run_config(self, method: str, seed: int) -> dict:
         """The resolved trial config of one run (no calibrator inside the trial: the study fits them post hoc)."""
-        from trainables.config import pin_threads, resolve
+        from gce_search.trainables.config import pin_threads, resolve
 
         cfg = resolve(deep_merge(self.base, {"loss": self.methods[method], "seed": seed,
                                              "calibration": {"method": "none"}}), source=f"methods.{method}")
@@ -74,8 +74,8 @@ def resolve_study_path(name_or_path: str) -> Path:
 
 def load_study(name_or_path: str, overrides: list[str] = ()) -> StudySpec:
     """Parse and validate a study file; ConfigError lists every problem (nothing runs before this passes)."""
-    from trainables.calibration import CALIBRATORS
-    from trainables.config import check_breakpoints, resolve
+    from gce_search.trainables.calibration import CALIBRATORS
+    from gce_search.trainables.config import check_breakpoints, resolve
 
     path = resolve_study_path(name_or_path)
     source = str(path)
@@ -171,8 +171,8 @@ def posthoc_rows(logits: dict, posthoc: dict[str, dict], num_classes: int) -> tu
     probabilities per calibrator (for reliability diagrams)."""
     import torch
 
-    from trainables.calibration import build_calibrator
-    from trainables.metrics import ece, summary
+    from gce_search.trainables.calibration import build_calibrator
+    from gce_search.trainables.metrics import ece, summary
 
     calib_logits, calib_labels = logits["calib"]
     test_logits, test_labels = logits["test"]
@@ -195,8 +195,8 @@ def study_trainable(config: dict) -> None:
     import numpy as np
     import ray.tune
 
-    from trainables.inference import split_logits
-    from trainables.trial import load_checkpoint, run_trial
+    from gce_search.trainables.inference import split_logits
+    from gce_search.trainables.trial import load_checkpoint, run_trial
 
     final_state: dict[str, Any] = {}
 
@@ -316,7 +316,7 @@ def markdown_tables(spec: StudySpec, table: list[dict], rows: list[dict], status
 
 def draw_diagrams(spec: StudySpec, predictions: dict[str, dict], out: Path) -> list[Path]:
     """Reliability diagrams (raw vs each post-hoc calibrator) of the diagram methods' first seed."""
-    from trainables.metrics import reliability_diagram
+    from gce_search.trainables.metrics import reliability_diagram
 
     paths = []
     for method in spec.diagrams:
@@ -363,10 +363,10 @@ def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
     import numpy as np
     from ray import tune
 
-    from search.cluster import JsonLoggerKeepingLocal
-    from search.driver import configure_tune_environment, connect_ray, restore_environment, say_starting_ray
-    from search.progress import quiet_ray_notices
-    from trainables.step_progress import close_board
+    from gce_search.search.cluster import JsonLoggerKeepingLocal
+    from gce_search.search.driver import configure_tune_environment, connect_ray, restore_environment, say_starting_ray
+    from gce_search.search.progress import quiet_ray_notices
+    from gce_search.trainables.step_progress import close_board
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
@@ -436,7 +436,7 @@ def study_trainable_entry(config: dict) -> None:
 
 
 def cmd_study(args) -> int:
-    from search.cli import UsageError
+    from gce_search.errors import UsageError
 
     spec = load_study(args.study, args.overrides)
     out = Path(args.out or f"gce-study-{spec.name}").resolve()

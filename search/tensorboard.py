@@ -30,7 +30,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from search.cli import UsageError
+from gce_search.errors import UsageError
 
 __all__ = [
     "TensorBoardCallback",
@@ -79,7 +79,7 @@ def _spec_dict(spec: Any) -> dict | None:
 
 def _is_conditional(key: str, entry: dict) -> bool:
     """A parameter that may not apply to a trial: another loss's (or model's) parameter, or one with `when:`."""
-    from search.results import CONFIG_SECTIONS
+    from gce_search.search.results import CONFIG_SECTIONS
 
     return key.split(".")[0] not in CONFIG_SECTIONS or bool(entry.get("when"))
 
@@ -93,7 +93,7 @@ def hparam_infos(space: dict) -> list:
     `calibration.pieces` next to searched breakpoints and `trial.status` (search.results.STATUSES)."""
     from tensorboard.plugins.hparams import api_pb2
 
-    from search.results import STATUSES
+    from gce_search.search.results import STATUSES
 
     infos = []
     for key, entry in space.items():
@@ -173,7 +173,7 @@ def hparam_values(spec: Any, config: dict, status: str, tune_params: dict | None
     """The value of every searched parameter that applies to one trial (numbers, bools, strings; one that does not
     apply is left out), plus `calibration.pieces` beside breakpoints and `trial.status`. Without a spec, the
     searcher's flat params."""
-    from search.results import searched_values
+    from gce_search.search.results import searched_values
 
     raw = searched_values(spec, config) if spec else dict(tune_params or {})
     values: dict[str, Any] = {}
@@ -240,7 +240,7 @@ def _writer(log_dir: Path):
 
 
 def _status(metrics: dict) -> str:
-    from search.results import trial_outcome  # the one rule of how a trial ended
+    from gce_search.search.results import trial_outcome  # the one rule of how a trial ended
 
     return trial_outcome(metrics)
 
@@ -313,7 +313,7 @@ class TensorBoardCallback(Callback):
     def __init__(self, exp_dir: str | os.PathLike, spec: Any = None):
         self.exp_dir = Path(exp_dir)
         self.root = self.exp_dir / TENSORBOARD_DIR
-        from search.results import as_search_spec
+        from gce_search.search.results import as_search_spec
 
         spec_dict = _spec_dict(spec)
         space = (spec_dict or {}).get("space") or {}
@@ -356,7 +356,7 @@ class TensorBoardCallback(Callback):
         return w
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from search.results import RAY_KEYS
+        from gce_search.search.results import RAY_KEYS
 
         writer = self._writer_for(trial)
         metrics = {k: v for k, v in result.items() if k not in RAY_KEYS}
@@ -375,7 +375,7 @@ class TensorBoardCallback(Callback):
         config = (trial.config or {}).get("trial_config") or {}
         tune_params = {k: v for k, v in (trial.config or {}).items() if k != "trial_config"}
         if not (self.root / trial.trial_id / SESSION_MARKER).exists():
-            from search.results import RAY_KEYS
+            from gce_search.search.results import RAY_KEYS
 
             write_result(writer, {k: v for k, v in last.items() if k not in RAY_KEYS})
         write_session(writer, self.root / trial.trial_id,
@@ -427,8 +427,8 @@ def reliability_figure(trial, front_rank: int | None = None) -> Any | None:
     import torch
     from matplotlib.figure import Figure
 
-    from search.results import val_predictions
-    from trainables.metrics import ece, reliability_bins
+    from gce_search.search.results import val_predictions
+    from gce_search.trainables.metrics import ece, reliability_bins
 
     try:
         preds = val_predictions(trial)
@@ -517,7 +517,7 @@ def _backfill_trial(root: Path, trial, spec: Any) -> None:
 def pareto_ranks(exp) -> dict[str, int]:
     """Trial id -> non-dominated sorting rank over (val/acc max, val/ece min) of the complete trials (0 = the
     front, the members of Experiment.front()); trials that are not complete have no rank."""
-    from search.pareto import MODES, non_dominated_sort, to_minimization
+    from gce_search.search.pareto import MODES, non_dominated_sort, to_minimization
 
     complete = exp.complete()
     if not complete:
@@ -534,7 +534,7 @@ def _finished_order(exp) -> list:
 def pareto_frames(exp) -> list[tuple[int, Any]]:
     """(trials finished, Experiment of those trials) for the steps of the Pareto image series: the front as it
     grew, at most MAX_PARETO_FRAMES steps, always ending at the whole experiment."""
-    from search.results import Experiment
+    from gce_search.search.results import Experiment
 
     order = _finished_order(exp)
     n = len(order)
@@ -547,7 +547,7 @@ def pareto_frames(exp) -> list[tuple[int, Any]]:
 def _pareto_frame_png(sub, exp, finished: int) -> bytes:
     """One step of the series: the figure of pareto.png for the first `finished` trials, on the whole
     experiment's colours and axis limits so that the slider moves the points, not the axes."""
-    from search.results import pareto_figure
+    from gce_search.search.results import pareto_figure
 
     fig = pareto_figure(sub, losses=[t.loss for t in exp.trials])
     fig.set_size_inches(10.0, 7.0)
@@ -602,7 +602,7 @@ def write_tensorboard_summary(exp_dir: str | os.PathLike, experiment=None, paret
     repeated calls do not stack duplicate images and curves; trial runs are otherwise never touched once written.
     `pareto_png` (pareto.png's bytes) is not needed: the series draws its frames larger, on fixed axes.
     """
-    from search.results import load_experiment
+    from gce_search.search.results import load_experiment
 
     exp = experiment if experiment is not None else load_experiment(exp_dir)
     root = Path(exp_dir) / TENSORBOARD_DIR
@@ -659,7 +659,7 @@ def tensorboard_command(logdir: Path, port: int) -> list[str]:
 
 def cmd_tensorboard(args) -> int:
     """`gce-search tensorboard EXPERIMENT_DIR [--port N]`: serve `<exp>/tensorboard` on 127.0.0.1 until Ctrl-C."""
-    from search.results import load_experiment
+    from gce_search.search.results import load_experiment
 
     exp = load_experiment(args.experiment_dir)
     port = int(args.port)

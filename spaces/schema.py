@@ -21,9 +21,9 @@ from typing import Any, Iterable, Iterator
 
 import yaml
 
-from trainables.config import DEFAULTS, NULLABLE, SCHEMA, check_breakpoints, deep_merge, get_path, parse_override
-from trainables.config import MAX_SEED, pin_threads, problems_of, resolve, set_path, trial_problems
-from trainables.registry import ConfigError, Param
+from gce_search.trainables.config import DEFAULTS, NULLABLE, SCHEMA, check_breakpoints, deep_merge, get_path, parse_override
+from gce_search.trainables.config import MAX_SEED, pin_threads, problems_of, resolve, set_path, trial_problems
+from gce_search.trainables.registry import ConfigError, Param
 
 SPACES_DIR = Path(__file__).resolve().parent
 
@@ -503,19 +503,19 @@ def _suggest(name: str, valid: Iterable[str]) -> str:
 def _registry(section: str):
     """The registry behind an entry section or a name path (imported lazily: they import torch)."""
     if section == "loss":
-        from trainables.losses import LOSSES
+        from gce_search.trainables.losses import LOSSES
 
         return LOSSES
     if section == "model":
-        from trainables.models import MODELS
+        from gce_search.trainables.models import MODELS
 
         return MODELS
     if section == "data":
-        from trainables.data import DATASETS
+        from gce_search.trainables.data import DATASETS
 
         return DATASETS
     if section == "calibration":
-        from trainables.calibration import CALIBRATORS
+        from gce_search.trainables.calibration import CALIBRATORS
 
         return CALIBRATORS
     raise AssertionError(section)  # pragma: no cover
@@ -654,7 +654,7 @@ def spec_from_dict(raw: Any, overrides: Iterable[str] = (), source: str = "", de
 
     # -- driver sections
     search_values = ck.settings("search", SEARCH_SCHEMA)
-    from search.space import SAMPLERS  # no Optuna import at module level
+    from gce_search.search.space import SAMPLERS  # no Optuna import at module level
 
     if isinstance(search_values.get("sampler"), str) and search_values["sampler"] not in SAMPLERS:
         s = search_values["sampler"]
@@ -753,7 +753,7 @@ def extreme_configs(spec: SearchSpec) -> Iterator[tuple[str, dict]]:
 
 
 def _parse_scheduler(ck: _Checker) -> SchedulerSettings:
-    from search.schedulers import SCHEDULERS
+    from gce_search.search.schedulers import SCHEDULERS
 
     given = ck.section("scheduler")
     name = given.get("name", "asha")
@@ -1260,7 +1260,7 @@ def _order(ck: _Checker, params: list[SpaceParam]) -> list[SpaceParam]:
 def data_problems_of(spec: SearchSpec) -> list[str]:
     """What the trials would find wrong with the data files and the split sizes, for the fixed data settings and
     at the ends of each searched data setting (trainables.data.data_problems; headers and listings only)."""
-    from trainables.data import data_problems
+    from gce_search.trainables.data import data_problems
 
     out: list[str] = []
     for where, cfg in extreme_configs(spec):

@@ -24,7 +24,7 @@ def fashion_mnist_root() -> str:
     """The directory holding the real Fashion-MNIST, for the tests that need it. Fashion-MNIST is an optional system
     dataset: where it is missing these tests are skipped with the command that installs it, except under CI
     (CI=true), where a missing dataset fails them, so CI always runs them for real."""
-    from trainables.data import FASHION_MNIST_ROOT, _find_idx
+    from gce_search.trainables.data import FASHION_MNIST_ROOT, _find_idx
 
     root = os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_ROOT
     missing = []

@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from search.cli import main
+from gce_search.search.cli import main
 
 TINY = {
     "name": "tiny",
@@ -208,7 +208,7 @@ def _listing(root) -> dict[str, bytes | None]:
 @pytest.fixture
 def ray_starts(monkeypatch):
     """The addresses connect_ray was called with in this test (it still runs)."""
-    import search.driver as driver
+    import gce_search.search.driver as driver
 
     calls: list = []
     real = driver.connect_ray
@@ -245,8 +245,8 @@ def test_alias_bomb_is_refused_fast_and_small(tmp_path):
     """A 1 KB file that would expand to 10^12 values: refused in well under a second."""
     import tracemalloc
 
-    from spaces.schema import read_yaml
-    from trainables.registry import ConfigError
+    from gce_search.spaces.schema import read_yaml
+    from gce_search.trainables.registry import ConfigError
 
     path = tmp_path / "s.yaml"
     path.write_text(laughs(12))
@@ -264,8 +264,8 @@ def test_alias_bomb_is_refused_fast_and_small(tmp_path):
 def test_a_taken_name_is_refused_and_a_claim_is_released_when_a_later_check_fails(tmp_path, monkeypatch, capsys):
     """Two runs with one --name: the directory is claimed with one mkdir, so the second run is refused before it
     starts Ray; a claim is given back when a check after it (here: nothing answers at --address) refuses the run."""
-    from search.cli import UsageError
-    from search.driver import claim_experiment_dir, release_experiment_dir
+    from gce_search.search.cli import UsageError
+    from gce_search.search.driver import claim_experiment_dir, release_experiment_dir
 
     exp_dir = str(tmp_path / "res" / "same")
     created = claim_experiment_dir(exp_dir)
@@ -282,7 +282,7 @@ def test_a_taken_name_is_refused_and_a_claim_is_released_when_a_later_check_fail
 
 
 def test_train_refuses_an_unreadable_checkpoint_in_out(tmp_path, monkeypatch, capsys):
-    from trainables.config import resolve
+    from gce_search.trainables.config import resolve
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(TRAIN))
@@ -299,7 +299,7 @@ def test_train_refuses_an_unreadable_checkpoint_in_out(tmp_path, monkeypatch, ca
 
 def test_one_yaml_loader_for_train_configs(tmp_path):
     """A train config reads `1e-3` as a float, like a space file."""
-    from trainables.trial import read_config_file
+    from gce_search.trainables.trial import read_config_file
 
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 1e-3\n")

@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainables.config import DEFAULTS, check_breakpoints
-from trainables.registry import Registry
-from trainables.validation import as_tensor, check_labels, check_scores
+from gce_search.trainables.config import DEFAULTS, check_breakpoints
+from gce_search.trainables.registry import Registry
+from gce_search.trainables.validation import as_tensor, check_labels, check_scores
 
 __all__ = [
     "CALIBRATORS",

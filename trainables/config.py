@@ -9,7 +9,7 @@ import copy
 import difflib
 from typing import Any
 
-from trainables.registry import ConfigError, Param
+from gce_search.trainables.registry import ConfigError, Param
 
 # Every default in one place, with its unit. Sections mirror docs/architecture.md.
 DEFAULTS: dict[str, Any] = {
@@ -176,9 +176,9 @@ def _walk_unknown(cfg: dict, defaults: dict, prefix: str, problems: list[str], o
 def _registry_params(kind: str, section: dict, path: str, problems: list[str]) -> None:
     """Check a `{name: ..., **params}` section against its registry entry's declared parameters."""
     if kind == "loss":
-        from trainables.losses import LOSSES as reg
+        from gce_search.trainables.losses import LOSSES as reg
     elif kind == "model":
-        from trainables.models import MODELS as reg
+        from gce_search.trainables.models import MODELS as reg
     else:  # pragma: no cover - internal
         raise AssertionError(kind)
     name = section.get("name")
@@ -239,14 +239,14 @@ def problems_of(cfg: dict) -> list[str]:
     elif "model" in cfg:
         problems.append("model: expected a mapping with a 'name' key")
     if isinstance(cfg.get("data"), dict):
-        from trainables.data import DATASETS
+        from gce_search.trainables.data import DATASETS
 
         name = cfg["data"].get("name")
         if name not in DATASETS:
             problems.append(f"data.name: unknown dataset {name!r}{_suggest(str(name), DATASETS.names())}; "
                             f"valid: {', '.join(DATASETS.names())}")
     if isinstance(cfg.get("calibration"), dict):
-        from trainables.calibration import CALIBRATORS
+        from gce_search.trainables.calibration import CALIBRATORS
 
         method = cfg["calibration"].get("method")
         if method not in CALIBRATORS:

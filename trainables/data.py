@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables.registry import Param, Registry
+from gce_search.trainables.registry import Param, Registry
 
 # Where dataset files are looked for when data.root is null (except fashion_mnist, which has its Debian location).
 DEFAULT_ROOT = "~/.cache/gce-search/data"

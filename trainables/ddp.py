@@ -5,7 +5,7 @@ reserved: one per GPU with NCCL on a GPU node (Ray sets CUDA_VISIBLE_DEVICES to 
 on CPU. We do not use Ray's TorchTrainer inside a Tune trial: it leaks its workers when ASHA stops the trial and
 later trials hang (ray#54305, docs/design.md "Ray and Optuna facts").
 
-The workers are fresh interpreters (`python -c "from trainables.ddp import worker_main; ..."`), not
+The workers are fresh interpreters (`python -c "from gce_search.trainables.ddp import worker_main; ..."`), not
 multiprocessing children: `spawn` would re-run the parent's main module in every worker (a user's script without a
 `__main__` guard would recurse; a Ray worker's main module drags in Ray). Each worker talks to the parent over a
 private socketpair: rank 0 sends each epoch's metrics and checkpoint directory and waits until the parent has
@@ -77,7 +77,7 @@ def worker(rank: int, world_size: int, init_method: str, cfg: dict, restore_from
     """One DDP process of a multi-process trial: init the process group, run the epoch loop, report if rank 0."""
     import torch.distributed as dist
 
-    from trainables.trial import DistContext, run_loop
+    from gce_search.trainables.trial import DistContext, run_loop
 
     try:
         torch.set_num_threads(threads)
@@ -142,13 +142,13 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 
 
 def _spawn(rank: int, conn_fd: int) -> subprocess.Popen:
-    import trainables
+    import gce_search
 
     env = dict(os.environ)
     # The worker must import this very package, wherever the parent found it (an unpacked Ray runtime_env too).
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(trainables.__file__)))
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(gce_search.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    code = "from trainables.ddp import worker_main; worker_main()"
+    code = "from gce_search.trainables.ddp import worker_main; worker_main()"
     return subprocess.Popen([sys.executable, "-c", code, str(os.getpid()), str(conn_fd)], env=env,
                             pass_fds=(conn_fd,))
 

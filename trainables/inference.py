@@ -18,12 +18,12 @@ def split_logits(state: dict | str, splits: Iterable[str] = ("calib", "val", "te
                  device: str | torch.device = "cpu") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{split: (float32 logits [N, K] on the CPU, int64 labels [N])} for a checkpoint (a state dict as saved by
     trainables.trial, or a path to it / to its directory)."""
-    from trainables.config import resolve
-    from trainables.data import load_splits
-    from trainables.models import build_model
+    from gce_search.trainables.config import resolve
+    from gce_search.trainables.data import load_splits
+    from gce_search.trainables.models import build_model
 
     if not isinstance(state, dict):
-        from trainables.trial import load_checkpoint
+        from gce_search.trainables.trial import load_checkpoint
 
         state = load_checkpoint(str(state))
     splits = list(splits)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from trainables.registry import Param, Registry
+from gce_search.trainables.registry import Param, Registry
 
 __all__ = [
     "LOSSES",

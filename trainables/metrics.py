@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainables.validation import as_tensor, check_labels, check_scores
+from gce_search.trainables.validation import as_tensor, check_labels, check_scores
 
 __all__ = [
     "accuracy",

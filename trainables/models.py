@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from trainables.registry import Param, Registry
+from gce_search.trainables.registry import Param, Registry
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
+from gce_search.errors import ConfigError  # noqa: F401  (re-exported: registries raise it)
+
 T = TypeVar("T")
 
 
@@ -124,14 +126,3 @@ class Registry(Generic[T]):
     def items(self):
         return self._entries.items()
 
-
-@dataclass
-class ConfigError(ValueError):
-    """Every problem found in a config or spec, one line each: '<dotted.path>: <what>; valid: <what would be>'."""
-
-    problems: list[str] = field(default_factory=list)
-    source: str = ""
-
-    def __str__(self) -> str:
-        head = f"{self.source}: " if self.source else ""
-        return head + f"{len(self.problems)} problem(s)\n" + "\n".join(self.problems)

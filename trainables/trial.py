@@ -26,10 +26,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from trainables.checkpoints import CHECKPOINT_FILE
-from trainables.config import parse_override, resolve, set_path, trial_problems
-from trainables.registry import ConfigError
-from trainables.step_progress import StepProgress, tune_sink
+from gce_search.trainables.checkpoints import CHECKPOINT_FILE
+from gce_search.trainables.config import parse_override, resolve, set_path, trial_problems
+from gce_search.trainables.registry import ConfigError
+from gce_search.trainables.step_progress import StepProgress, tune_sink
 
 Reporter = Callable[[dict, "str | None"], None]
 
@@ -173,10 +173,10 @@ class _Trial:
     step_progress = None  # trainables.step_progress.StepProgress: reports from inside a long epoch
 
     def __init__(self, cfg: dict, dist_ctx: DistContext | None, precision=None):
-        from trainables.calibration import build_calibrator
-        from trainables.data import augment, load_splits
-        from trainables.losses import build_loss
-        from trainables.models import build_model
+        from gce_search.trainables.calibration import build_calibrator
+        from gce_search.trainables.data import augment, load_splits
+        from gce_search.trainables.losses import build_loss
+        from gce_search.trainables.models import build_model
 
         self.cfg = cfg
         self.dist = dist_ctx
@@ -235,7 +235,7 @@ class _Trial:
 
     def _decide_precision(self, model: torch.nn.Module):
         """bf16 / channels_last for this trial (trainables.precision); under DDP rank 0 decides for every rank."""
-        from trainables.precision import decide
+        from gce_search.trainables.precision import decide
 
         precision = None
         if self.rank == 0:
@@ -352,7 +352,7 @@ class _Trial:
                 dist.broadcast(buf, src=0)
 
     def evaluate(self, split: str, calibrator) -> dict:
-        from trainables.metrics import summary
+        from gce_search.trainables.metrics import summary
 
         x, y = getattr(self.data, f"{split}_x"), getattr(self.data, f"{split}_y").cpu()
         raw_logits = self.logits(x)
@@ -369,7 +369,7 @@ class _Trial:
 
     def run_epoch(self) -> dict:
         """Train one epoch and score it; returns the epoch's metrics (status ok or diverged)."""
-        from trainables.metrics import summary
+        from gce_search.trainables.metrics import summary
 
         tc, obj = self.train_cfg, self.cfg["objective"]
         epoch = self.epoch + 1
@@ -472,7 +472,7 @@ def run_loop(cfg: dict, reporter: Reporter | None, restore_from: str | None,
 
 def _run_loop(cfg: dict, reporter: Reporter | None, restore_from: str | None,
               dist_ctx: DistContext | None) -> dict:
-    from trainables.precision import from_checkpoint
+    from gce_search.trainables.precision import from_checkpoint
 
     state = None
     if restore_from is not None:
@@ -516,7 +516,7 @@ def run_trial(config: dict, reporter: Reporter | None = None, restore_from: str 
     if problems:
         raise ConfigError(problems)
     if cfg["train"]["workers"] > 1:
-        from trainables.ddp import run_distributed
+        from gce_search.trainables.ddp import run_distributed
 
         return run_distributed(cfg, reporter, restore_from)
     return run_loop(cfg, reporter, restore_from)
@@ -528,8 +528,8 @@ def run_trial(config: dict, reporter: Reporter | None = None, restore_from: str 
 def read_config_file(path: str) -> dict:
     """A trial config from YAML: a bare trial config, or an exported file with a top-level `config:` key. Read
     with the space files' loader (spaces.schema.read_yaml): duplicate keys refused, `1e-3` a float."""
-    from search.cli import UsageError
-    from spaces.schema import read_yaml
+    from gce_search.errors import UsageError
+    from gce_search.spaces.schema import read_yaml
 
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file; valid: a trial config YAML (or one written by gce-search "
@@ -569,7 +569,7 @@ def cmd_train(args) -> int:
 
     import yaml
 
-    from search.cli import UsageError
+    from gce_search.errors import UsageError
 
     partial = read_config_file(args.config)
     for text in getattr(args, "overrides", None) or []:
@@ -587,7 +587,7 @@ def cmd_train(args) -> int:
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out}: is a file; valid: a new or empty directory (or the directory of an "
                          f"interrupted run of the same config)")
-    from trainables.data import data_problems
+    from gce_search.trainables.data import data_problems
 
     problems = data_problems(cfg["data"])  # missing or truncated files, splits that do not fit: before any write
     if problems:
@@ -600,7 +600,7 @@ def cmd_train(args) -> int:
         # An interrupted run of the same config continues from its last epoch; anything else is refused.
         saved = None
         if os.path.isfile(os.path.join(out, "config.yaml")):
-            from spaces.schema import read_yaml
+            from gce_search.spaces.schema import read_yaml
 
             try:
                 saved = read_yaml(os.path.join(out, "config.yaml"))

@@ -22,15 +22,15 @@ import shutil
 
 from ray.tune.trainable import wrap_function
 
-from trainables.checkpoints import last_logged_epoch, newest_checkpoint, write_manifest
-from trainables.trial import run_trial
+from gce_search.trainables.checkpoints import last_logged_epoch, newest_checkpoint, write_manifest
+from gce_search.trainables.trial import run_trial
 
 LOGGED_EPOCH_KEY = "logged_epoch"  # set by Trainable on a restart: epochs after it are reported again
 
 
 def _replay(restore_from: str, logged_epoch: int) -> None:
     """Report again the epochs after `logged_epoch` that the checkpoint in `restore_from` already holds."""
-    from trainables.trial import load_checkpoint
+    from gce_search.trainables.trial import load_checkpoint
 
     for metrics in load_checkpoint(restore_from).get("history", []):
         if metrics["epoch"] > logged_epoch:

@@ -39,7 +39,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serve(command: str, exp: Path, ready_path: str):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "search.cli", command, str(exp), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "gce_search", command, str(exp), "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -19,10 +19,10 @@ import pytest
 import ray
 from optuna.trial import TrialState
 
-from search.cli import UsageError, main
-from search.cluster import (SHARED_ENV, SHARED_MARKER, check_storage, is_multi_node, job_address,
+from gce_search.search.cli import UsageError, main
+from gce_search.search.cluster import (SHARED_ENV, SHARED_MARKER, check_storage, is_multi_node, job_address,
                             nodes_missing_file, pull_experiment, push_driver_files, trial_nodes)
-from search.searcher import optuna_records
+from gce_search.search.searcher import optuna_records
 from tests.search.test_resume import cli, completed_trials, completions_in_ray_state, result_lines
 from tests.waiting import run_to_end, wait_until
 

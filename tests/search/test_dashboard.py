@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from search.cli import main
+from gce_search.search.cli import main
 from tests.search.test_tensorboard import _free_port, _results, tiny_experiment_dir
 from tests.waiting import PipeReader, hang_s, run_to_end, stop_server, wait_until
 
@@ -30,7 +30,7 @@ def tiny_experiment(tmp_path_factory) -> Path:
 def _study(exp: Path):
     import optuna
 
-    from search.searcher import open_journal
+    from gce_search.search.searcher import open_journal
 
     storage = open_journal(str(exp / "optuna.journal"))
     (summary,) = optuna.get_all_study_summaries(storage)
@@ -45,7 +45,7 @@ def _get_json(url: str):
 @contextlib.contextmanager
 def serve_dashboard(exp: Path):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", str(exp), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "gce_search", "dashboard", str(exp), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     output = PipeReader(proc.stdout)  # read as it comes, so a full pipe never blocks it; quoted when a wait fails
@@ -64,7 +64,7 @@ def serve_dashboard(exp: Path):
 
 
 def test_every_optuna_trial_carries_real_breakpoints_temperatures_loss_and_status(tiny_experiment):
-    from search.results import load_experiment
+    from gce_search.search.results import load_experiment
 
     results = _results(tiny_experiment)
     status_of = {t.trial_id: t.status for t in load_experiment(tiny_experiment).trials}
@@ -93,8 +93,8 @@ def test_status_attribute_reads_the_result_ray_flattens_for_the_searcher(tiny_ex
     status of the result files, degenerate included (that rule reads the nested data/info)."""
     from ray.tune.utils import flatten_dict
 
-    from search.dashboard import result_user_attrs
-    from search.results import trial_outcome
+    from gce_search.search.dashboard import result_user_attrs
+    from gce_search.search.results import trial_outcome
 
     rows = next(rows for rows in _results(tiny_experiment).values() if rows[-1].get("final") is True)
     at_chance = dict(rows[-1], **{"val/acc": 0.0})
@@ -107,7 +107,7 @@ def test_dashboard_serves_the_study_on_loopback_with_the_front_artifacts(tiny_ex
     import yaml
     from optuna.artifacts import download_artifact, get_all_artifact_meta
 
-    from search.dashboard import ARTIFACTS_DIR, artifact_store
+    from gce_search.search.dashboard import ARTIFACTS_DIR, artifact_store
 
     summary = json.loads((tiny_experiment / "summary.json").read_text())
     front = [m["trial"] for m in summary["front"]]

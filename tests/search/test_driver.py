@@ -10,8 +10,8 @@ import pytest
 import ray
 from optuna.trial import TrialState
 
-from search.cli import main
-from search.searcher import optuna_records
+from gce_search.search.cli import main
+from gce_search.search.searcher import optuna_records
 
 TINY_SPACE = """\
 name: tiny
@@ -47,7 +47,7 @@ def last_result(folder: Path) -> dict:
 
 
 def ray_outcome(last: dict) -> str:
-    from search.results import trial_outcome
+    from gce_search.search.results import trial_outcome
 
     return trial_outcome(last)
 
@@ -67,8 +67,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def test_max_epochs_is_the_longest_budget_a_trial_can_get(tmp_path):
     import yaml
 
-    from search.driver import max_epochs
-    from spaces.schema import spec_from_dict
+    from gce_search.search.driver import max_epochs
+    from gce_search.spaces.schema import spec_from_dict
 
     raw = yaml.safe_load(TINY_SPACE.replace("NUM_SAMPLES", "4").replace("BATCH_SIZE", "64"))
     assert max_epochs(spec_from_dict(raw)) == 3
@@ -86,8 +86,8 @@ def test_max_epochs_is_the_longest_budget_a_trial_can_get(tmp_path):
 def test_scheduler_state_reports_the_restored_rungs_of_either_asha(capsys):
     from ray.tune.schedulers import ASHAScheduler
 
-    from search.driver import SchedulerState
-    from search.moasha import MultiObjectiveASHA
+    from gce_search.search.driver import SchedulerState
+    from gce_search.search.moasha import MultiObjectiveASHA
 
     class FakeTrial:
         def __init__(self, trial_id):
@@ -193,7 +193,7 @@ def test_unsatisfiable_resources_refused_at_start(local_ray, tmp_path, capsys, o
 def test_tiny_search_end_to_end(local_ray, tmp_path, capsys):
     import os
 
-    from search.driver import TUNE_ENVIRONMENT
+    from gce_search.search.driver import TUNE_ENVIRONMENT
 
     before = {key: os.environ.get(key) for key in TUNE_ENVIRONMENT}
     storage = tmp_path / "results"
@@ -204,7 +204,7 @@ def test_tiny_search_end_to_end(local_ray, tmp_path, capsys):
     assert {key: os.environ.get(key) for key in TUNE_ENVIRONMENT} == before
     exp = storage / "e2e"
     assert (exp / "spec.yaml").is_file() and (exp / "optuna.journal").is_file()
-    from spaces.schema import load_spec
+    from gce_search.spaces.schema import load_spec
 
     assert load_spec(str(exp / "spec.yaml")).name == "tiny"  # the saved spec loads back
 
@@ -259,7 +259,7 @@ def test_resume_of_a_search_its_time_budget_ended(local_ray, tmp_path, capsys):
     exp = storage / "budget"
     # The budget is wall-clock time: on a loaded machine it can end before any trial reaches its full budget, and a
     # search without a usable trial exits 1 with that reason; either way it is finished, not interrupted.
-    from search.results import load_experiment
+    from gce_search.search.results import load_experiment
 
     usable = 0 if load_experiment(exp).complete() else 1
     out = capsys.readouterr()
@@ -313,7 +313,7 @@ def test_resumed_search_ends_with_the_rest_of_its_time_budget(local_ray, tmp_pat
 
     code = main(["resume", str(exp)])
     out = capsys.readouterr().out
-    from search.results import load_experiment
+    from gce_search.search.results import load_experiment
 
     usable = 0 if load_experiment(exp).complete() else 1  # wall-clock budget: see the test above
     assert code == usable and "Search interrupted" not in out, out[-3000:]

@@ -9,12 +9,12 @@ import pytest
 import torch
 import yaml
 
-from search.cli import UsageError, main
-from search.export import load_export, parse_selector, write_exports
-from search.results import load_experiment
+from gce_search.search.cli import UsageError, main
+from gce_search.search.export import load_export, parse_selector, write_exports
+from gce_search.search.results import load_experiment
 from tests.search.test_tensorboard import tiny_experiment  # noqa: F401  (session fixture: one search per session)
-from trainables.precision import pin_precision
-from trainables.registry import ConfigError
+from gce_search.trainables.precision import pin_precision
+from gce_search.trainables.registry import ConfigError
 
 pytestmark = pytest.mark.slow
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from search.driver import trial_resources
-from spaces.schema import load_spec
+from gce_search.search.driver import trial_resources
+from gce_search.spaces.schema import load_spec
 
 
 @pytest.fixture()

@@ -7,9 +7,9 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from search import pareto
-from search.moasha import MultiObjectiveASHA, NonDominatedRanking, ScalarizedRanking
-from search.schedulers import build_scheduler
+from gce_search.search import pareto
+from gce_search.search.moasha import MultiObjectiveASHA, NonDominatedRanking, ScalarizedRanking
+from gce_search.search.schedulers import build_scheduler
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 

@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from search import pareto
+from gce_search.search import pareto
 
 
 def brute_force_fronts(points: np.ndarray) -> list[list[int]]:

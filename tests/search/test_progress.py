@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.progress import RAY_NOTICES_FILE, expected_epochs, format_duration
+from gce_search.search.progress import RAY_NOTICES_FILE, expected_epochs, format_duration
 from tests.waiting import HANG_ENV, hang_s, run_to_end
 
 SPACE = """\
@@ -89,7 +89,7 @@ def test_time_left_is_the_work_left_over_the_slots_by_hand():
     """10 trials, 2 at a time, 2 expected epochs of 1 s each: with 4 trials started (one ended after its 2 epochs,
     three running at epochs 0, 1 and 2), the work left is 6 trials x (cost + their epochs) plus what is left of the
     running ones (the one without a result yet also pays its set-up cost)."""
-    from search.progress import _TUNE_TRIAL_S, ProgressPrinter, TrialView
+    from gce_search.search.progress import _TUNE_TRIAL_S, ProgressPrinter, TrialView
 
     printer = ProgressPrinter(max_t=4, total=10, slots=2, expected=2.0)
     assert printer.time_left() is None  # nothing measured yet

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
-from search.cli import UsageError, main
-from search.pareto import REFERENCE_POINT
-from search.results import (
+from gce_search.search.cli import UsageError, main
+from gce_search.search.pareto import REFERENCE_POINT
+from gce_search.search.results import (
     ece_std_bootstrap,
     ece_std_from_bins,
     ece_std_from_n,
@@ -22,11 +22,11 @@ from search.results import (
     load_experiment,
     write_results,
 )
-from trainables.config import resolve
+from gce_search.trainables.config import resolve
 
 
 def _spec_dict() -> dict:
-    from spaces.schema import load_spec
+    from gce_search.spaces.schema import load_spec
 
     return load_spec("quickstart").to_dict()
 
@@ -268,8 +268,8 @@ def test_latest_checkpoint_is_the_complete_one_with_the_latest_epoch(tmp_path):
     """After a restart a trial folder can hold more than one checkpoint, and a copy cut short by a dying node: the
     predictions are rebuilt from the complete checkpoint with the latest epoch (old folders without a manifest:
     the highest-numbered)."""
-    from search.results import TrialRecord, latest_checkpoint
-    from trainables.checkpoints import CHECKPOINT_FILE, write_manifest
+    from gce_search.search.results import TrialRecord, latest_checkpoint
+    from gce_search.trainables.checkpoints import CHECKPOINT_FILE, write_manifest
 
     record = TrialRecord(trial_id="t", path=tmp_path, config={}, params={}, history=[], status="TERMINATED")
     assert latest_checkpoint(record) is None
@@ -297,9 +297,9 @@ def _info(num_classes: int, val_counts: list[int] | None = None) -> dict:
 
 
 def test_trial_outcome_is_one_rule_with_a_chance_level_bound():
-    from search.progress import trial_outcome as progress_outcome
-    from search.results import STATUSES, chance_accuracy_bound, trial_outcome
-    from search.tensorboard import _status
+    from gce_search.search.progress import trial_outcome as progress_outcome
+    from gce_search.search.results import STATUSES, chance_accuracy_bound, trial_outcome
+    from gce_search.search.tensorboard import _status
 
     bound = 0.1 + 2 * math.sqrt(0.1 * 0.9 / 1000)  # 10 balanced classes, 1000 val samples: 0.1190
     final = {"final": True, "status": "ok", "val/n": 1000, "data/info": _info(10, [100] * 10)}
@@ -329,7 +329,7 @@ def test_trial_outcome_is_one_rule_with_a_chance_level_bound():
 
 
 def test_a_degenerate_trial_is_named_and_kept_off_the_front_and_the_exports(tmp_path, capsys):
-    from search.export import write_exports
+    from gce_search.search.export import write_exports
 
     chance = dict(_epoch(1, 0.0972, 0.0048, True), **{"data/info": _info(10, [100] * 10)})
     good = dict(_epoch(1, 0.9, 0.05, True), **{"data/info": _info(10, [100] * 10)})
@@ -411,8 +411,8 @@ def test_a_cut_last_result_line_never_changes_a_trials_status(tiny_experiment, t
 
 @pytest.mark.slow
 def test_a_truncated_checkpoint_is_warned_about_naming_the_file(tiny_experiment, tmp_path, capsys):  # noqa: F811
-    from search.export import write_exports
-    from search.results import latest_checkpoint
+    from gce_search.search.export import write_exports
+    from gce_search.search.results import latest_checkpoint
 
     exp_dir = _copy(tiny_experiment, tmp_path)
     exp = load_experiment(exp_dir)
@@ -479,7 +479,7 @@ def test_the_closing_summary_counts_the_records_the_front_is_built_from(tiny_exp
     also when result lines are cut."""
     import time
 
-    from search.driver import summarize
+    from gce_search.search.driver import summarize
 
     intact = load_experiment(tiny_experiment)
     exp_dir = _copy(tiny_experiment, tmp_path)

@@ -16,7 +16,7 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
-from search.searcher import optuna_records
+from gce_search.search.searcher import optuna_records
 from tests.search.test_driver import EXPECTED_STATE, ray_outcome, snapshot, write_tiny_space
 from tests.waiting import run_to_end, wait_until
 
@@ -26,7 +26,7 @@ EPOCHS = 3
 
 def cli(*args: str) -> list[str]:
     exe = shutil.which("gce-search")
-    return [exe, *args] if exe else [sys.executable, "-m", "search.cli", *args]
+    return [exe, *args] if exe else [sys.executable, "-m", "gce_search", *args]
 
 
 def result_lines(folder: Path) -> list[dict]:
@@ -251,7 +251,7 @@ def kill_after_first_completion(tmp_path: Path, num_samples: int = 4, batch_size
 
 
 def backup_lists(exp: Path, trial_ids: set[str]) -> bool:
-    from search.state import expected_trials, generations
+    from gce_search.search.state import expected_trials, generations
 
     gens = generations(str(exp))
     if not gens:
@@ -324,7 +324,7 @@ RESUMED = {("experiment_state-*.json", "half"), ("search_gen_state-*.json", "emp
 @pytest.mark.parametrize("how", ["empty", "half"])
 @pytest.mark.parametrize("pattern", STATE_FILES)
 def test_an_unreadable_state_file_is_recovered_and_resume_finishes(interrupted, tmp_path, pattern, how):
-    from search.driver import recover_for_resume
+    from gce_search.search.driver import recover_for_resume
 
     exp = copy_of(interrupted, tmp_path / "cut")
     broken = newest_file(exp, pattern)
@@ -334,7 +334,7 @@ def test_an_unreadable_state_file_is_recovered_and_resume_finishes(interrupted, 
     # the unreadable file is kept, not deleted
     kept = [p for p in (exp / "state-backup").glob(f"set-aside-*/{broken.name}")]
     assert kept and kept[0].read_bytes() == original[:len(kept[0].read_bytes())], kept
-    from search.state import set_problems
+    from gce_search.search.state import set_problems
 
     assert not set_problems(str(exp)), set_problems(str(exp))
     assert expected == set(ray_trials(exp))  # Ray reads the state put back
@@ -365,8 +365,8 @@ def test_unrecoverable_state_is_refused_naming_the_file_with_nothing_changed(int
 def test_a_crafted_searcher_state_is_not_executed(interrupted, tmp_path):
     import pickle
 
-    from search.driver import recover_for_resume
-    from search.searcher import CalibratedOptunaSearch
+    from gce_search.search.driver import recover_for_resume
+    from gce_search.search.searcher import CalibratedOptunaSearch
 
     marker = tmp_path / "payload-ran"
 
@@ -435,8 +435,8 @@ def test_scheduler_state_is_plain_json_and_refills_the_rungs():
 
     from ray.tune.schedulers import ASHAScheduler
 
-    from search.driver import SchedulerState
-    from search.moasha import MultiObjectiveASHA
+    from gce_search.search.driver import SchedulerState
+    from gce_search.search.moasha import MultiObjectiveASHA
 
     for make, result in ((lambda: ASHAScheduler(time_attr="epoch", max_t=9, grace_period=1, metric="score",
                                                 mode="max"), {"epoch": 1, "score": 0.5}),

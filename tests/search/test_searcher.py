@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from search.searcher import CalibratedOptunaSearch, classify, optuna_records
+from gce_search.search.searcher import CalibratedOptunaSearch, classify, optuna_records
 
 EPOCHS = 3
 

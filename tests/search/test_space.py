@@ -8,9 +8,9 @@ import optuna
 import pytest
 import yaml
 
-from search.space import SAMPLERS, breakpoints_from_unit, define_by_run, make_sampler, sample_params
-from spaces.schema import SearchSettings, load_spec
-from trainables.config import check_breakpoints, problems_of
+from gce_search.search.space import SAMPLERS, breakpoints_from_unit, define_by_run, make_sampler, sample_params
+from gce_search.spaces.schema import SearchSettings, load_spec
+from gce_search.trainables.config import check_breakpoints, problems_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
-from search.cli import main
-from search.study import STUDIES_DIR, aggregate, load_study, mean_std, paired_difference
-from trainables.registry import ConfigError
+from gce_search.search.cli import main
+from gce_search.search.study import STUDIES_DIR, aggregate, load_study, mean_std, paired_difference
+from gce_search.trainables.registry import ConfigError
 
 TINY = {
     "name": "tiny",
@@ -114,8 +114,8 @@ def test_aggregate_groups_by_method_and_posthoc():
 def test_tiny_study_end_to_end(tmp_path, capsys):
     """A real study on Ray: every run reported, the 'none' rows equal the trial's own test metrics, the calibrated
     rows keep the accuracy, and the report files exist."""
-    from search.study import load_study
-    from trainables.trial import run_trial
+    from gce_search.search.study import load_study
+    from gce_search.trainables.trial import run_trial
 
     path = write(tmp_path, TINY)
     out = tmp_path / "out"

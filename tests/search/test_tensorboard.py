@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from search.cli import main
-from search.tensorboard import tensorboard_command
+from gce_search.search.cli import main
+from gce_search.search.tensorboard import tensorboard_command
 from tests.waiting import PipeReader, hang_s, stop_server, wait_until
 
 pytestmark = pytest.mark.slow
@@ -132,7 +132,7 @@ def test_tensorboard_serves_every_trial_parameter_and_the_pareto_figure(tiny_exp
     cmd = tensorboard_command(exp / "tensorboard", port)
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     # what a user runs: `gce-search tensorboard EXP --port P`
-    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "tensorboard", str(exp), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "gce_search", "tensorboard", str(exp), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = PipeReader(proc.stdout)  # quoted when a wait fails
     base = f"http://127.0.0.1:{port}"
@@ -162,7 +162,7 @@ def test_tensorboard_serves_every_trial_parameter_and_the_pareto_figure(tiny_exp
             front_rows = {r["trial"]: r for r in csv.DictReader(fh)}
         summary = json.loads((exp / "summary.json").read_text())
         assert set(front_rows) == {m["trial"] for m in summary["front"]} and front_rows
-        from search.results import load_experiment
+        from gce_search.search.results import load_experiment
 
         records = load_experiment(exp)  # the statuses of pareto.csv and summary.json
         status_of = {t.trial_id: t.status for t in records.trials}
@@ -238,7 +238,7 @@ def test_tensorboard_serves_every_trial_parameter_and_the_pareto_figure(tiny_exp
 def serve_tensorboard(exp: Path):
     """`gce-search tensorboard EXP` on a free port, once TensorBoard has loaded every trial run; its base URL."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "tensorboard", str(exp), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "gce_search", "tensorboard", str(exp), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = PipeReader(proc.stdout)  # quoted when a wait fails
     base = f"http://127.0.0.1:{port}"
@@ -299,7 +299,7 @@ def test_summary_backfills_trials_a_callback_did_not_write(tiny_experiment, tmp_
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from search.results import write_results
+    from gce_search.search.results import write_results
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_experiment, copy, ignore=shutil.ignore_patterns("tensorboard", "checkpoint_*"))
@@ -316,7 +316,7 @@ def test_best_epoch_survives_a_resumed_driver(tmp_path):
     keeps its best epoch from before (best/* is the best over every epoch, not over the resumed ones)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from search.tensorboard import TensorBoardCallback
+    from gce_search.search.tensorboard import TensorBoardCallback
 
     class FakeTrial:
         trial_id, config, last_result = "t1", {}, {}
@@ -343,8 +343,8 @@ def test_best_epoch_survives_a_resumed_driver(tmp_path):
 def test_hparam_declarations_and_values_for_conditional_parameters():
     from tensorboard.plugins.hparams import api_pb2
 
-    from search.tensorboard import hparam_infos, hparam_values
-    from spaces.schema import load_spec
+    from gce_search.search.tensorboard import hparam_infos, hparam_values
+    from gce_search.spaces.schema import load_spec
 
     spec = load_spec("quickstart")
     infos = {i.name: i for i in hparam_infos(spec.to_dict()["space"])}

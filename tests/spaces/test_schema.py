@@ -11,10 +11,10 @@ import textwrap
 import pytest
 import yaml
 
-from spaces.schema import SearchSpec, load_spec, shipped_spaces, spec_from_dict
-from trainables.config import DEFAULTS
+from gce_search.spaces.schema import SearchSpec, load_spec, shipped_spaces, spec_from_dict
+from gce_search.trainables.config import DEFAULTS
 from tests.waiting import run_to_end
-from trainables.registry import ConfigError
+from gce_search.trainables.registry import ConfigError
 
 BASE = {
     "name": "unit",
@@ -428,7 +428,7 @@ def run_cli(*args, cwd=None):
     """The installed `gce-search` console script (the module entry point where the script is not on PATH)."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     script = shutil.which("gce-search")
-    command = [script] if script else [sys.executable, "-m", "search.cli"]
+    command = [script] if script else [sys.executable, "-m", "gce_search"]
     return run_to_end([*command, *args], cwd=cwd, env=env)
 
 

@@ -5,9 +5,9 @@ import optuna
 import pytest
 import yaml
 
-from search.space import define_by_run, make_sampler
-from spaces.schema import SPACES_DIR, SearchSettings, load_spec, shipped_spaces
-from trainables.config import check_breakpoints, problems_of
+from gce_search.search.space import define_by_run, make_sampler
+from gce_search.spaces.schema import SPACES_DIR, SearchSettings, load_spec, shipped_spaces
+from gce_search.trainables.config import check_breakpoints, problems_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -107,7 +107,7 @@ def test_gce_lambda_range_stays_where_the_loss_is_bounded():
 
     import torch
 
-    from trainables.losses import gce
+    from gce_search.trainables.losses import gce
 
     K, B = 10, 100
     targets = torch.arange(B) % K

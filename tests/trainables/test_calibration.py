@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 
-from trainables import metrics
-from trainables.calibration import (
+from gce_search.trainables import metrics
+from gce_search.trainables.calibration import (
     CALIBRATORS,
     T_MAX,
     T_MIN,
@@ -211,7 +211,7 @@ def test_build_calibrator_reads_the_trial_config_section():
     ats = build_calibrator({"method": "ats", "breakpoints": [0.3, 0.9], "min_samples": 7})
     assert isinstance(ats, PiecewiseTemperatureScaling)
     assert (ats.breakpoints, ats.min_samples) == ([0.3, 0.9], 7)
-    from trainables.config import resolve
+    from gce_search.trainables.config import resolve
 
     default = build_calibrator(resolve({})["calibration"])
     assert default.breakpoints == [0.5, 0.8, 0.95] and default.min_samples == 50

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.trainables import formats
-from trainables.data import (
+from gce_search.trainables.data import (
     DATASETS,
     FASHION_MNIST_ROOT,
     augment,

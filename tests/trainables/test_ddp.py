@@ -16,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 from tests.waiting import hang_s, wait_until
-from trainables.trial import forward_backward, load_checkpoint, local_shard, run_trial
+from gce_search.trainables.trial import forward_backward, load_checkpoint, local_shard, run_trial
 
 WORLD = 2
 GLOBAL_BATCH = 12
@@ -32,7 +32,7 @@ def _batch():
 
 
 def _model():
-    from trainables.models import build_model
+    from gce_search.trainables.models import build_model
 
     torch.manual_seed(0)
     return build_model(MODEL, 1, 3, 4).double()
@@ -54,7 +54,7 @@ def _gradient_worker(rank, init_method, results):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from trainables.losses import build_loss
+    from gce_search.trainables.losses import build_loss
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD)
@@ -78,7 +78,7 @@ def _gradient_worker(rank, init_method, results):
 
 
 def test_two_gloo_workers_match_one_process_on_the_global_batch():
-    from trainables.losses import build_loss
+    from gce_search.trainables.losses import build_loss
 
     x, y = _batch()
     x = x.double()
@@ -171,7 +171,7 @@ def test_stopped_multiprocess_trial_leaves_no_workers_and_resumes():
 # No `if __name__ == "__main__"` guard on purpose: workers are fresh interpreters, they never re-run this script.
 PARENT_SCRIPT = textwrap.dedent("""
     import pathlib, shutil, sys
-    from trainables.trial import run_trial
+    from gce_search.trainables.trial import run_trial
     marker = pathlib.Path(sys.argv[1])
     cfg = {cfg!r}
     cfg["train"]["epochs"] = 1000

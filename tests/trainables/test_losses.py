@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables import losses as L
-from trainables.losses import LOSSES, AdaFocal, build_loss
+from gce_search.trainables import losses as L
+from gce_search.trainables.losses import LOSSES, AdaFocal, build_loss
 
 # Two rows with probabilities that make hand computation easy:
 # row 0: p = [1/6, 1/3, 1/2] (target 2, predicted 2: correct, confidence 1/2)
@@ -700,7 +700,7 @@ def test_contract_every_registered_loss(name):
 
 
 def test_config_validation_reads_loss_parameters_from_the_registry():
-    from trainables.config import ConfigError, resolve
+    from gce_search.trainables.config import ConfigError, resolve
 
     cfg = resolve({"loss": {"name": "gce", "lam": 0.5}})
     assert cfg["loss"] == {"name": "gce", "lam": 0.5}

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from trainables import metrics
+from gce_search.trainables import metrics
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from trainables.models import MODELS, build_model
-from trainables.registry import Param
+from gce_search.trainables.models import MODELS, build_model
+from gce_search.trainables.registry import Param
 
 
 @pytest.fixture(autouse=True)
@@ -144,8 +144,8 @@ def test_image_too_small_and_bad_shapes():
 
 
 def test_trial_config_validates_model_params_from_the_registry():
-    from trainables.config import resolve
-    from trainables.registry import ConfigError
+    from gce_search.trainables.config import resolve
+    from gce_search.trainables.registry import ConfigError
 
     cfg = resolve({"model": {"name": "resnet110", "width": 8}})
     assert cfg["model"] == {"name": "resnet110", "width": 8}
@@ -154,7 +154,7 @@ def test_trial_config_validates_model_params_from_the_registry():
 
 
 def test_small_models_learn_synthetic_data():
-    from trainables.data import load_splits
+    from gce_search.trainables.data import load_splits
 
     data = load_splits({"name": "synthetic", "subset": "classes=4,size=8,train=400,test=200,noise=1.5"})
     for name in ("mlp", "small_cnn"):

@@ -7,12 +7,12 @@ import os
 import pytest
 import torch
 
-from trainables.config import resolve
-from trainables.models import build_model
-from trainables.precision import (CACHE_ENV, CACHE_FILE, _cache_key, cache_dir, choose, measure, pin_precision,
+from gce_search.trainables.config import resolve
+from gce_search.trainables.models import build_model
+from gce_search.trainables.precision import (CACHE_ENV, CACHE_FILE, _cache_key, cache_dir, choose, measure, pin_precision,
                                   variant_name)
-from trainables.registry import ConfigError
-from trainables.trial import run_trial
+from gce_search.trainables.registry import ConfigError
+from gce_search.trainables.trial import run_trial
 
 CNN = {"name": "small_cnn", "width": 4, "hidden": 16}
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from search.cli import main as cli_main
-from trainables.config import resolve
-from trainables.trial import CHECKPOINT_FILE, learning_rate, load_checkpoint, run_trial
+from gce_search.search.cli import main as cli_main
+from gce_search.trainables.config import resolve
+from gce_search.trainables.trial import CHECKPOINT_FILE, learning_rate, load_checkpoint, run_trial
 
 CONTRACT_KEYS = {"epoch", "train/loss", "val/acc", "val/ece", "val/ece_raw", "val/adaece", "val/cece", "val/nll",
                  "val/brier", "score", "status", "val/n", "calib/n", "calibration/temperatures", "final"}
@@ -154,8 +154,8 @@ def test_synthetic_run_reports_contract_keys_and_consistent_metrics():
         # Rebuild the model from the last checkpoint and recompute the raw val metrics independently.
         state = torch.load(os.path.join(rep.dirs[-1], CHECKPOINT_FILE), weights_only=True)
         assert state["epoch"] == 3
-        from trainables.data import load_splits
-        from trainables.models import build_model
+        from gce_search.trainables.data import load_splits
+        from gce_search.trainables.models import build_model
 
         cfg = resolve(SYNTHETIC)
         data = load_splits(cfg["data"])
@@ -176,8 +176,8 @@ def test_synthetic_run_reports_contract_keys_and_consistent_metrics():
 
         # The calibrator is fitted on the calib split alone: refitting it on the rebuilt calib logits gives the
         # reported temperatures and calibrated val metrics; a fit on val (or test) would not.
-        from trainables.calibration import build_calibrator
-        from trainables.metrics import summary
+        from gce_search.trainables.calibration import build_calibrator
+        from gce_search.trainables.metrics import summary
 
         def fitted_on(split):
             with torch.no_grad():
@@ -351,7 +351,7 @@ def test_tune_adapter_reports_every_epoch_with_a_checkpoint(tmp_path):
     import ray
     from ray import tune
 
-    from trainables.tune_adapter import Trainable
+    from gce_search.trainables.tune_adapter import Trainable
 
     cfg = resolve({"data": {"name": "digits", "max_train": 256}, "model": {"name": "mlp", "width": 32},
                    "loss": {"name": "gce"}, "train": {"epochs": 2, "device": "cpu", "batch_size": 64}})
@@ -383,7 +383,7 @@ def test_tune_adapter_reports_every_epoch_with_a_checkpoint(tmp_path):
 def test_newest_complete_checkpoint_in_a_trial_folder(tmp_path):
     import pyarrow.fs
 
-    from trainables.checkpoints import MANIFEST_FILE, newest_checkpoint, write_manifest
+    from gce_search.trainables.checkpoints import MANIFEST_FILE, newest_checkpoint, write_manifest
 
     fs = pyarrow.fs.LocalFileSystem()
 
@@ -426,8 +426,8 @@ def test_tune_trainable_goes_on_from_a_checkpoint_on_disk_and_reports_the_epochs
     import ray
     from ray import tune
 
-    from trainables.checkpoints import write_manifest
-    from trainables.tune_adapter import Trainable
+    from gce_search.trainables.checkpoints import write_manifest
+    from gce_search.trainables.tune_adapter import Trainable
 
     cfg = resolve({"data": {"name": "digits", "max_train": 256}, "model": {"name": "mlp", "width": 32},
                    "train": {"epochs": 5, "device": "cpu", "batch_size": 64, "threads": 1}})
