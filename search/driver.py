@@ -287,7 +287,7 @@ def build_trainable(spec):
     from ray import tune
     from ray.tune import PlacementGroupFactory
 
-    from gce_search.trainables.tune_adapter import Trainable
+    from gce_search.search.trainable import Trainable
 
     # One bundle per trial: DDP processes are spawned from inside the trial on what it reserved, because a
     # TorchTrainer inside a Tune trial leaks its workers when ASHA stops the trial (ray#54305).

@@ -100,7 +100,7 @@ class TrialRecord:
     history: list[dict]
     status: str
     node: str | None = None  # readable: "<node ip> (<start of the Ray node id>)"
-    node_id: str | None = None  # Ray's node id, as tune_adapter reports it
+    node_id: str | None = None  # Ray's node id, as the Ray trainable (search.trainable) reports it
     started_at: float = float("nan")  # unix seconds, start of the first epoch
     finished_at: float = float("nan")  # unix seconds, last result
     tune_params: dict = field(default_factory=dict)  # what the searcher proposed (Ray's config minus trial_config)
@@ -415,7 +415,7 @@ def _load_trial(folder: Path, spec: Any, ray_states: dict[str, dict], ray_state_
     first, last = (lines[0], lines[-1]) if lines else ({}, {})
     tune_params = {k: v for k, v in ray_config.items() if k != "trial_config"}
     params = searched_values(spec, config) if spec else dict(tune_params)
-    # tune_adapter reports Ray's node id; the node's address makes it readable.
+    # the Ray trainable (search.trainable) reports Ray's node id; the node's address makes it readable.
     node = last.get("node_id") or last.get("node_ip")
     if last.get("node_ip") and last.get("node_id"):
         node = f"{last['node_ip']} ({str(last['node_id'])[:12]})"

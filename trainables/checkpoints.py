@@ -3,7 +3,7 @@
 Ray persists a trial's checkpoint by copying its folder to `<trial>/checkpoint_<index>`; a copy cut short (the
 node died) leaves a folder that looks like any other. Each folder therefore carries `manifest.json`, written
 before the copy: the epoch the checkpoint ends and the size of every file, so a complete copy can be told from an
-interrupted one. Used by trainables.tune_adapter (where a restarted trial goes on from) and search.results (the
+interrupted one. Used by search.trainable (where a restarted trial goes on from) and search.results (the
 checkpoint a finished trial's predictions are rebuilt from). No torch or Ray import here.
 """
 from __future__ import annotations

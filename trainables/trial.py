@@ -3,7 +3,7 @@
 `run_trial(config, reporter, restore_from)` builds data, model, loss and optimiser from a resolved trial config and
 trains epoch by epoch: train → logits on calib and val → fit the calibrator on calib → raw and calibrated metrics
 on val → `score` → `reporter(metrics, checkpoint_dir)`; after the last epoch of the full budget the same metrics on
-test. Ray Tune is a thin adapter around it (`trainables.tune_adapter`), and `train.workers > 1` runs the same loop
+test. Ray Tune is a thin adapter around it (`search.trainable`), and `train.workers > 1` runs the same loop
 in N processes (`trainables.ddp`).
 
 Reproducibility: the whole state that the next epoch depends on (model, optimiser, LR step, the batch-order and

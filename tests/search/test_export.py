@@ -32,7 +32,7 @@ def test_export_selectors_and_contents(tiny_experiment, tmp_path):  # noqa: F811
     exp = load_experiment(tiny_experiment)
     complete = exp.complete()
     assert complete, "the first trial of each ASHA rung is always promoted, so one trial completes"
-    assert all(t.node_id and t.node for t in exp.trials)  # where each trial ran (tune_adapter reports node_id)
+    assert all(t.node_id and t.node for t in exp.trials)  # where each trial ran (the Ray trainable (search.trainable) reports node_id)
     by_score = sorted(complete, key=lambda t: -t.metric("score"))
 
     pareto = write_exports(tiny_experiment, "pareto", tmp_path / "pareto")

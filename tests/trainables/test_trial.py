@@ -351,7 +351,7 @@ def test_tune_adapter_reports_every_epoch_with_a_checkpoint(tmp_path):
     import ray
     from ray import tune
 
-    from gce_search.trainables.tune_adapter import Trainable
+    from gce_search.search.trainable import Trainable
 
     cfg = resolve({"data": {"name": "digits", "max_train": 256}, "model": {"name": "mlp", "width": 32},
                    "loss": {"name": "gce"}, "train": {"epochs": 2, "device": "cpu", "batch_size": 64}})
@@ -427,7 +427,7 @@ def test_tune_trainable_goes_on_from_a_checkpoint_on_disk_and_reports_the_epochs
     from ray import tune
 
     from gce_search.trainables.checkpoints import write_manifest
-    from gce_search.trainables.tune_adapter import Trainable
+    from gce_search.search.trainable import Trainable
 
     cfg = resolve({"data": {"name": "digits", "max_train": 256}, "model": {"name": "mlp", "width": 32},
                    "train": {"epochs": 5, "device": "cpu", "batch_size": 64, "threads": 1}})
