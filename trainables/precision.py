@@ -128,7 +128,7 @@ def measure(model: torch.nn.Module, input_shape: tuple[int, ...], num_classes: i
             probe = probe.to(memory_format=fmt)
             xb = x.contiguous(memory_format=fmt) if x.dim() == 4 else x
 
-            def step() -> float:
+            def step(probe=probe, xb=xb, bf16=bf16) -> float:  # this variant's model, batch and dtype
                 t0 = time.perf_counter()
                 with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=bf16):
                     logits = probe(xb)

@@ -242,7 +242,7 @@ def test_contract_unfitted_use_is_an_error(calibrator, data):
     with pytest.raises(NotFittedError, match="not fitted"):
         calibrator.transform(val)
     with pytest.raises(NotFittedError):
-        calibrator.temperatures
+        _ = calibrator.temperatures
     assert isinstance(NotFittedError("x"), ValueError)
 
 

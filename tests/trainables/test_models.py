@@ -161,7 +161,7 @@ def test_small_models_learn_synthetic_data():
         torch.manual_seed(0)
         model = build_model({"name": name}, data.in_channels, data.num_classes, data.image_size)
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-        for step in range(60):
+        for _ in range(60):
             idx = torch.randint(0, data.train_y.numel(), (64,))
             opt.zero_grad()
             nn.functional.cross_entropy(model(data.train_x[idx]), data.train_y[idx]).backward()
