@@ -3,7 +3,7 @@
     python bench/bench_search_overhead.py [--trials 16] [--trial-seconds 10] [--rss-trials 0] [--no-quickstart]
 
 1. `--trials` trials of about `--trial-seconds` of real torch compute each (single-threaded matmuls, reported as 5
-   epochs), run through the driver's own assembly (CalibratedOptunaSearch on a journal, ConcurrencyLimiter at the
+   epochs), run through the driver's own assembly (CalibratedSearcher on a journal, ConcurrencyLimiter at the
    slot count, progress callback, JSON/CSV loggers, FIFO so every trial runs its whole budget), with
    reuse_actors on and off. Reports
        overhead ratio   = (wall x concurrency) / sum of the trials' compute time      (1.0 = no overhead)

@@ -275,10 +275,10 @@ def max_epochs(spec) -> int:
 
 
 def build_searcher(spec, exp_dir: str, study_name: str):
-    from gce_search.search.searcher import CalibratedOptunaSearch
+    from gce_search.search.searcher import CalibratedSearcher
     from gce_search.search.space import define_by_run, make_sampler
 
-    return CalibratedOptunaSearch(
+    return CalibratedSearcher(
         space=define_by_run(spec), journal_path=os.path.join(exp_dir, JOURNAL_FILE),
         sampler=make_sampler(spec.search), study_name=study_name)
 
@@ -433,7 +433,7 @@ def cluster_slots(bundle: dict[str, float], nodes: list[dict]) -> int:
 
 
 def build_tuner(spec, storage: str, name: str, exp_dir: str, progress, slots: int = 1, trainable=None):
-    """The Tuner of a search and its CalibratedOptunaSearch. `trainable` replaces the training trainable (the
+    """The Tuner of a search and its CalibratedSearcher. `trainable` replaces the training trainable (the
     overhead benchmark runs the same assembly on a synthetic one)."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -457,7 +457,7 @@ def build_tuner(spec, storage: str, name: str, exp_dir: str, progress, slots: in
     )
     run_config = tune.RunConfig(
         storage_path=storage, name=name, verbose=0,
-        # result.json (JSON lines) is what search.results reads; progress.csv is for users' own tools.
+        # result.json (JSON lines) is what search.records reads; progress.csv is for users' own tools.
         # (Ray's JSON/CSV loggers, keeping the driver's file when a trial restarts after a node failure)
         callbacks=[progress, JsonLoggerKeepingLocal(), CSVLoggerKeepingLocal(), SchedulerState(scheduler),
                    *optional_callbacks(exp_dir, spec)],
@@ -554,15 +554,15 @@ def finish(exp_dir: str, grid, searcher, started: float, timeout_s: float | None
 def summarize(exp_dir: str, grid, started: float) -> int:
     """Write the result files and print the closing summary; 0 when a trial produced a usable result, else 1.
 
-    The counts come from the same trial records as the front and the files (search.results), so what is printed
+    The counts come from the same trial records as the front and the files (search.records), so what is printed
     agrees with pareto.csv and summary.json; Ray's grid only fills in trials without a record there."""
-    from gce_search.search.progress import print_summary, trial_outcome
+    from gce_search.search.progress import print_summary
+    from gce_search.search.records import STATUSES, load_experiment, trial_outcome
+    from gce_search.search.reports import write_results
 
-    outcomes = {"complete": 0, "degenerate": 0, "stopped": 0, "diverged": 0, "error": 0}
+    outcomes = {status: 0 for status in STATUSES}
     front = None
     try:
-        from gce_search.search.results import load_experiment, write_results
-
         exp = load_experiment(exp_dir)
     except Exception as err:  # an unreadable directory: Ray's own view of the trials still tells what happened
         print(f"(results not read: {type(err).__name__}: {err}; run `gce-search pareto {exp_dir}`)")
@@ -590,21 +590,21 @@ def summarize(exp_dir: str, grid, started: float) -> int:
 
 
 def grid_front(grid) -> list[dict]:
-    """The front from Ray's grid, when the trial records could not be read: complete trials by trial_outcome."""
-    from gce_search.search.pareto import pareto_front
-    from gce_search.search.progress import trial_outcome
+    """The front from Ray's grid, when the trial records could not be read: the trials that count toward a front
+    (search.records.counts_toward_front of trial_outcome)."""
+    from gce_search.search.pareto import as_minimization, pareto_front
+    from gce_search.search.records import counts_toward_front, trial_outcome
 
     rows = []
     for result in grid:
         m = result.metrics or {}
-        if trial_outcome(m, errored=result.error is not None) == "complete" and all(
-                isinstance(m.get(k), (int, float)) and math.isfinite(m[k]) for k in ("val/acc", "val/ece")):
+        if counts_toward_front(trial_outcome(m, errored=result.error is not None), m):
             rows.append({"trial_id": m.get("trial_id"),
                          "loss": ((result.config or {}).get("trial_config") or {}).get("loss", {}).get("name"),
                          "val/acc": m.get("val/acc"), "val/ece": m.get("val/ece"), "score": m.get("score")})
     if not rows:
         return []
-    idx = pareto_front([(-r["val/acc"], r["val/ece"]) for r in rows])  # minimisation space (search.pareto)
+    idx = pareto_front(as_minimization([(r["val/acc"], r["val/ece"]) for r in rows]))
     return sorted((rows[i] for i in idx), key=lambda r: r["val/ece"])
 
 
@@ -808,7 +808,7 @@ def recover_for_resume(exp_dir: str, journal: str) -> tuple[list[str], set[str]]
 class ResumeGuard(Callback):
     """Added by `resume` (not saved with the experiment): at the first step, before Ray asks for new trials,
     checks that Ray restored every trial of its saved state (Ray logs "Failed to restore the run state" and starts
-    afresh otherwise) and aligns the searcher with Ray's trials (CalibratedOptunaSearch.align_with_ray)."""
+    afresh otherwise) and aligns the searcher with Ray's trials (CalibratedSearcher.align_with_ray)."""
 
     def __init__(self, searcher, expected: set[str], exp_dir: str):
         self.searcher, self.expected, self.exp_dir = searcher, expected, exp_dir

@@ -6,7 +6,7 @@ What Ray 2.60 writes at the top of an experiment directory (one set per driver s
 - `experiment_state-<session>.json`: every trial (JSON with cloudpickled fields);
 - `search_gen_state-<session>.json`: a cloudpickle (despite the name) of Ray's search generator and its
   ConcurrencyLimiter;
-- `searcher-state-<session>.pkl`: what `CalibratedOptunaSearch.save` writes (plain JSON, despite the name);
+- `searcher-state-<session>.pkl`: what `CalibratedSearcher.save` writes (plain JSON, despite the name);
 - `callback-states-<session>.pkl`: a cloudpickle of the callbacks' `get_state()` (ASHA's rungs, the time budget);
 - `tuner.pkl`: a pickle of the Tuner as built by `gce-search run`, written once.
 
@@ -253,13 +253,15 @@ def rebuild_searcher_state(journal_path: str, study_name: str | None = None) -> 
             raise ValueError(f"the journal holds {len(names)} studies ({names}); expected one")
         study_name = names[0]
     study = optuna.load_study(study_name=study_name, storage=storage)
+    study_id = storage.get_study_id_from_name(study_name)
     trials: dict[str, int] = {}
     outcomes: dict[str, str] = {}
     for t in study.get_trials(deepcopy=False):
         rid = t.user_attrs.get("ray_trial_id")
         if rid is None:
             continue
-        trials.setdefault(rid, t._trial_id)  # the asked trial; a retry of an errored one is added later
+        if rid not in trials:  # the asked trial; a retry of an errored one is added later
+            trials[rid] = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         if t.state.is_finished():
             outcomes[rid] = t.user_attrs.get("outcome", t.state.name.lower())
     return {"format": SEARCHER_FORMAT, "study_name": study_name, "trials": trials,

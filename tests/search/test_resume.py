@@ -366,7 +366,7 @@ def test_a_crafted_searcher_state_is_not_executed(interrupted, tmp_path):
     import pickle
 
     from gce_search.search.driver import recover_for_resume
-    from gce_search.search.searcher import CalibratedOptunaSearch
+    from gce_search.search.searcher import CalibratedSearcher
 
     marker = tmp_path / "payload-ran"
 
@@ -378,8 +378,8 @@ def test_a_crafted_searcher_state_is_not_executed(interrupted, tmp_path):
     crafted = newest_file(exp, "searcher-state-*.pkl")
     crafted.write_bytes(pickle.dumps({"format": 1, "x": Payload()}))
     with pytest.raises(ValueError, match="not the JSON searcher state"):
-        searcher = CalibratedOptunaSearch.__new__(CalibratedOptunaSearch)
-        CalibratedOptunaSearch.restore(searcher, str(crafted))
+        searcher = CalibratedSearcher.__new__(CalibratedSearcher)
+        CalibratedSearcher.restore(searcher, str(crafted))
     notes, _ = recover_for_resume(str(exp), str(exp / "optuna.journal"))
     assert not marker.exists()
     assert any("rebuilt from" in n for n in notes), notes

@@ -1,4 +1,4 @@
-"""CalibratedOptunaSearch tells Optuna pruned / failed / complete correctly, under a real Ray Tune run with ASHA."""
+"""CalibratedSearcher tells Optuna pruned / failed / complete correctly, under a real Ray Tune run with ASHA."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from gce_search.search.searcher import CalibratedOptunaSearch, classify, optuna_records
+from gce_search.search.searcher import CalibratedSearcher, classify, optuna_records
 
 EPOCHS = 3
 
@@ -58,7 +58,7 @@ def test_classify_hand_cases():
 
 def test_real_asha_run_tells_pruned_failed_complete(local_ray, tmp_path):
     journal = tmp_path / "optuna.journal"
-    searcher = CalibratedOptunaSearch(synthetic_space, str(journal), sampler=optuna.samplers.RandomSampler(seed=0))
+    searcher = CalibratedSearcher(synthetic_space, str(journal), sampler=optuna.samplers.RandomSampler(seed=0))
     # Fixed order: strong trials first so that ASHA's rung cut-off is high when the weak ones arrive.
     for x in (0.9, 0.85, 0.05, 0.15, 0.3, 0.35, 0.95, 0.25):
         searcher.study.enqueue_trial({"x": x})
@@ -104,7 +104,7 @@ def test_real_asha_run_tells_pruned_failed_complete(local_ray, tmp_path):
 
 def test_save_restore_adopts_trials_asked_after_the_checkpoint(tmp_path):
     journal = str(tmp_path / "optuna.journal")
-    first = CalibratedOptunaSearch(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=1))
+    first = CalibratedSearcher(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=1))
     config_a = first.suggest("trial_a")
     first.on_trial_complete("trial_a", {"epoch": 3, "val/acc": 0.8, "val/ece": 0.05, "final": True})
     config_b = first.suggest("trial_b")
@@ -113,7 +113,7 @@ def test_save_restore_adopts_trials_asked_after_the_checkpoint(tmp_path):
     config_c = first.suggest("trial_c")  # asked after the checkpoint; the driver is then killed
     first.on_trial_complete("trial_b", {"epoch": 2, "val/acc": 0.5, "val/ece": 0.1, "final": False})  # told, unsaved
 
-    second = CalibratedOptunaSearch(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=1))
+    second = CalibratedSearcher(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=1))
     second.restore(state_file)
     # b is resumed by Ray and completes again: the journal already has it, so it is not told twice.
     second.on_trial_complete("trial_b", {"epoch": 3, "val/acc": 0.5, "val/ece": 0.1, "final": True})
@@ -139,7 +139,7 @@ def test_save_restore_adopts_trials_asked_after_the_checkpoint(tmp_path):
 def test_trials_told_after_the_last_save_are_not_unfinished_after_restore(tmp_path):
     # A time budget ends the search: Ray saves this state, then the driver tells the trials it cut off (PRUNED).
     journal = str(tmp_path / "optuna.journal")
-    first = CalibratedOptunaSearch(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=3))
+    first = CalibratedSearcher(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=3))
     first.suggest("cut_a")
     first.suggest("cut_b")
     state_file = str(tmp_path / "searcher.pkl")
@@ -147,7 +147,7 @@ def test_trials_told_after_the_last_save_are_not_unfinished_after_restore(tmp_pa
     for trial_id in first.unfinished():
         first.on_trial_complete(trial_id, result=None)
     # a resume finds nothing to run again: nothing is left unfinished (else it would report an interruption)
-    second = CalibratedOptunaSearch(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=3))
+    second = CalibratedSearcher(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=3))
     second.restore(state_file)
     assert second.unfinished() == []
     assert second.outcomes == {"cut_a": "stopped", "cut_b": "stopped"}
@@ -155,13 +155,13 @@ def test_trials_told_after_the_last_save_are_not_unfinished_after_restore(tmp_pa
 
 def test_errored_trial_rerun_by_resume_is_recorded_as_a_retry(tmp_path):
     journal = str(tmp_path / "optuna.journal")
-    first = CalibratedOptunaSearch(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=2))
+    first = CalibratedSearcher(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=2))
     config = first.suggest("trial_err")
     first.on_trial_complete("trial_err", error=True)
     state_file = str(tmp_path / "searcher.pkl")
     first.save(state_file)
 
-    second = CalibratedOptunaSearch(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=2))
+    second = CalibratedSearcher(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=2))
     second.restore(state_file)
     second.on_trial_complete("trial_err", {"epoch": 3, "val/acc": 0.6, "val/ece": 0.04, "final": True})
     trials = second.study.get_trials(deepcopy=False)
@@ -172,7 +172,7 @@ def test_errored_trial_rerun_by_resume_is_recorded_as_a_retry(tmp_path):
 
 
 def test_concurrency_limit_held_by_the_searcher(tmp_path):
-    searcher = CalibratedOptunaSearch(synthetic_space, str(tmp_path / "j.journal"))
+    searcher = CalibratedSearcher(synthetic_space, str(tmp_path / "j.journal"))
     assert searcher.set_max_concurrency(2) is True  # Ray's ConcurrencyLimiter then passes calls through
     assert searcher.suggest("a") is not None and searcher.suggest("b") is not None
     assert searcher.suggest("c") is None
@@ -186,6 +186,78 @@ def test_restore_refuses_foreign_state(tmp_path):
 
     bad = tmp_path / "state.pkl"
     bad.write_bytes(pickle.dumps({"something": "else"}))
-    searcher = CalibratedOptunaSearch(synthetic_space, str(tmp_path / "j.journal"))
-    with pytest.raises(ValueError, match="not a CalibratedOptunaSearch state"):
+    searcher = CalibratedSearcher(synthetic_space, str(tmp_path / "j.journal"))
+    with pytest.raises(ValueError, match="not a CalibratedSearcher state"):
         searcher.restore(str(bad))
+
+
+# --- the searcher is Ray's public Searcher on Optuna's ask/tell API ---------------------------------------------------
+
+def test_is_a_plain_ray_searcher_not_optuna_search(tmp_path):
+    from ray.tune.search import Searcher
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = CalibratedSearcher(synthetic_space, str(tmp_path / "j.journal"))
+    assert isinstance(searcher, Searcher) and not isinstance(searcher, OptunaSearch)
+    assert searcher.metric == ["val/acc", "val/ece"] and searcher.mode == ["max", "min"]
+    # Tune's own metric/mode (the scalar score) do not replace the study's objectives
+    assert searcher.set_search_properties("score", "max", {"x": 1}) is False
+    assert searcher.metric == ["val/acc", "val/ece"]
+
+
+def test_pickled_state_is_a_plain_dict_without_study_or_path(tmp_path):
+    import json
+
+    import ray.cloudpickle as cloudpickle
+
+    journal = str(tmp_path / "first" / "optuna.journal")
+    searcher = CalibratedSearcher(synthetic_space, journal, sampler=optuna.samplers.RandomSampler(seed=4))
+    searcher.set_max_concurrency(3)
+    config = searcher.suggest("trial_a")
+    searcher.on_trial_complete("trial_a", {"epoch": 3, "val/acc": 0.8, "val/ece": 0.05, "final": True})
+    searcher.suggest("trial_b")
+    state = searcher.__getstate__()
+    assert type(state) is dict
+    assert set(state) == {"format", "space", "sampler", "study_name", "metric", "mode", "max_concurrent", "state"}
+    json.dumps(state["state"])  # the search state is plain JSON
+    assert state["state"] == searcher.state_dict()
+    assert state["state"]["trials"].keys() == {"trial_a", "trial_b"} and state["state"]["completed"] == ["trial_a"]
+    blob = cloudpickle.dumps(searcher)
+    assert str(tmp_path).encode() not in blob  # no journal path, no storage, no study
+    assert not any(isinstance(v, (optuna.Study, optuna.storages.BaseStorage)) for v in state.values())
+
+    # what Ray's tuner.pkl gives back: settings and state, a journal to attach
+    copy_dir = tmp_path / "copy"
+    copy_dir.mkdir()
+    (copy_dir / "optuna.journal").write_bytes((tmp_path / "first" / "optuna.journal").read_bytes())
+    restored = cloudpickle.loads(blob)
+    assert restored.study is None and restored.unfinished() == ["trial_b"]
+    assert restored.metric == ["val/acc", "val/ece"] and restored.mode == ["max", "min"]
+    restored.attach_journal(str(copy_dir / "optuna.journal"))
+    assert restored.suggest("trial_b") == searcher.suggest("trial_b")  # the same Optuna trial, same values
+    assert restored.suggest("trial_c") is not None and restored.suggest("trial_d") is not None
+    assert restored.suggest("trial_e") is None  # the concurrency limit came back with the settings
+    restored.on_trial_complete("trial_b", {"epoch": 1, "val/acc": 0.5, "val/ece": 0.1, "final": False})
+    assert restored.outcomes == {"trial_a": "complete", "trial_b": "stopped"}
+    assert optuna_records(restored.study)["trial_a"].params == {"x": config["x"]}
+    # the original experiment's journal is untouched by the copy's searcher
+    assert optuna_records(searcher.study)["trial_b"].state == TrialState.RUNNING
+
+
+@pytest.mark.parametrize("space_name", ["quickstart", "cifar10"])
+def test_define_by_run_config_has_the_shape_ray_optuna_search_gives(tmp_path, space_name):
+    from ray.tune.search.optuna import OptunaSearch
+
+    from gce_search.search.driver import load_and_validate
+    from gce_search.search.space import define_by_run
+
+    spec = load_and_validate(space_name, [])
+    ours = CalibratedSearcher(define_by_run(spec), str(tmp_path / "j.journal"),
+                              sampler=optuna.samplers.RandomSampler(seed=7))
+    rays = OptunaSearch(space=define_by_run(spec), metric=["val/acc", "val/ece"], mode=["max", "min"],
+                        sampler=optuna.samplers.RandomSampler(seed=7))
+    for i in range(6):
+        mine, reference = ours.suggest(f"t{i}"), rays.suggest(f"t{i}")
+        assert mine == reference
+        assert isinstance(mine["trial_config"], dict) and set(mine) - {"trial_config"}  # parameters beside it
+        assert set(optuna_records(ours.study)[f"t{i}"].params) == set(mine) - {"trial_config"}
