@@ -14,6 +14,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from gce_search.search.compat import (asha_brackets, asha_counters, asha_rng, asha_trial_brackets, bracket_rungs,
+                                      local_tuner_configs, result_grid_trials, set_asha_counters)
 from gce_search.errors import UsageError
 from gce_search.search.cluster import (CSVLoggerKeepingLocal, JsonLoggerKeepingLocal, check_storage, job_address,
                             pull_experiment, push_driver_files)
@@ -219,20 +221,13 @@ def start_loopback_ray() -> None:
 
     Ray binds its gRPC servers (GCS, raylet, object manager, each worker) to all interfaces unless the node's
     address is loopback, and turns a requested 127.0.0.1 into the machine's routable address except where its
-    single-machine mode is on (ray._private.ray_constants.ENABLE_RAY_CLUSTER, the RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
-    switch, read once at import). With the node on 127.0.0.1 the autoscaler monitor, dashboard and agent metrics
-    endpoints bind 127.0.0.1 too. The switch is needed only while the node starts: afterwards Ray takes the
-    address from the running node. The dashboard web UI is not started at all."""
-    import ray
-    from ray._private import ray_constants
+    single-machine mode is on (search.compat.init_loopback_ray). With the node on 127.0.0.1 the autoscaler
+    monitor, dashboard and agent metrics endpoints bind 127.0.0.1 too. The dashboard web UI is not started at
+    all."""
+    from gce_search.search.compat import init_loopback_ray
 
-    previous = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-                 configure_logging=True, logging_level="WARNING", _node_ip_address="127.0.0.1")
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = previous
+    init_loopback_ray(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                      configure_logging=True, logging_level="WARNING")
 
 
 def connect_ray(address: str | None) -> bool:
@@ -314,32 +309,33 @@ class SchedulerState(Callback):
     """
 
     FORMAT = 2
-    COUNTERS = ("_counter", "_num_stopped", "_num_diverged")
 
     def __init__(self, scheduler):
         self.scheduler = scheduler
 
-    @staticmethod
-    def _rungs(bracket) -> list:
-        # Ray's ASHA brackets keep their rungs in `_rungs`, MultiObjectiveASHA's in `rungs`.
-        return getattr(bracket, "_rungs", getattr(bracket, "rungs", []))
+    def __getstate__(self) -> dict:
+        # Pickled with the Tuner: the scheduler (pickled once, shared with the TuneConfig) and nothing else.
+        return {"scheduler": self.scheduler}
+
+    def __setstate__(self, state: dict) -> None:
+        self.scheduler = state["scheduler"]
 
     def get_state(self) -> dict:
         import json
 
-        brackets = list(getattr(self.scheduler, "_brackets", []))
+        brackets = asha_brackets(self.scheduler)
         state = {
             "format": self.FORMAT,
             "rungs": [[[milestone, {tid: [float(x) for x in v] if isinstance(v, tuple) else float(v)
                                    for tid, v in rec.items()}]
-                       for milestone, rec in self._rungs(b)] for b in brackets],
+                       for milestone, rec in bracket_rungs(b)] for b in brackets],
             "trial_bracket": {tid: next(i for i, b in enumerate(brackets) if b is bracket)
-                              for tid, bracket in getattr(self.scheduler, "_trial_info", {}).items()
+                              for tid, bracket in (asha_trial_brackets(self.scheduler) or {}).items()
                               if any(b is bracket for b in brackets)},
-            "counters": {k: getattr(self.scheduler, k) for k in self.COUNTERS if hasattr(self.scheduler, k)},
+            "counters": asha_counters(self.scheduler),
         }
-        rng = getattr(self.scheduler, "_rng", None)
-        if rng is not None and hasattr(rng, "bit_generator"):
+        rng = asha_rng(self.scheduler)
+        if rng is not None:
             state["rng"] = rng.bit_generator.state
         return {"scheduler_json": json.dumps(state)}
 
@@ -351,29 +347,28 @@ class SchedulerState(Callback):
                   "rungs start empty", flush=True)
             return
         saved = json.loads(state["scheduler_json"])
-        brackets = list(getattr(self.scheduler, "_brackets", []))
+        brackets = asha_brackets(self.scheduler)
         if saved.get("format") != self.FORMAT or len(saved["rungs"]) != len(brackets):
             print("gce-search: the saved scheduler state does not fit this scheduler; the rungs start empty",
                   flush=True)
             return
         for bracket, rungs in zip(brackets, saved["rungs"]):
-            mine = self._rungs(bracket)
+            mine = bracket_rungs(bracket)
             by_milestone = {float(m): rec for m, rec in mine}
             for milestone, recorded in rungs:
                 target = by_milestone.get(float(milestone))
                 if target is not None:
                     target.clear()
                     target.update({tid: tuple(v) if isinstance(v, list) else v for tid, v in recorded.items()})
-        if hasattr(self.scheduler, "_trial_info"):
-            self.scheduler._trial_info.clear()
-            self.scheduler._trial_info.update({tid: brackets[i] for tid, i in saved["trial_bracket"].items()})
-        for key, value in saved.get("counters", {}).items():
-            if key in self.COUNTERS and hasattr(self.scheduler, key):
-                setattr(self.scheduler, key, value)
-        rng = getattr(self.scheduler, "_rng", None)
-        if "rng" in saved and rng is not None and hasattr(rng, "bit_generator"):
+        trial_brackets = asha_trial_brackets(self.scheduler)
+        if trial_brackets is not None:
+            trial_brackets.clear()
+            trial_brackets.update({tid: brackets[i] for tid, i in saved["trial_bracket"].items()})
+        set_asha_counters(self.scheduler, saved.get("counters", {}))
+        rng = asha_rng(self.scheduler)
+        if "rng" in saved and rng is not None:
             rng.bit_generator.state = saved["rng"]
-        recorded = sum(len(rec) for bracket in brackets for _, rec in self._rungs(bracket))
+        recorded = sum(len(rec) for bracket in brackets for _, rec in bracket_rungs(bracket))
         print(f"gce-search: scheduler state restored ({recorded} result(s) recorded at rungs)", flush=True)
 
 
@@ -392,7 +387,13 @@ class TimeBudget(Callback):
         self._last: float | None = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_last": None}  # a restored run starts counting at its first step, as Ray's
+        # a restored run starts counting at its first step, as Ray's
+        return {"timeout_s": self.timeout_s, "remaining": self.remaining}
+
+    def __setstate__(self, state: dict) -> None:
+        self.timeout_s = float(state["timeout_s"])
+        self.remaining = float(state["remaining"])
+        self._last = None
 
     def on_step_begin(self, iteration, trials, **info):
         now = time.time()
@@ -683,10 +684,10 @@ def cmd_run(args) -> int:
         finally:
             progress.close()
         if is_uri(storage):  # trials in the bucket, the driver's files here: one complete copy in each (cluster.py)
+        configs = local_tuner_configs(tuner)
             pull_experiment(storage, name, exp_dir)
         code = finish(exp_dir, grid, searcher, started, spec.search.get("timeout_s"),
-                      time_budget_of(tuner._local_tuner._run_config.callbacks)
-                      if getattr(tuner, "_local_tuner", None) is not None else None)
+                      time_budget_of(configs[1].callbacks) if configs is not None else None)
         if is_uri(storage):
             push_driver_files(exp_dir, storage, name)
         return code
@@ -746,20 +747,21 @@ def cmd_resume(args) -> int:
             raise UsageError(f"{os.path.join(exp_dir, 'tuner.pkl')}: Ray could not restore the Tuner from it "
                              f"({type(err).__name__}: {err}); valid: a tuner.pkl written by `gce-search run` for "
                              f"this experiment (a copy from the original experiment)") from None
-        local = getattr(tuner, "_local_tuner", None)
-        if local is None:
+        configs = local_tuner_configs(tuner)
+        if configs is None:
             raise UsageError(f"{exp_dir}: resume needs the Tuner in this process (not Ray Client)")
-        searcher = inner_searcher(local._tune_config.search_alg)
+        tune_config, run_config = configs
+        searcher = inner_searcher(tune_config.search_alg)
         if not hasattr(searcher, "attach_journal"):
             raise UsageError(f"{os.path.join(exp_dir, 'tuner.pkl')}: its searcher is {type(searcher).__name__}, "
                              f"not gce-search's; valid: an experiment written by `gce-search run`")
         searcher.attach_journal(journal)
-        for callback in local._run_config.callbacks or []:  # the state goes into the scheduler this Tuner runs
+        for callback in run_config.callbacks or []:  # the state goes into the scheduler this Tuner runs
             if isinstance(callback, SchedulerState):
-                callback.scheduler = local._tune_config.scheduler
-        progress = next((c for c in local._run_config.callbacks or [] if isinstance(c, ProgressPrinter)), None)
+                callback.scheduler = tune_config.scheduler
+        progress = next((c for c in run_config.callbacks or [] if isinstance(c, ProgressPrinter)), None)
         guard = ResumeGuard(searcher, expected, exp_dir)
-        local._run_config.callbacks = [*(local._run_config.callbacks or []), guard]
+        run_config.callbacks = [*(run_config.callbacks or []), guard]
         try:
             grid = tuner.fit()
         except Exception:
@@ -767,7 +769,7 @@ def cmd_resume(args) -> int:
                 raise
             grid = None
         if guard.failure is None:
-            ran = {t.trial_id for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []}
+            ran = {t.trial_id for t in result_grid_trials(grid)}
             if not expected <= ran:
                 guard.failure = (f"Ray did not restore the run state of {exp_dir}: {len(expected - ran)} of its "
                                  f"{len(expected)} trial(s) are missing from the run (see Ray's message above)")
@@ -775,7 +777,7 @@ def cmd_resume(args) -> int:
             print(f"gce-search: resume failed: {guard.failure}", flush=True)
             return 1
         # the time left of search.timeout_s comes back with Ray's state (TimeBudget)
-        budget = time_budget_of(local._run_config.callbacks)
+        budget = time_budget_of(run_config.callbacks)
         return finish(exp_dir, grid, searcher, started, None, budget)
     finally:
         if progress is not None:

@@ -3,8 +3,7 @@
 Ray Tune's schedulers take one metric (ray#8018) and Optuna's pruners refuse multi-objective studies
 (optuna#3450). `MultiObjectiveASHA` keeps the structure of Ray 2.60's `AsyncHyperBandScheduler`
 (ray/tune/schedulers/async_hyperband.py): brackets, rungs at grace_period · η^k up to max_t, a decision when a
-trial's result reaches a rung it has not been recorded at, bookkeeping on complete/remove, and save/restore by
-pickling the state. What changes is *how a trial is compared with the trials recorded at its rung*: a pluggable
+trial's result reaches a rung it has not been recorded at, bookkeeping on complete/remove. What changes is *how a trial is compared with the trials recorded at its rung*: a pluggable
 `RankingStrategy` (the MO-ASHA paper, Schmucker et al. 2021, compares several such selection rules):
 
 - `NonDominatedRanking`: non-dominated sorting on (val/acc ↑, val/ece ↓), ties inside a front broken by the
@@ -17,7 +16,6 @@ minimisation space only.
 from __future__ import annotations
 
 import math
-import pickle
 from typing import Sequence
 
 import numpy as np
@@ -214,9 +212,9 @@ class MultiObjectiveASHA(FIFOScheduler):
     `TuneConfig(metric="score", mode="max")` is accepted through `set_search_properties`: it is kept for Tune's
     own result checks and does not replace this scheduler's objectives.
 
-    `save`/`restore` pickle the whole state (rungs, bracket assignments, generator). Ray 2.60's Tuner never calls
-    them: `Tuner.restore` unpickles the scheduler as it was when the Tuner was built, so after `gce-search resume`
-    the rungs start empty, exactly as with Ray's own ASHAScheduler.
+    Ray 2.60 never saves or restores a scheduler's state (`Tuner.restore` unpickles it as it was when the Tuner
+    was built): the rungs, bracket assignments, counters and generator go through Ray's experiment checkpoints as
+    JSON in search.driver.SchedulerState, as Ray's own ASHAScheduler's rungs do.
     """
 
     def __init__(
@@ -384,11 +382,3 @@ class MultiObjectiveASHA(FIFOScheduler):
         out = (f"Using MultiObjectiveASHA ({self._ranking!r} on {list(self._metrics)} {list(self._modes)}): "
                f"num_stopped={self._num_stopped} (diverged {self._num_diverged})")
         return out + "\n" + "\n".join(b.debug_str() for b in self._brackets)
-
-    def save(self, checkpoint_path: str):
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump(self.__dict__, handle)
-
-    def restore(self, checkpoint_path: str):
-        with open(checkpoint_path, "rb") as handle:
-            self.__dict__.update(pickle.load(handle))

@@ -138,7 +138,7 @@ def config_from_space(space: Callable[[Any], dict | None], trial: optuna.Trial) 
     constants = space(captor)
     if time.time() - started > DEFINE_BY_RUN_WARN_S:
         warnings.warn(f"the define-by-run space took {time.time() - started:.1f} s; it should only suggest "
-                      f"parameters (training belongs in the trainable)")
+                      f"parameters (training belongs in the trainable)", stacklevel=2)
     if constants is not None:
         if not isinstance(constants, dict) or not all(isinstance(k, str) for k in constants):
             raise TypeError(f"the define-by-run space returned {type(constants).__name__}; valid: None or a dict "

@@ -32,6 +32,8 @@ import uuid
 
 from ray.tune import Callback
 
+from gce_search.search.compat import experiment_state_problem, experiment_state_trials
+
 BACKUP_DIR = "state-backup"
 TUNER_FILE = "tuner.pkl"
 KEEP_GENERATIONS = 2
@@ -91,18 +93,6 @@ def parse_searcher_state(data: bytes) -> tuple[dict | None, str | None]:
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in state["trials"].values()):
         return None, "its 'trials' do not map Ray trial ids to Optuna trial ids"
     return state, None
-
-
-def experiment_state_problem(data: bytes) -> str | None:
-    if not data:
-        return "empty"
-    try:
-        state = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        return f"cut short or not JSON ({err})"
-    if not isinstance(state, dict) or not isinstance(state.get("trial_data"), list) or "runner_data" not in state:
-        return "not a Ray Tune experiment state (no trial_data/runner_data)"
-    return None
 
 
 CHECKS = {"experiment": experiment_state_problem, "pickle": pickle_problem, "searcher": searcher_state_problem}
@@ -207,7 +197,10 @@ class StateBackup(Callback):
         self._last: tuple | None = None
 
     def __getstate__(self) -> dict:
-        return {"_last": None}
+        return {}  # nothing carries over: the signature of the last copy is re-taken from the files
+
+    def __setstate__(self, state: dict) -> None:
+        self._last = None
 
     def _back_up(self, trials) -> None:
         if not trials:
@@ -342,12 +335,7 @@ def expected_trials(exp_dir: str) -> set[str]:
     """The trial ids Ray's (readable, newest) experiment state lists."""
     path = newest(exp_dir, "experiment_state-*.json")
     with open(path, "rb") as f:
-        trial_data = json.loads(f.read().decode("utf-8"))["trial_data"]
-    ids = set()
-    for trial_json, _metadata in trial_data:
-        trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
-        ids.add(trial.get("trial_id"))
-    return ids
+        return {trial.get("trial_id") for trial, _metadata in experiment_state_trials(f.read())}
 
 
 # ------------------------------------------------------------------------------------------------- the journal

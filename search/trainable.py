@@ -109,10 +109,11 @@ class Trainable(wrap_function(trainable)):
 
     def _restore_newest(self, known_epoch: int, time_total: float = 0.0) -> bool:
         from ray import tune
-        from ray.train._internal.session import _TrainingResult
         from ray.tune.result import TIME_TOTAL_S, TRAINING_ITERATION
 
-        storage = getattr(self, "_storage", None)
+        from gce_search.search.compat import trainable_storage, training_result
+
+        storage = trainable_storage(self)
         if storage is None:
             return False
         fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
@@ -123,8 +124,7 @@ class Trainable(wrap_function(trainable)):
         # What the driver has logged: Ray's record, or the result.json it restored (fresher after a driver kill)
         logged = min(epoch, max(int(known_epoch), last_logged_epoch(fs, trial_path)))
         checkpoint = tune.Checkpoint(path, filesystem=fs)
-        super().restore(_TrainingResult(checkpoint=checkpoint, metrics={TRAINING_ITERATION: logged,
-                                                                         TIME_TOTAL_S: time_total}))
+        super().restore(training_result(checkpoint, {TRAINING_ITERATION: logged, TIME_TOTAL_S: time_total}))
         self._logged_epoch = logged
         # Ray numbers the next checkpoint folder from the index it last knew; never write into an existing one.
         storage.current_checkpoint_index = max(storage.current_checkpoint_index, index)

@@ -1,6 +1,7 @@
 """MultiObjectiveASHA driven by hand-built trials and results, compared with Ray's ASHAScheduler; one real Tune run."""
 from __future__ import annotations
 
+import json
 
 import numpy as np
 import pytest
@@ -327,10 +328,12 @@ def test_complete_and_remove_bookkeeping():
     assert "MultiObjectiveASHA" in scheduler.debug_string()
 
 
-# --- save / restore ----------------------------------------------------------------------------------------------
+# --- the state through Ray's experiment checkpoint (search.driver.SchedulerState) -----------------------------------
 
 @pytest.mark.parametrize("ranking, brackets", [("nondominated", 1), ("nondominated", 3), ("scalarized", 2)])
 def test_restore_resumes_the_same_decisions(tmp_path, ranking, brackets):
+    from gce_search.search.driver import SchedulerState
+
     events = _stream(11, n_trials=40, max_t=27)
     half = len(events) // 2
 
@@ -344,10 +347,10 @@ def test_restore_resumes_the_same_decisions(tmp_path, ranking, brackets):
     first = build()
     state = {}
     decisions = _replay(first, events[:half], state=state)
-    path = tmp_path / "scheduler.pkl"
-    first.save(str(path))
+    path = tmp_path / "callback-state.json"
+    path.write_text(json.dumps(SchedulerState(first).get_state()))  # what the experiment checkpoint holds
     resumed = build(seed=123)  # a different generator: the restored state must replace it
-    resumed.restore(str(path))
+    SchedulerState(resumed).set_state(json.loads(path.read_text()))
     decisions += _replay(resumed, events[half:], state=state)
     assert decisions == expected
     assert resumed.rung_records() == uninterrupted.rung_records()

@@ -1,0 +1,171 @@
+"""Every place gce-search relies on something of Ray Tune's that is not its public API, in one module.
+
+Ray's public API does not cover a few things the search needs: a driver whose sockets are all on 127.0.0.1, the
+Tuner's own configs after `Tuner.restore`, the trials of a finished run, the state of Ray's ASHA (which Ray does
+not carry through a restore), the layout of Ray's experiment-state file, and the hooks of Ray's function trainable
+and result loggers that resuming from the newest checkpoint needs. Each function here says which Ray versions it
+was checked on and what it relies on; a Ray upgrade is checked here first (pyproject.toml pins the tested range).
+Callers import these names instead of reaching into Ray.
+
+Two overrides of Ray's private hooks stay with their classes, since an override cannot live elsewhere; they are
+checked on ray 2.60 as well:
+
+- search.trainable.Trainable._trainable_func: Ray's function trainable calls it with the trial's config when the
+  function starts (after a restore too); the override adds the epoch the driver has logged.
+- search.cluster's result loggers' _restore_from_remote(file_name, trial): Ray's JSON/CSV loggers call it when a
+  trial restarts, to copy the storage's result file over the driver's.
+
+The Optuna side uses Optuna's public API only (search.searcher).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+CHECKED_RAY = "2.60"
+
+
+# ------------------------------------------------------------------------------------------------- starting Ray
+
+
+def init_loopback_ray(**init_kwargs) -> None:
+    """`ray.init(address="local", ..., node ip 127.0.0.1)` with Ray's single-machine mode on while the node starts.
+
+    Checked on ray 2.60. Relies on `ray._private.ray_constants.ENABLE_RAY_CLUSTER` (the switch that
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER sets, read once at import): while it is off, Ray keeps a requested
+    127.0.0.1 instead of replacing it with the machine's routable address. And on `ray.init`'s private
+    `_node_ip_address` argument. The switch is put back once the node has started (Ray then takes the address
+    from the running node)."""
+    import ray
+    from ray._private import ray_constants
+
+    previous = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", _node_ip_address="127.0.0.1", **init_kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous
+
+
+# ------------------------------------------------------------------------------------------------- the Tuner
+
+
+def local_tuner_configs(tuner) -> tuple[Any, Any] | None:
+    """(TuneConfig, RunConfig) the Tuner runs with (after `Tuner.restore`, the ones unpickled from tuner.pkl), or
+    None for a Tuner that runs elsewhere (Ray Client).
+
+    Checked on ray 2.60. Relies on `Tuner._local_tuner` (a TunerInternal) and its `_tune_config` and `_run_config`
+    attributes; both are the objects fit() uses, so a callback appended to `run_config.callbacks` before fit() is
+    run."""
+    local = getattr(tuner, "_local_tuner", None)
+    if local is None:
+        return None
+    return local._tune_config, local._run_config
+
+
+def result_grid_trials(grid) -> list:
+    """The Trial objects of a finished fit() (every trial Ray ran, restored ones included); [] when unknown.
+
+    Checked on ray 2.60. Relies on `ResultGrid._experiment_analysis.trials`."""
+    analysis = getattr(grid, "_experiment_analysis", None)
+    return list(getattr(analysis, "trials", None) or [])
+
+
+# ------------------------------------------------------------------------------------------------- ASHA's state
+
+# The counters of Ray's AsyncHyperBandScheduler (`_counter`, `_num_stopped`) and of search.moasha's
+# MultiObjectiveASHA (`_num_stopped`, `_num_diverged`), by attribute name (the names are the saved state's keys).
+ASHA_COUNTERS = ("_counter", "_num_stopped", "_num_diverged")
+
+
+def asha_brackets(scheduler) -> list:
+    """The scheduler's brackets, in order ([] for a scheduler without any, e.g. FIFO).
+
+    Checked on ray 2.60 (AsyncHyperBandScheduler) and search.moasha.MultiObjectiveASHA: both keep them in
+    `_brackets`."""
+    return list(getattr(scheduler, "_brackets", []))
+
+
+def bracket_rungs(bracket) -> list:
+    """The bracket's rungs, [(milestone, {trial id: recorded value(s)})], highest milestone first; the dicts are
+    the live ones (a caller may refill them).
+
+    Checked on ray 2.60: Ray's `_Bracket` keeps them in `_rungs` (values: a float reward), MultiObjectiveASHA's in
+    `rungs` (values: a tuple of objectives)."""
+    return getattr(bracket, "_rungs", getattr(bracket, "rungs", []))
+
+
+def asha_trial_brackets(scheduler) -> dict | None:
+    """The scheduler's live {trial id: bracket} assignment, or None when it keeps none.
+
+    Checked on ray 2.60 (AsyncHyperBandScheduler) and MultiObjectiveASHA: `_trial_info`."""
+    return getattr(scheduler, "_trial_info", None)
+
+
+def asha_counters(scheduler) -> dict[str, Any]:
+    """{counter attribute: value} for the ASHA_COUNTERS the scheduler has. Checked on ray 2.60."""
+    return {k: getattr(scheduler, k) for k in ASHA_COUNTERS if hasattr(scheduler, k)}
+
+
+def set_asha_counters(scheduler, counters: dict[str, Any]) -> None:
+    """Put back what asha_counters returned (unknown names are ignored). Checked on ray 2.60."""
+    for key, value in counters.items():
+        if key in ASHA_COUNTERS and hasattr(scheduler, key):
+            setattr(scheduler, key, value)
+
+
+def asha_rng(scheduler):
+    """The scheduler's numpy Generator for bracket assignment, or None (Ray's ASHA draws from numpy's global
+    generator). Checked on ray 2.60: MultiObjectiveASHA's `_rng`."""
+    rng = getattr(scheduler, "_rng", None)
+    return rng if rng is not None and hasattr(rng, "bit_generator") else None
+
+
+# ------------------------------------------------------------------------------------------------- Ray's files
+
+
+def experiment_state_problem(data: bytes) -> str | None:
+    """Why `data` is not a readable Ray experiment state (`experiment_state-<session>.json`); None when it is.
+
+    Checked on ray 2.60: a JSON object with a `trial_data` list and `runner_data`. Parsed as data only."""
+    if not data:
+        return "empty"
+    try:
+        state = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        return f"cut short or not JSON ({err})"
+    if not isinstance(state, dict) or not isinstance(state.get("trial_data"), list) or "runner_data" not in state:
+        return "not a Ray Tune experiment state (no trial_data/runner_data)"
+    return None
+
+
+def experiment_state_trials(data: bytes) -> Iterator[tuple[dict, dict]]:
+    """(trial, run metadata) of each trial in a Ray experiment state, as plain dicts.
+
+    Checked on ray 2.60: `trial_data` is a list of [trial JSON, run-metadata JSON] pairs, each a JSON text (or
+    already an object); the trial's `trial_id` and `status` are plain fields, the metadata's `last_result` a dict.
+    The cloudpickled fields Ray embeds stay hex strings: nothing is unpickled."""
+    for trial_json, metadata_json in json.loads(data.decode("utf-8"))["trial_data"]:
+        trial = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
+        metadata = json.loads(metadata_json) if isinstance(metadata_json, str) else (metadata_json or {})
+        yield trial, metadata
+
+
+# ------------------------------------------------------------------------------------------------- trainable hooks
+
+
+def training_result(checkpoint, metrics: dict):
+    """What Ray's function trainable's `restore` takes besides a path: a checkpoint with the metrics it ends.
+
+    Checked on ray 2.60: `ray.train._internal.session._TrainingResult(checkpoint=, metrics=)`."""
+    from ray.train._internal.session import _TrainingResult
+
+    return _TrainingResult(checkpoint=checkpoint, metrics=metrics)
+
+
+def trainable_storage(trainable):
+    """The trial's StorageContext inside a Ray Trainable (storage_filesystem, trial_fs_path,
+    current_checkpoint_index), or None.
+
+    Checked on ray 2.60: `Trainable._storage`; `current_checkpoint_index` numbers the next checkpoint folder."""
+    return getattr(trainable, "_storage", None)
