@@ -17,7 +17,6 @@ last `resume` runs to the end. Printed at the end, and checked (exit 1 when one 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -29,6 +28,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from gce_search.trainables.checkpoints import RESULT_FILE, read_result_lines
 
 SPACE = """\
 name: killbench
@@ -52,15 +53,7 @@ def cli(*args: str) -> list[str]:
 
 
 def rows(folder: Path) -> list[dict]:
-    path = folder / "result.json"
-    out = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return out
+    return read_result_lines(folder / RESULT_FILE)[0]
 
 
 def finals(exp: Path) -> dict[str, int]:
@@ -149,7 +142,7 @@ def main() -> int:
     import optuna
 
     trials = ExperimentAnalysis(str(exp)).trials
-    from gce_search.search.results import trial_outcome
+    from gce_search.search.records import trial_outcome
 
     outcome = {t.trial_id: trial_outcome(t.last_result, errored=t.status == "ERROR") for t in trials}
     lost = sorted(tid for tid in seen_final if outcome.get(tid) not in ("complete", "degenerate"))

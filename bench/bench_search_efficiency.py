@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from gce_search.search.pareto import hypervolume_acc_ece
+from gce_search.trainables.checkpoints import RESULT_FILE, read_result_lines
 
 ARMS = ("random_fifo", "tpe_fifo", "tpe_asha", "tpe_moasha", "optuna_median")
 BASELINE_ARM = "random_fifo"
@@ -111,15 +112,9 @@ def read_ray_events(exp_dir: Path, started: float) -> dict:
     as `startup_s`, is a fixed cost that would otherwise swamp short budgets). Ray's `timestamp` has 1 s
     resolution."""
     per_trial = {}
-    for folder in sorted(p for p in exp_dir.iterdir() if (p / "result.json").is_file()):
-        rows = []
-        for line in (folder / "result.json").read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a truncated last line of a trial stopped mid-write
-            if "epoch" in row and "timestamp" in row:
-                rows.append(row)
+    for folder in sorted(p for p in exp_dir.iterdir() if (p / RESULT_FILE).is_file()):
+        # a truncated last line of a trial stopped mid-write is skipped
+        rows = [row for row in read_result_lines(folder / RESULT_FILE)[0] if "epoch" in row and "timestamp" in row]
         if rows:
             per_trial[folder.name] = rows
     if not per_trial:
@@ -140,7 +135,7 @@ def run_optuna_arm(dataset: str, seed: int, budget_s: float, out: Path, extra: l
     import optuna
 
     from gce_search.search.space import define_by_run
-    from gce_search.spaces.schema import load_spec
+    from gce_search.spaces.loading import load_spec
     from gce_search.trainables.trial import run_trial
 
     spec = load_spec(str(write_space(dataset, "optuna_median", seed, budget_s, out / "spaces")), list(extra))

@@ -19,7 +19,7 @@ __version__ = "0.2.0"
 # public name -> module that defines it
 _EXPORTS = {
     "run_search": "gce_search.api",
-    "load_experiment": "gce_search.search.results",
+    "load_experiment": "gce_search.search.records",
     "pareto_front": "gce_search.search.pareto",
     "load_spec": "gce_search.spaces.schema",
     "ConfigError": "gce_search.errors",

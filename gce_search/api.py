@@ -15,7 +15,7 @@ def run_search(space: str | None = None, overrides: Sequence[str] = (), *, name:
     search ends without a usable trial (the CLI's exit 1).
     """
     from gce_search.search.driver import cmd_run, resolve_storage
-    from gce_search.search.results import load_experiment
+    from gce_search.search.records import load_experiment
 
     storage = resolve_storage(None if storage is None else os.fspath(storage))
     args = argparse.Namespace(space=space, overrides=list(overrides), name=name, storage=storage, address=address)

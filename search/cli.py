@@ -16,7 +16,7 @@ COMMANDS = {
     "run": ("gce_search.search.driver", "cmd_run"),
     "resume": ("gce_search.search.driver", "cmd_resume"),
     "validate": ("gce_search.spaces.schema", "cmd_validate"),
-    "pareto": ("gce_search.search.results", "cmd_pareto"),
+    "pareto": ("gce_search.search.reports", "cmd_pareto"),
     "export": ("gce_search.search.export", "cmd_export"),
     "train": ("gce_search.trainables.trial", "cmd_train"),
     "tensorboard": ("gce_search.search.tensorboard", "cmd_tensorboard"),

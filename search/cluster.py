@@ -16,7 +16,7 @@ A declared directory is then verified: one zero-CPU task pinned to each node tha
 probe file the driver wrote there, so a node that lacks the mount is named before any trial starts.
 
 Bucket storage. With a URI, Ray Tune's files (trial folders, experiment state) are in the bucket, while the driver's
-own files (spec.yaml, the Optuna journal, which needs a POSIX file lock, and what search.results writes) are in a
+own files (spec.yaml, the Optuna journal, which needs a POSIX file lock, and what search.reports writes) are in a
 local directory on the driver's machine. `pull_experiment` copies the trials' records (not their checkpoints) into
 that directory so that pareto/export/tensorboard read one place; `push_driver_files` copies the driver's files into
 the bucket so that it holds the whole experiment once the head is gone.

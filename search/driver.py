@@ -6,7 +6,6 @@ the experiment directory gets `spec.yaml`, and Ray Tune runs Optuna's define-by-
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 import time

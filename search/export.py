@@ -14,9 +14,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from gce_search.errors import UsageError
+import yaml
 
-__all__ = ["parse_selector", "select_trials", "export_document", "write_exports", "load_export", "cmd_export"]
+from gce_search.errors import UsageError
+from gce_search.search.records import RESULT_FILE, chosen_metrics, load_experiment, require_complete, warn
+from gce_search.search.uncertainty import latest_checkpoint
+from gce_search.trainables.config import resolve
+
+__all__ = ["parse_selector", "select_trials", "export_document", "write_exports", "cmd_export"]
 
 SELECTOR_HELP = "pareto | best | top:K (K an integer >= 1)"
 _TOP = re.compile(r"^top:(\d+)$")
@@ -44,8 +49,6 @@ def select_trials(exp, selector: str) -> list:
     Only full-budget trials qualify: an early-stopped trial's score is from a shorter budget than its config's,
     so ranking it against complete ones (or retraining it for the full budget and expecting its numbers) is wrong.
     """
-    from gce_search.search.results import require_complete
-
     kind, k = parse_selector(selector)
     complete = [t for t in require_complete(exp) if t.metric("score") == t.metric("score")]  # finite score only
     if kind == "pareto":
@@ -54,18 +57,14 @@ def select_trials(exp, selector: str) -> list:
 
 
 def _calibrator_state(trial) -> dict | None:
-    from gce_search.search.results import latest_checkpoint
-
     ckpt = latest_checkpoint(trial)
     if ckpt is None:
         return None
-    import torch
+    import torch  # imported when a checkpoint is read, not at start-up
 
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as err:  # the temperatures from the metrics still go out
-        from gce_search.search.results import warn
-
         message = (f"{ckpt}: checkpoint unreadable ({type(err).__name__}: {err}); the export of trial "
                    f"{trial.trial_id} has the temperatures from its metrics but not the calibrator's state")
         trial.notes.append(message)
@@ -90,13 +89,10 @@ def _plain(obj: Any) -> Any:
 
 def export_document(exp, trial, selector: str, rank: int) -> dict:
     """The export YAML of one trial (a plain dict)."""
-    from gce_search.search.results import chosen_metrics
-    from gce_search.trainables.config import resolve
-
-    from gce_search.trainables.precision import pin_precision
+    from gce_search.trainables.precision import pin_precision  # imports torch: not at start-up
 
     # resolve() re-validates and fills any default a trial config from an older version lacked.
-    config = resolve(trial.config, source=f"{trial.path}/result.json (config.trial_config)")
+    config = resolve(trial.config, source=f"{trial.path}/{RESULT_FILE} (config.trial_config)")
     pin_precision(config, trial.final)  # `auto` becomes what the trial ran with, so a retrain does the same
     calibration = config["calibration"]
     calibrator = {
@@ -128,10 +124,6 @@ def write_exports(exp_dir: str | os.PathLike, selector: str = "pareto", out: str
 
     Refuses (UsageError, nothing written) when any target file already exists.
     """
-    import yaml
-
-    from gce_search.search.results import load_experiment
-
     parse_selector(selector)  # an unknown selector fails before the experiment is read
     exp = load_experiment(exp_dir)
     chosen = select_trials(exp, selector)
@@ -162,33 +154,6 @@ def write_exports(exp_dir: str | os.PathLike, selector: str = "pareto", out: str
         else:
             tmp.unlink()
     return targets
-
-
-def load_export(path: str | os.PathLike) -> dict:
-    """Read an export YAML (safe YAML) and validate it: UsageError for structure, ConfigError listing every
-    problem of `config:` (each line names its dotted path)."""
-    from gce_search.spaces.schema import read_yaml
-    from gce_search.trainables.config import resolve
-    from gce_search.trainables.registry import ConfigError
-
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"{path}: no such file; valid: a YAML file written by gce-search export")
-    try:
-        doc = read_yaml(path)  # the space files' loader: duplicate keys refused, `1e-3` a float
-    except ConfigError as err:
-        raise UsageError(f"{path}: not valid YAML ({'; '.join(err.problems)})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
-        raise UsageError(f"{path}: expected a mapping with a 'config:' mapping (the resolved trial config); valid: "
-                         f"a file written by gce-search export")
-    doc["config"] = resolve(doc["config"], source=str(path))
-    cal = doc.get("calibrator")
-    if cal is not None:
-        temps = cal.get("temperatures") if isinstance(cal, dict) else None
-        if not isinstance(temps, list) or not all(isinstance(t, (int, float)) and not isinstance(t, bool)
-                                                  and t > 0 for t in temps):
-            raise UsageError(f"{path}: calibrator.temperatures: got {temps!r}; valid: a list of positive numbers")
-    return doc
 
 
 def cmd_export(args) -> int:

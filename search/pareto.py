@@ -3,7 +3,9 @@
 Every function below works in *minimisation* space. Objective directions are normalised once, at the edge, by
 `to_minimization` (a "max" column is negated), so nothing inside has to remember which way is better.
 
-Accuracy and ECE (`OBJECTIVES`, `MODES`) are scored against one fixed reference point, `REFERENCE_POINT`
+`OBJECTIVES` and `MODES` are the one definition of the search's objectives and their directions (the searcher, the
+scheduler, the results and the console use them); `as_minimization` puts (val/acc, val/ece) rows into
+minimisation space. Accuracy and ECE are scored against one fixed reference point, `REFERENCE_POINT`
 = (val/acc 0, val/ece 1): the hypervolume of a set of (acc, ece) results is then the area it dominates inside the
 unit square [0, 1] x [0, 1], so numbers are comparable across experiments, datasets and schedulers (a reference
 derived from the observed points would move with every experiment). `hypervolume_acc_ece` applies it.
@@ -21,6 +23,7 @@ __all__ = [
     "MODES",
     "REFERENCE_POINT",
     "to_minimization",
+    "as_minimization",
     "dominates",
     "non_dominated_sort",
     "pareto_front",
@@ -30,6 +33,7 @@ __all__ = [
     "hypervolume_acc_ece",
 ]
 
+# The search's objectives and their directions: Optuna's study, the scheduler, the front and every report use these.
 OBJECTIVES: tuple[str, str] = ("val/acc", "val/ece")
 MODES: tuple[str, str] = ("max", "min")
 # In the raw metric space, aligned with OBJECTIVES: the worst accuracy (0) and the worst ECE (1).
@@ -58,6 +62,12 @@ def to_minimization(values, modes: Sequence[str]) -> np.ndarray:
         raise ValueError(f"modes: {len(modes)} directions given for {array.shape[-1]} objectives")
     signs = np.array([-1.0 if m == "max" else 1.0 for m in modes])
     return array * signs
+
+
+def as_minimization(values) -> np.ndarray:
+    """`values` with one column per objective of OBJECTIVES ((val/acc, val/ece) rows, or one such pair) in
+    minimisation space: to_minimization with MODES."""
+    return to_minimization(values, MODES)
 
 
 def dominates(a, b) -> bool:
@@ -204,4 +214,4 @@ def hypervolume_acc_ece(acc_ece) -> float:
     if array.size == 0:
         return 0.0
     array = array[np.all(np.isfinite(array), axis=1)]
-    return hypervolume_2d(to_minimization(array, MODES), to_minimization(REFERENCE_POINT, MODES))
+    return hypervolume_2d(as_minimization(array), as_minimization(REFERENCE_POINT))

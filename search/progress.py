@@ -18,6 +18,9 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from gce_search.search.pareto import OBJECTIVES, as_minimization, pareto_front
+from gce_search.search.records import describe_counts, trial_outcome
+
 
 def _num(value: Any, fmt: str = ".4f") -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -34,14 +37,6 @@ def describe_loss(trial_config: dict) -> str:
         label = "λ" if key == "lam" else key
         parts.append(f"{label}={_num(value, '.3g') if isinstance(value, (int, float)) else value}")
     return " ".join(parts)
-
-
-def trial_outcome(last_result: dict | None, errored: bool = False) -> str:
-    """How a trial ended (complete | degenerate | stopped | diverged | error): search.results.trial_outcome, the
-    one rule for the console, the result files and TensorBoard."""
-    from gce_search.search.results import trial_outcome as outcome_rule
-
-    return outcome_rule(last_result, errored=errored)
 
 
 def expected_epochs(scheduler: dict | None, max_t: int) -> float:
@@ -233,15 +228,13 @@ class ProgressPrinter(Callback):
 
     def front(self) -> list[TrialView]:
         """The trials whose latest results are not dominated on (val/acc max, val/ece min), by val/ece."""
-        from gce_search.search.pareto import pareto_front
-
         scored = [t for t in self.trials.values()
                   if t.result and t.outcome not in ("error", "diverged", "degenerate")
                   and all(isinstance(t.result.get(k), (int, float)) and math.isfinite(t.result[k])
-                          for k in ("val/acc", "val/ece"))]
+                          for k in OBJECTIVES)]
         if not scored:
             return []
-        idx = pareto_front([(-t.result["val/acc"], t.result["val/ece"]) for t in scored])
+        idx = pareto_front(as_minimization([(t.result["val/acc"], t.result["val/ece"]) for t in scored]))
         return sorted((scored[i] for i in idx), key=lambda t: t.result["val/ece"])
 
     # ---- output
@@ -298,7 +291,7 @@ class ProgressPrinter(Callback):
         whole = time.time() - self.fit_started + left
         epoch_s = self.epoch_s_sum / self.epoch_n
         epochs = self.epochs_per_trial() or 0.0
-        scheduler = "" if self.max_t is None or epochs >= self.max_t else f" (early stopping)"
+        scheduler = "" if self.max_t is None or epochs >= self.max_t else " (early stopping)"
         per_epoch = format_duration(epoch_s) if epoch_s >= 1 else f"{epoch_s:.2f} s"
         self._emit(f"gce-search: about {estimate_minutes(whole)} min for this search on this cluster (an "
                    f"estimate from the first epoch: {per_epoch} per epoch, about {epochs:.1f} of {self.max_t} "
@@ -576,8 +569,6 @@ def print_summary(exp_dir: str, outcomes: dict[str, int], front: list[dict] | No
 
     Returns whether the search produced a usable result (a complete trial). Without one, a one-line reason goes
     to stderr instead of the pareto/export/tensorboard hints, which would only refuse."""
-    from gce_search.search.results import describe_counts
-
     out = stream or sys.stdout
     total = sum(outcomes.values())
     counts = ", ".join(f"{v} {k}" for k, v in outcomes.items() if v)

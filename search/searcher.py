@@ -77,14 +77,14 @@ def classify(result: dict | None, error: bool, metrics: list[str] = OBJECTIVES) 
 
 def _config_attrs(config: dict | None) -> dict:
     """What optuna-dashboard shows of an asked trial beyond its sampled parameters (search.dashboard)."""
-    from gce_search.search.dashboard import config_user_attrs
+    from gce_search.search.attributes import config_user_attrs
 
     return config_user_attrs((config or {}).get("trial_config"))
 
 
 def _result_attrs(result: dict | None, error: bool) -> dict:
     """What optuna-dashboard shows of a told trial: status, temperatures, training loss (search.dashboard)."""
-    from gce_search.search.dashboard import result_user_attrs
+    from gce_search.search.attributes import result_user_attrs
 
     return result_user_attrs(result, errored=error)
 
@@ -313,7 +313,7 @@ class CalibratedSearcher(Searcher):
         """An errored trial that `gce-search resume` ran again (resume_errored) and that now ended otherwise: Optuna
         cannot re-tell a finished trial, so the retry becomes a new trial with the same parameters, linked to the
         failed attempt by `retry_of` (its Optuna number) and now carrying the Ray trial id."""
-        from gce_search.search.dashboard import CONFIG_ATTR_KEYS
+        from gce_search.search.attributes import CONFIG_ATTR_KEYS
 
         config_attrs = {k: v for k, v in failed.user_attrs.items() if k in CONFIG_ATTR_KEYS}  # same parameters
         attrs = {**config_attrs, **_result_attrs(result, False), "ray_trial_id": trial_id, "outcome": outcome,

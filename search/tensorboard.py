@@ -31,6 +31,11 @@ from typing import Any
 from ray.tune import Callback
 
 from gce_search.errors import UsageError
+from gce_search.search.figures import figure_png, pareto_figure, reliability_figure
+from gce_search.search.pareto import as_minimization, non_dominated_sort
+from gce_search.search.records import (RAY_KEYS, STATUSES, Experiment, as_search_spec, load_experiment, searched_values,
+                                       trial_outcome)
+from gce_search.spaces.records import SpaceParam
 
 __all__ = [
     "TensorBoardCallback",
@@ -78,10 +83,9 @@ def _spec_dict(spec: Any) -> dict | None:
 
 
 def _is_conditional(key: str, entry: dict) -> bool:
-    """A parameter that may not apply to a trial: another loss's (or model's) parameter, or one with `when:`."""
-    from gce_search.search.results import CONFIG_SECTIONS
-
-    return key.split(".")[0] not in CONFIG_SECTIONS or bool(entry.get("when"))
+    """A parameter that may not apply to a trial: one with conditions (SpaceParam.from_raw: another loss's
+    parameter, one with `when:`)."""
+    return bool(SpaceParam.from_raw(key, entry).conditions())
 
 
 def _bool_list(values) -> bool:
@@ -90,10 +94,8 @@ def _bool_list(values) -> bool:
 
 def hparam_infos(space: dict) -> list:
     """api_pb2.HParamInfo for every searched parameter of a space (docs/architecture.md "Search spec"), plus
-    `calibration.pieces` next to searched breakpoints and `trial.status` (search.results.STATUSES)."""
+    `calibration.pieces` next to searched breakpoints and `trial.status` (search.records.STATUSES)."""
     from tensorboard.plugins.hparams import api_pb2
-
-    from gce_search.search.results import STATUSES
 
     infos = []
     for key, entry in space.items():
@@ -173,8 +175,6 @@ def hparam_values(spec: Any, config: dict, status: str, tune_params: dict | None
     """The value of every searched parameter that applies to one trial (numbers, bools, strings; one that does not
     apply is left out), plus `calibration.pieces` beside breakpoints and `trial.status`. Without a spec, the
     searcher's flat params."""
-    from gce_search.search.results import searched_values
-
     raw = searched_values(spec, config) if spec else dict(tune_params or {})
     values: dict[str, Any] = {}
     for key, v in raw.items():
@@ -237,12 +237,6 @@ def _writer(log_dir: Path):
 
     log_dir.mkdir(parents=True, exist_ok=True)
     return SummaryWriter(log_dir=str(log_dir), flush_secs=10)
-
-
-def _status(metrics: dict) -> str:
-    from gce_search.search.results import trial_outcome  # the one rule of how a trial ended
-
-    return trial_outcome(metrics)
 
 
 def write_epoch_scalars(writer, metrics: dict, walltime: float | None = None) -> None:
@@ -313,8 +307,6 @@ class TensorBoardCallback(Callback):
     def __init__(self, exp_dir: str | os.PathLike, spec: Any = None):
         self.exp_dir = Path(exp_dir)
         self.root = self.exp_dir / TENSORBOARD_DIR
-        from gce_search.search.results import as_search_spec
-
         spec_dict = _spec_dict(spec)
         space = (spec_dict or {}).get("space") or {}
         self.space = dict(space) if isinstance(space, dict) else {}
@@ -356,8 +348,6 @@ class TensorBoardCallback(Callback):
         return w
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from gce_search.search.results import RAY_KEYS
-
         writer = self._writer_for(trial)
         metrics = {k: v for k, v in result.items() if k not in RAY_KEYS}
         if trial.trial_id not in self._started:
@@ -375,12 +365,10 @@ class TensorBoardCallback(Callback):
         config = (trial.config or {}).get("trial_config") or {}
         tune_params = {k: v for k, v in (trial.config or {}).items() if k != "trial_config"}
         if not (self.root / trial.trial_id / SESSION_MARKER).exists():
-            from gce_search.search.results import RAY_KEYS
-
             write_result(writer, {k: v for k, v in last.items() if k not in RAY_KEYS})
         write_session(writer, self.root / trial.trial_id,
-                      hparam_values(self.spec or self.spec_dict, config, status or _status(last), tune_params),
-                      status or _status(last), start=self._started.get(trial.trial_id, time.time()),
+                      hparam_values(self.spec or self.spec_dict, config, status or trial_outcome(last), tune_params),
+                      status or trial_outcome(last), start=self._started.get(trial.trial_id, time.time()),
                       end=time.time())
         writer.close()
 
@@ -388,7 +376,7 @@ class TensorBoardCallback(Callback):
         self._end(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "diverged" if (trial.last_result or {}).get("status") == "diverged" else "stopped")
+        self._end(trial, trial_outcome(trial.last_result, errored=True))
 
     def on_experiment_end(self, trials, **info):
         for writer in self._writers.values():
@@ -406,84 +394,6 @@ def _png_to_image(png: bytes):
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-
-
-def _figure_png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def reliability_figure(trial, front_rank: int | None = None) -> Any | None:
-    """Raw vs calibrated reliability diagram of a complete trial's validation split, with the number of samples in
-    each confidence bin below it, from the predictions rebuilt from its last checkpoint; None without one.
-
-    The legend sits outside the axes: inside, it covers the bars of whichever bins it lands on.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import numpy as np
-    import torch
-    from matplotlib.figure import Figure
-
-    from gce_search.search.results import val_predictions
-    from gce_search.trainables.metrics import ece, reliability_bins
-
-    try:
-        preds = val_predictions(trial)
-    except Exception as err:  # a figure is not worth failing the result files for
-        trial.notes.append(f"no reliability diagram: {err}")
-        return None
-    if preds is None:
-        return None
-    n_bins = int(trial.config.get("objective", {}).get("n_bins", 15))
-    labels = preds["labels"]
-    raw = torch.softmax(preds["raw"].double(), dim=1)
-    calibrated = torch.softmax(preds["calibrated"].double(), dim=1)
-    method = trial.config.get("calibration", {}).get("method", "?")
-    raw_bins, cal_bins = reliability_bins(raw, labels, n_bins), reliability_bins(calibrated, labels, n_bins)
-    edges = raw_bins["edges"]
-    width = edges[1] - edges[0]
-    centres = (edges[:-1] + edges[1:]) / 2
-
-    fig = Figure(figsize=(9.0, 6.0), dpi=100)
-    grid = fig.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
-    ax = fig.add_subplot(grid[0])
-    counts_ax = fig.add_subplot(grid[1], sharex=ax)
-    ax.plot([0, 1], [0, 1], linestyle="--", color="0.5", linewidth=1, label="perfect calibration")
-    filled = raw_bins["count"] > 0
-    ax.bar(edges[:-1][filled], raw_bins["accuracy"][filled], width=width, align="edge", color="tab:blue",
-           alpha=0.45, edgecolor="tab:blue", label=f"raw (ECE {ece(raw, labels, n_bins):.4f})")
-    ax.bar(edges[:-1][filled], (raw_bins["confidence"] - raw_bins["accuracy"])[filled],
-           bottom=raw_bins["accuracy"][filled], width=width, align="edge", fill=False, edgecolor="tab:red",
-           hatch="//", linewidth=0.5, label="raw gap (confidence - accuracy)")
-    cal_filled = cal_bins["count"] > 0
-    ax.plot(centres[cal_filled], cal_bins["accuracy"][cal_filled], marker="o", color="tab:orange",
-            label=f"calibrated, {method} (ECE {ece(calibrated, labels, n_bins):.4f})")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
-    ax.tick_params(labelbottom=False)
-    where = f"front member {front_rank + 1}" if front_rank is not None else "not on the front"
-    ax.set_title(f"{trial.trial_id} ({trial.loss}, {where}): validation, n = {labels.shape[0]}, {n_bins} bins",
-                 fontsize=10)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
-    ax.grid(True, alpha=0.3)
-    counts_ax.bar(edges[:-1] + width * 0.05, raw_bins["count"], width=width * 0.45, align="edge",
-                  color="tab:blue", alpha=0.6, label="raw")
-    counts_ax.bar(edges[:-1] + width * 0.5, cal_bins["count"], width=width * 0.45, align="edge",
-                  color="tab:orange", alpha=0.8, label="calibrated")
-    for x, c in zip(centres, raw_bins["count"]):
-        if c:
-            counts_ax.annotate(str(int(c)), (x, c), ha="center", va="bottom", fontsize=6,
-                               xytext=(0, 1), textcoords="offset points")
-    counts_ax.set_ylim(0, max(1, int(np.max(np.maximum(raw_bins["count"], cal_bins["count"])))) * 1.25)
-    counts_ax.set_xlabel("confidence")
-    counts_ax.set_ylabel("samples")
-    counts_ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
-    fig.subplots_adjust(left=0.08, right=0.68, top=0.93, bottom=0.09)
-    return fig
 
 
 def _backfill_trial(root: Path, trial, spec: Any) -> None:
@@ -517,12 +427,10 @@ def _backfill_trial(root: Path, trial, spec: Any) -> None:
 def pareto_ranks(exp) -> dict[str, int]:
     """Trial id -> non-dominated sorting rank over (val/acc max, val/ece min) of the complete trials (0 = the
     front, the members of Experiment.front()); trials that are not complete have no rank."""
-    from gce_search.search.pareto import MODES, non_dominated_sort, to_minimization
-
     complete = exp.complete()
     if not complete:
         return {}
-    points = to_minimization([(t.metric("val/acc"), t.metric("val/ece")) for t in complete], MODES)
+    points = as_minimization([(t.metric("val/acc"), t.metric("val/ece")) for t in complete])
     return {complete[i].trial_id: rank for rank, front in enumerate(non_dominated_sort(points)) for i in front}
 
 
@@ -534,8 +442,6 @@ def _finished_order(exp) -> list:
 def pareto_frames(exp) -> list[tuple[int, Any]]:
     """(trials finished, Experiment of those trials) for the steps of the Pareto image series: the front as it
     grew, at most MAX_PARETO_FRAMES steps, always ending at the whole experiment."""
-    from gce_search.search.results import Experiment
-
     order = _finished_order(exp)
     n = len(order)
     steps = sorted({max(1, round(n * (i + 1) / MAX_PARETO_FRAMES)) for i in range(MAX_PARETO_FRAMES)}) \
@@ -547,8 +453,6 @@ def pareto_frames(exp) -> list[tuple[int, Any]]:
 def _pareto_frame_png(sub, exp, finished: int) -> bytes:
     """One step of the series: the figure of pareto.png for the first `finished` trials, on the whole
     experiment's colours and axis limits so that the slider moves the points, not the axes."""
-    from gce_search.search.results import pareto_figure
-
     fig = pareto_figure(sub, losses=[t.loss for t in exp.trials])
     fig.set_size_inches(10.0, 7.0)
     ax = fig.axes[0]
@@ -602,8 +506,6 @@ def write_tensorboard_summary(exp_dir: str | os.PathLike, experiment=None, paret
     repeated calls do not stack duplicate images and curves; trial runs are otherwise never touched once written.
     `pareto_png` (pareto.png's bytes) is not needed: the series draws its frames larger, on fixed axes.
     """
-    from gce_search.search.results import load_experiment
-
     exp = experiment if experiment is not None else load_experiment(exp_dir)
     root = Path(exp_dir) / TENSORBOARD_DIR
     space = (exp.spec or {}).get("space") or {}
@@ -640,7 +542,7 @@ def write_tensorboard_summary(exp_dir: str | os.PathLike, experiment=None, paret
         fig = reliability_figure(trial, front_rank.get(trial.trial_id))
         if fig is not None:
             writer.add_image(reliability_tag(trial.trial_id, front_rank.get(trial.trial_id)),
-                             _png_to_image(_figure_png(fig)), 0, dataformats="HWC")
+                             _png_to_image(figure_png(fig)), 0, dataformats="HWC")
     writer.close()
     return root
 
@@ -659,8 +561,6 @@ def tensorboard_command(logdir: Path, port: int) -> list[str]:
 
 def cmd_tensorboard(args) -> int:
     """`gce-search tensorboard EXPERIMENT_DIR [--port N]`: serve `<exp>/tensorboard` on 127.0.0.1 until Ctrl-C."""
-    from gce_search.search.results import load_experiment
-
     exp = load_experiment(args.experiment_dir)
     port = int(args.port)
     if not 0 < port < 65536:

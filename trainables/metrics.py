@@ -30,6 +30,8 @@ __all__ = [
     "brier",
     "reliability_bins",
     "reliability_diagram",
+    "equal_width_bins",
+    "equal_width_edges",
     "summary",
 ]
 
@@ -75,13 +77,25 @@ def _prepare(probs: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return p, y
 
 
-def _equal_width_bin_index(values: torch.Tensor, n_bins: int) -> torch.Tensor:
-    """Bin m-1 holds ((m-1)/M, m/M]; a value of exactly 0 goes to bin 0."""
+def equal_width_edges(n_bins: int) -> np.ndarray:
+    """The M + 1 edges m / M of the equal-width bins, float64."""
     # m / M, correctly rounded: linspace's edges are off by an ulp at some m (0.55 of 20 bins comes out as
     # 0.5499999999999999), which moves a confidence sitting on that edge into the next bin.
-    edges = torch.arange(n_bins + 1, dtype=torch.float64) / n_bins
+    return np.arange(n_bins + 1, dtype=np.float64) / n_bins
+
+
+def equal_width_bins(confidence: Any, n_bins: int) -> np.ndarray:
+    """The equal-width bin (0 .. M-1) of each confidence of a NumPy array, as `ece` bins them: bin m-1 holds
+    ((m-1)/M, m/M]; a value of exactly 0 goes to bin 0."""
+    # searchsorted(side="left") returns i with edges[i-1] < v <= edges[i]: the left-open, right-closed convention.
+    return np.searchsorted(equal_width_edges(_check_n_bins(n_bins))[1:-1], np.asarray(confidence, dtype=np.float64),
+                           side="left")
+
+
+def _equal_width_bin_index(values: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """equal_width_bins for a tensor: bin m-1 holds ((m-1)/M, m/M]; a value of exactly 0 goes to bin 0."""
     # bucketize(right=False) returns i with edges[i-1] < v <= edges[i]: the left-open, right-closed convention.
-    return torch.bucketize(values, edges[1:-1], right=False)
+    return torch.bucketize(values, torch.from_numpy(equal_width_edges(n_bins)[1:-1]), right=False)
 
 
 def _top1(p: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,7 +233,7 @@ def reliability_bins(probs: Any, labels: Any, n_bins: int = 15) -> dict[str, np.
         mean_conf = np.where(count.numpy() > 0, conf_sum.numpy() / count.numpy(), np.nan)
         mean_acc = np.where(count.numpy() > 0, correct_sum.numpy() / count.numpy(), np.nan)
     return {
-        "edges": np.arange(n_bins + 1) / n_bins,
+        "edges": equal_width_edges(n_bins),
         "count": count.numpy().astype(np.int64),
         "confidence": mean_conf,
         "accuracy": mean_acc,

@@ -64,7 +64,7 @@ def serve_dashboard(exp: Path):
 
 
 def test_every_optuna_trial_carries_real_breakpoints_temperatures_loss_and_status(tiny_experiment):
-    from gce_search.search.results import load_experiment
+    from gce_search.search.records import load_experiment
 
     results = _results(tiny_experiment)
     status_of = {t.trial_id: t.status for t in load_experiment(tiny_experiment).trials}
@@ -93,8 +93,8 @@ def test_status_attribute_reads_the_result_ray_flattens_for_the_searcher(tiny_ex
     status of the result files, degenerate included (that rule reads the nested data/info)."""
     from ray.tune.utils import flatten_dict
 
-    from gce_search.search.dashboard import result_user_attrs
-    from gce_search.search.results import trial_outcome
+    from gce_search.search.attributes import result_user_attrs
+    from gce_search.search.records import trial_outcome
 
     rows = next(rows for rows in _results(tiny_experiment).values() if rows[-1].get("final") is True)
     at_chance = dict(rows[-1], **{"val/acc": 0.0})

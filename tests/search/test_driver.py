@@ -47,7 +47,7 @@ def last_result(folder: Path) -> dict:
 
 
 def ray_outcome(last: dict) -> str:
-    from gce_search.search.results import trial_outcome
+    from gce_search.search.records import trial_outcome
 
     return trial_outcome(last)
 
@@ -259,7 +259,7 @@ def test_resume_of_a_search_its_time_budget_ended(local_ray, tmp_path, capsys):
     exp = storage / "budget"
     # The budget is wall-clock time: on a loaded machine it can end before any trial reaches its full budget, and a
     # search without a usable trial exits 1 with that reason; either way it is finished, not interrupted.
-    from gce_search.search.results import load_experiment
+    from gce_search.search.records import load_experiment
 
     usable = 0 if load_experiment(exp).complete() else 1
     out = capsys.readouterr()
@@ -313,7 +313,7 @@ def test_resumed_search_ends_with_the_rest_of_its_time_budget(local_ray, tmp_pat
 
     code = main(["resume", str(exp)])
     out = capsys.readouterr().out
-    from gce_search.search.results import load_experiment
+    from gce_search.search.records import load_experiment
 
     usable = 0 if load_experiment(exp).complete() else 1  # wall-clock budget: see the test above
     assert code == usable and "Search interrupted" not in out, out[-3000:]

@@ -1,4 +1,4 @@
-"""search.results on constructed experiment directories (Ray's on-disk layout, written by hand): status rules, the
+"""search.records, search.uncertainty and search.reports on constructed experiment directories (Ray's on-disk layout, written by hand): status rules, the
 front against brute force, hypervolume against hand-computed areas, the result files, ECE uncertainty, bad input."""
 from __future__ import annotations
 
@@ -14,19 +14,14 @@ import yaml
 
 from gce_search.search.cli import UsageError, main
 from gce_search.search.pareto import REFERENCE_POINT
-from gce_search.search.results import (
-    ece_std_bootstrap,
-    ece_std_from_bins,
-    ece_std_from_n,
-    front_indices,
-    load_experiment,
-    write_results,
-)
+from gce_search.search.records import front_indices, load_experiment
+from gce_search.search.reports import write_results
+from gce_search.search.uncertainty import ece_std_bootstrap, ece_std_from_n
 from gce_search.trainables.config import resolve
 
 
 def _spec_dict() -> dict:
-    from gce_search.spaces.schema import load_spec
+    from gce_search.spaces.loading import load_spec
 
     return load_spec("quickstart").to_dict()
 
@@ -253,22 +248,48 @@ def test_ece_bootstrap_std_matches_sampling_std():
     conf, correct = draw()
     boot = ece_std_bootstrap(conf, correct, n_bins=15, resamples=300, seed=1)
     assert boot == pytest.approx(sampling_std, rel=0.4)
-    # the bin-level bootstrap from the same sample's reliability bins agrees with the per-sample one
-    edges = np.linspace(0, 1, 16)
-    idx = np.clip(np.ceil(conf * 15).astype(int) - 1, 0, 14)
-    counts = np.bincount(idx, minlength=15)
-    acc = np.array([correct[idx == b].mean() if counts[b] else np.nan for b in range(15)])
-    mean_conf = np.array([conf[idx == b].mean() if counts[b] else np.nan for b in range(15)])
-    assert edges.shape == (16,)
-    assert ece_std_from_bins(counts, np.nan_to_num(acc), np.nan_to_num(mean_conf), resamples=300) == \
-        pytest.approx(boot, rel=0.4)
+
+
+def test_the_ece_bootstrap_bins_exact_bin_edges_as_trainables_metrics_ece_does():
+    """A confidence sitting exactly on an edge m/M belongs to bin m-1 ((m-1)/M, m/M]: c = 0.28 with M = 25 (where
+    ceil(c * M) - 1 picks the bin above, 0.28 * 25 being 7.000000000000001 in floats) and c = k/M for many k. The
+    uncertainty code's binning must agree with trainables.metrics.ece and with explicit comparisons."""
+    import torch
+
+    from gce_search.search.uncertainty import ece_std_bootstrap
+    from gce_search.trainables.metrics import ece, equal_width_bins
+
+    for n_bins in (10, 15, 20, 25):
+        edges = [k / n_bins for k in range(1, n_bins + 1)]
+        conf = np.array(edges + [0.28, 0.0, 1.0])
+        bins = equal_width_bins(conf, n_bins)
+        for c, b in zip(conf, bins):
+            lo, hi = b / n_bins, (b + 1) / n_bins
+            assert (lo < c <= hi) or (b == 0 and c == 0.0), (n_bins, c, b)  # explicit comparisons
+        assert list(bins[:n_bins]) == list(range(n_bins))
+    assert int(equal_width_bins(np.array([0.28]), 25)[0]) == 6  # ceil(0.28 * 25) - 1 would say 7
+    # The ECE of samples on exact edges, as the uncertainty code bins them, equals trainables.metrics.ece and the
+    # explicit-comparison loop; its bootstrap of identical samples has no spread.
+    rng = np.random.default_rng(3)
+    for n_bins in (15, 25):
+        conf = np.array([k / n_bins for k in rng.integers(1, n_bins + 1, 400)] + [0.28] * 50)
+        conf = np.where(conf > 0.26, conf, 0.26)  # a four-class top-1 confidence is above 1/4
+        correct = (rng.random(conf.shape[0]) < conf).astype(float)
+        probs = np.stack([conf] + [(1 - conf) / 3] * 3, axis=1)
+        labels = np.where(correct == 1, 0, 1)
+        bins = equal_width_bins(conf, n_bins)
+        ours = sum(abs(correct[bins == b].sum() - conf[bins == b].sum()) for b in range(n_bins)) / conf.shape[0]
+        assert ours == pytest.approx(ece(torch.from_numpy(probs), torch.from_numpy(labels), n_bins), abs=1e-12)
+        assert ours == pytest.approx(_ece_loop(conf, correct, n_bins), abs=1e-12)
+    assert ece_std_bootstrap(np.full(20, 0.28), np.ones(20), n_bins=25, resamples=20) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_latest_checkpoint_is_the_complete_one_with_the_latest_epoch(tmp_path):
     """After a restart a trial folder can hold more than one checkpoint, and a copy cut short by a dying node: the
     predictions are rebuilt from the complete checkpoint with the latest epoch (old folders without a manifest:
     the highest-numbered)."""
-    from gce_search.search.results import TrialRecord, latest_checkpoint
+    from gce_search.search.records import TrialRecord
+    from gce_search.search.uncertainty import latest_checkpoint
     from gce_search.trainables.checkpoints import CHECKPOINT_FILE, write_manifest
 
     record = TrialRecord(trial_id="t", path=tmp_path, config={}, params={}, history=[], status="TERMINATED")
@@ -297,9 +318,7 @@ def _info(num_classes: int, val_counts: list[int] | None = None) -> dict:
 
 
 def test_trial_outcome_is_one_rule_with_a_chance_level_bound():
-    from gce_search.search.progress import trial_outcome as progress_outcome
-    from gce_search.search.results import STATUSES, chance_accuracy_bound, trial_outcome
-    from gce_search.search.tensorboard import _status
+    from gce_search.search.records import STATUSES, chance_accuracy_bound, trial_outcome
 
     bound = 0.1 + 2 * math.sqrt(0.1 * 0.9 / 1000)  # 10 balanced classes, 1000 val samples: 0.1190
     final = {"final": True, "status": "ok", "val/n": 1000, "data/info": _info(10, [100] * 10)}
@@ -321,10 +340,10 @@ def test_trial_outcome_is_one_rule_with_a_chance_level_bound():
         ({**final, "val/acc": 0.9}, True, "complete"),  # errored once, restarted, ran its full budget
     ]
     for last, errored, wanted in cases:
+        # the one rule: the console, TensorBoard, optuna-dashboard and the result files all call it
         assert trial_outcome(last, errored=errored) == wanted, (last, errored)
-        assert progress_outcome(last, errored=errored) == wanted  # the console asks the same rule
         if not errored:
-            assert _status(last or {}) == wanted  # and TensorBoard
+            assert trial_outcome(last or {}) == wanted  # TensorBoard asks with the last result only
     assert set(STATUSES) == {"complete", "degenerate", "stopped", "diverged", "error"}
 
 
@@ -412,7 +431,7 @@ def test_a_cut_last_result_line_never_changes_a_trials_status(tiny_experiment, t
 @pytest.mark.slow
 def test_a_truncated_checkpoint_is_warned_about_naming_the_file(tiny_experiment, tmp_path, capsys):  # noqa: F811
     from gce_search.search.export import write_exports
-    from gce_search.search.results import latest_checkpoint
+    from gce_search.search.uncertainty import latest_checkpoint
 
     exp_dir = _copy(tiny_experiment, tmp_path)
     exp = load_experiment(exp_dir)

@@ -16,6 +16,7 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
+from gce_search.trainables.checkpoints import RESULT_FILE, read_result_lines
 from gce_search.search.searcher import optuna_records
 from tests.search.test_driver import EXPECTED_STATE, ray_outcome, snapshot, write_tiny_space
 from tests.waiting import run_to_end, wait_until
@@ -30,16 +31,8 @@ def cli(*args: str) -> list[str]:
 
 
 def result_lines(folder: Path) -> list[dict]:
-    path = folder / "result.json"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line being written as we read
-            pass
-    return rows
+    """A trial folder's result lines (a line being written as we read is skipped)."""
+    return read_result_lines(folder / RESULT_FILE)[0]
 
 
 def completed_trials(exp: Path) -> dict[str, int]:

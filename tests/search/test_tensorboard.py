@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from gce_search.trainables.checkpoints import RESULT_FILE, read_result_lines
 from gce_search.search.cli import main
 from gce_search.search.tensorboard import tensorboard_command
 from tests.waiting import PipeReader, hang_s, stop_server, wait_until
@@ -54,8 +55,8 @@ def tiny_experiment(tmp_path_factory) -> Path:
 
 def _results(exp: Path) -> dict[str, list[dict]]:
     out = {}
-    for f in exp.glob("*/result.json"):
-        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    for f in exp.glob(f"*/{RESULT_FILE}"):
+        rows, _ = read_result_lines(f)
         if rows:
             out[rows[-1]["trial_id"]] = rows
     return out
@@ -162,7 +163,7 @@ def test_tensorboard_serves_every_trial_parameter_and_the_pareto_figure(tiny_exp
             front_rows = {r["trial"]: r for r in csv.DictReader(fh)}
         summary = json.loads((exp / "summary.json").read_text())
         assert set(front_rows) == {m["trial"] for m in summary["front"]} and front_rows
-        from gce_search.search.results import load_experiment
+        from gce_search.search.records import load_experiment
 
         records = load_experiment(exp)  # the statuses of pareto.csv and summary.json
         status_of = {t.trial_id: t.status for t in records.trials}
@@ -299,7 +300,7 @@ def test_summary_backfills_trials_a_callback_did_not_write(tiny_experiment, tmp_
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from gce_search.search.results import write_results
+    from gce_search.search.reports import write_results
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_experiment, copy, ignore=shutil.ignore_patterns("tensorboard", "checkpoint_*"))
@@ -344,7 +345,7 @@ def test_hparam_declarations_and_values_for_conditional_parameters():
     from tensorboard.plugins.hparams import api_pb2
 
     from gce_search.search.tensorboard import hparam_infos, hparam_values
-    from gce_search.spaces.schema import load_spec
+    from gce_search.spaces.loading import load_spec
 
     spec = load_spec("quickstart")
     infos = {i.name: i for i in hparam_infos(spec.to_dict()["space"])}
