@@ -683,8 +683,8 @@ def cmd_run(args) -> int:
         finally:
             progress.close()
         if is_uri(storage):  # trials in the bucket, the driver's files here: one complete copy in each (cluster.py)
-        configs = local_tuner_configs(tuner)
             pull_experiment(storage, name, exp_dir)
+        configs = local_tuner_configs(tuner)
         code = finish(exp_dir, grid, searcher, started, spec.search.get("timeout_s"),
                       time_budget_of(configs[1].callbacks) if configs is not None else None)
         if is_uri(storage):
