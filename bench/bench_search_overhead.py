@@ -88,7 +88,7 @@ def run_search(num_trials: int, reuse: bool, matmuls_per_epoch: int, root: str, 
 
     from gce_search.search.driver import build_tuner, trial_resources
     from gce_search.search.progress import ProgressPrinter
-    from gce_search.spaces.schema import load_spec
+    from gce_search.spaces.loading import load_spec
 
     path = os.path.join(root, f"overhead-{reuse}-{num_trials}.yaml")
     with open(path, "w") as f:

@@ -21,7 +21,7 @@ _EXPORTS = {
     "run_search": "gce_search.api",
     "load_experiment": "gce_search.search.records",
     "pareto_front": "gce_search.search.pareto",
-    "load_spec": "gce_search.spaces.schema",
+    "load_spec": "gce_search.spaces.loading",
     "ConfigError": "gce_search.errors",
     "UsageError": "gce_search.errors",
 }

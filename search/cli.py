@@ -15,10 +15,10 @@ from gce_search.errors import ConfigError, UsageError
 COMMANDS = {
     "run": ("gce_search.search.driver", "cmd_run"),
     "resume": ("gce_search.search.driver", "cmd_resume"),
-    "validate": ("gce_search.spaces.schema", "cmd_validate"),
+    "validate": ("gce_search.search.validate_command", "cmd_validate"),
     "pareto": ("gce_search.search.reports", "cmd_pareto"),
     "export": ("gce_search.search.export", "cmd_export"),
-    "train": ("gce_search.trainables.trial", "cmd_train"),
+    "train": ("gce_search.search.train_command", "cmd_train"),
     "tensorboard": ("gce_search.search.tensorboard", "cmd_tensorboard"),
     "dashboard": ("gce_search.search.dashboard", "cmd_dashboard"),
     "study": ("gce_search.search.study", "cmd_study"),

@@ -37,7 +37,7 @@ ADDRESS_PATTERN = re.compile(r"^(auto|local|(ray|ray\+tls)://[^\s/:]+:\d{1,5}|[^
 
 
 def check_overrides(overrides: list[str]) -> None:
-    from gce_search.trainables.config import parse_override
+    from gce_search.spaces.overrides import parse_override
 
     for text in overrides:
         try:
@@ -50,7 +50,7 @@ def load_and_validate(space: str, overrides: list[str]):
     """The SearchSpec; ConfigError (every problem, YAML paths; an unknown space name or a missing file too) or
     UsageError, with nothing started."""
     check_overrides(overrides)
-    from gce_search.spaces.schema import load_spec
+    from gce_search.spaces.loading import load_spec
 
     try:
         return load_spec(space, list(overrides))
@@ -450,7 +450,7 @@ def build_tuner(spec, storage: str, name: str, exp_dir: str, progress, slots: in
                                 objective=spec.base_config["objective"])
     tune_config = tune.TuneConfig(
         metric="score", mode="max", search_alg=search_alg, scheduler=scheduler,
-        num_samples=int(spec.search.get("num_samples", 16)),
+        num_samples=int(spec.search.num_samples),
         reuse_actors=bool(spec.resources.get("reuse_actors", True)),
         time_budget_s=spec.search.get("timeout_s"),
         trial_dirname_creator=trial_dirname,
@@ -634,7 +634,7 @@ def cmd_run(args) -> int:
     check_name(name)
     if args.address is None and job_address() is None:
         # A local search reads the data here; a cluster's nodes may hold data this machine has not.
-        from gce_search.spaces.schema import data_problems_of
+        from gce_search.spaces.validation import data_problems_of
 
         problems = data_problems_of(spec)
         if problems:

@@ -14,28 +14,20 @@ coordinate TPE can model on its own (it is "where breakpoint k sits in the room 
 roughly even spacing for any m, and every u vector gives a strictly increasing vector with gaps >= min_gap, so no
 sample is ever rejected (a sort or rejection scheme would make the coordinates' meaning depend on each other).
 
-Optuna is imported where a sampler is built, so `spaces.schema` can read `SAMPLERS` without importing it.
+The samplers' names and descriptions are data in spaces.catalog.SAMPLERS (the space checker reads them without
+Optuna); the builders here are attached to them, and Optuna is imported where a sampler is built.
 """
 from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from gce_search.trainables.registry import Registry
+from gce_search.spaces.catalog import SAMPLERS
+from gce_search.spaces.records import BREAKPOINT_DEFAULTS, SEARCH_SCHEMA
 
 
-@dataclass(frozen=True)
-class SamplerInfo:
-    name: str
-    build: Callable[[Mapping[str, Any]], Any]  # search settings -> optuna.samplers.BaseSampler
-    description: str = ""
-
-
-SAMPLERS: Registry[SamplerInfo] = Registry("sampler")
-
-
+@SAMPLERS.implements("tpe")
 def _tpe(settings: Mapping[str, Any]):
     import optuna
 
@@ -49,34 +41,32 @@ def _tpe(settings: Mapping[str, Any]):
                                           constant_liar=True)
 
 
+@SAMPLERS.implements("nsga2")
 def _nsga2(settings: Mapping[str, Any]):
     import optuna
 
     # Optuna's population of 50 would leave a typical search of 16-64 trials in its random first generation;
     # a population of about a quarter of the budget (4..50) gives a few generations of selection.
-    num_samples = int(settings.get("num_samples") or 16)
+    num_samples = int(settings.get("num_samples") or SEARCH_SCHEMA["num_samples"].default)
     population = max(4, min(50, num_samples // 4))
     return optuna.samplers.NSGAIISampler(seed=settings.get("seed"), population_size=population)
 
 
+@SAMPLERS.implements("random")
 def _random(settings: Mapping[str, Any]):
     import optuna
 
     return optuna.samplers.RandomSampler(seed=settings.get("seed"))
 
 
-SAMPLERS.register("tpe", SamplerInfo("tpe", _tpe, "tree-structured Parzen estimator (multi-objective capable)"))
-SAMPLERS.register("nsga2", SamplerInfo("nsga2", _nsga2, "NSGA-II genetic multi-objective search"))
-SAMPLERS.register("random", SamplerInfo("random", _random, "independent uniform sampling (baseline)"))
-
-
 def make_sampler(search_settings: Mapping[str, Any]):
     """A seeded Optuna sampler from a spec's `search` settings (`sampler`, `seed`, `num_samples`)."""
-    return SAMPLERS.get(search_settings.get("sampler", "tpe")).build(search_settings)
+    return SAMPLERS.get(search_settings.get("sampler", SEARCH_SCHEMA["sampler"].default)).impl(search_settings)
 
 
-def breakpoints_from_unit(units: Sequence[float], low: float = 0.0, high: float = 1.0,
-                          min_gap: float = 0.01) -> list[float]:
+def breakpoints_from_unit(units: Sequence[float], low: float = BREAKPOINT_DEFAULTS["low"],
+                          high: float = BREAKPOINT_DEFAULTS["high"],
+                          min_gap: float = BREAKPOINT_DEFAULTS["min_gap"]) -> list[float]:
     """Map len(units) = m - 1 values in [0, 1] to a strictly increasing breakpoint vector inside (low, high).
 
     Consecutive breakpoints, and the outer ones from low and high, are at least `min_gap` apart; see the module

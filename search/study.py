@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
-from gce_search.spaces.schema import read_yaml
-from gce_search.trainables.config import deep_merge, parse_override, set_path
+from gce_search.spaces.overrides import apply_overrides
+from gce_search.trainables.config import deep_merge
+from gce_search.yamlio import read_yaml
 from gce_search.trainables.registry import ConfigError
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "spaces" / "studies"
@@ -74,7 +75,7 @@ def resolve_study_path(name_or_path: str) -> Path:
 
 def load_study(name_or_path: str, overrides: list[str] = ()) -> StudySpec:
     """Parse and validate a study file; ConfigError lists every problem (nothing runs before this passes)."""
-    from gce_search.trainables.calibration import CALIBRATORS
+    from gce_search.trainables.catalog import CALIBRATORS
     from gce_search.trainables.config import check_breakpoints, resolve
 
     path = resolve_study_path(name_or_path)
@@ -82,17 +83,7 @@ def load_study(name_or_path: str, overrides: list[str] = ()) -> StudySpec:
     raw = read_yaml(path)  # the space files' loader: duplicate keys refused, `1e-3` a float; ConfigError
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): expected a mapping with base, methods, posthoc, seeds"], source)
-    problems: list[str] = []
-    for text in overrides:
-        try:
-            key, value = parse_override(text)
-        except ValueError as err:
-            problems.append(str(err))
-            continue
-        try:
-            set_path(raw, key, value)
-        except ValueError as err:
-            problems.append(f"--set {text!r}: {err}, e.g. seeds=3 or base.train.epochs=5")
+    raw, problems = apply_overrides(raw, overrides)
     for key in raw:
         if key not in TOP_KEYS:
             problems.append(f"{key}: unknown key; valid: {', '.join(TOP_KEYS)}")

@@ -245,7 +245,7 @@ def test_alias_bomb_is_refused_fast_and_small(tmp_path):
     """A 1 KB file that would expand to 10^12 values: refused in well under a second."""
     import tracemalloc
 
-    from gce_search.spaces.schema import read_yaml
+    from gce_search.yamlio import read_yaml
     from gce_search.trainables.registry import ConfigError
 
     path = tmp_path / "s.yaml"
@@ -299,7 +299,7 @@ def test_train_refuses_an_unreadable_checkpoint_in_out(tmp_path, monkeypatch, ca
 
 def test_one_yaml_loader_for_train_configs(tmp_path):
     """A train config reads `1e-3` as a float, like a space file."""
-    from gce_search.trainables.trial import read_config_file
+    from gce_search.search.train_command import read_config_file
 
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 1e-3\n")

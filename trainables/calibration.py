@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gce_search.trainables.config import DEFAULTS, check_breakpoints
-from gce_search.trainables.registry import Registry
+from gce_search.trainables.catalog import CALIBRATORS
+from gce_search.trainables.config import DEFAULTS, SCHEMA, check_breakpoints
 from gce_search.trainables.validation import as_tensor, check_labels, check_scores
 
 __all__ = [
@@ -353,8 +353,9 @@ class PiecewiseTemperatureScaling(Calibrator):
 
     name = "ats"
 
-    def __init__(self, breakpoints=(0.5, 0.8, 0.95), min_samples: int = 50, prior_samples: float = 10.0,
-                 *, _path: str = "") -> None:
+    def __init__(self, breakpoints=tuple(SCHEMA["calibration.breakpoints"].default),
+                 min_samples: int = SCHEMA["calibration.min_samples"].default,
+                 prior_samples: float = SCHEMA["calibration.prior_samples"].default, *, _path: str = "") -> None:
         super().__init__()
         problem = check_breakpoints(breakpoints)
         if problem is not None:
@@ -455,10 +456,9 @@ class PiecewiseTemperatureScaling(Calibrator):
         self.global_temperature = float(fit_info.get("global_temperature", 1.0))
 
 
-CALIBRATORS: Registry[type] = Registry("calibrator")
-CALIBRATORS.register("none", IdentityCalibrator)
-CALIBRATORS.register("ts", TemperatureScaling)
-CALIBRATORS.register("ats", PiecewiseTemperatureScaling)
+CALIBRATORS.implements("none")(IdentityCalibrator)
+CALIBRATORS.implements("ts")(TemperatureScaling)
+CALIBRATORS.implements("ats")(PiecewiseTemperatureScaling)
 
 _CONFIG_KEYS = {"method", "breakpoints", "min_samples", "prior_samples"}
 
@@ -476,7 +476,7 @@ def build_calibrator(cal_cfg: dict[str, Any]) -> Calibrator:
     method = cal_cfg.get("method", DEFAULTS["calibration"]["method"])
     if method not in CALIBRATORS:
         raise ValueError(f"calibration.method: unknown calibrator {method!r}; valid: {', '.join(CALIBRATORS.names())}")
-    return CALIBRATORS[method].from_config(cal_cfg)
+    return CALIBRATORS[method].impl.from_config(cal_cfg)
 
 
 def calibrator_from_state(state: dict[str, Any]) -> Calibrator:
@@ -484,4 +484,4 @@ def calibrator_from_state(state: dict[str, Any]) -> Calibrator:
     method = state.get("method") if isinstance(state, dict) else None
     if method not in CALIBRATORS:
         raise ValueError(f"state['method']: got {method!r}; valid: {', '.join(CALIBRATORS.names())}")
-    return CALIBRATORS[method]().load_state_dict(state)
+    return CALIBRATORS[method].impl().load_state_dict(state)

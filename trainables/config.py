@@ -9,59 +9,8 @@ import copy
 import difflib
 from typing import Any
 
+from gce_search.trainables.catalog import CALIBRATORS, DATASETS, LOSSES, LR_SCHEDULES, MODELS, OPTIMIZERS
 from gce_search.trainables.registry import ConfigError, Param
-
-# Every default in one place, with its unit. Sections mirror docs/architecture.md.
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,  # model init, batch order, augmentation
-    "data": {
-        "name": "digits",  # trainables.data.DATASETS key
-        "root": None,  # directory of the on-disk files; null: the dataset's usual place
-        "subset": None,  # MedMNIST subset name, e.g. "pathmnist"
-        "download": False,  # CIFAR only: fetch through torchvision when the machine has network
-        "imbalance": None,  # long-tail ratio rho >= 1, training split only (Cao et al. 2019 profile)
-        "split_seed": 0,  # seeds the four disjoint splits
-        "calib": 0.15,  # calibration split: fraction (< 1) or count (>= 1) of the train/calib/val pool
-        "val": 0.15,  # validation split, same convention
-        "test": None,  # null: the dataset's own test split where it has one, else 0.2 of the data
-        "augment": {"crop": False, "pad": 4, "flip": False},  # on-device, in batch
-        "max_train": None,  # cap on training samples, for quick runs
-    },
-    "model": {"name": "mlp"},  # other keys go to the model builder
-    "loss": {"name": "cross_entropy"},  # other keys are the loss's parameters
-    "train": {
-        "epochs": 10,  # full budget, epochs (ASHA's max_t)
-        "batch_size": 128,  # global batch, samples
-        "optimizer": "sgd",
-        "lr": 0.1,
-        "momentum": 0.9,
-        "nesterov": False,
-        "weight_decay": 5.0e-4,
-        "schedule": "cosine",  # per-epoch LR schedule
-        "milestones": [],  # multistep: epochs at which lr *= gamma
-        "gamma": 0.1,
-        "reduction": "mean",  # mean | sum over the batch (the calibration papers sum and clip at 2)
-        "grad_clip": None,  # max global gradient norm
-        "bf16": "auto",  # bf16 autocast for the forward pass; auto: decided on the device (trainables.precision)
-        "channels_last": "auto",  # channels_last memory format for conv nets; auto: as bf16
-        "device": "auto",  # auto: cuda when visible, else cpu
-        "workers": 1,  # DDP processes: GPUs on a GPU node, gloo processes on CPU
-        "eval_batch_size": 1024,
-        "threads": None,  # torch intra-op threads per process; null: torch's default. Float sums depend on it, so
-        # a search sets it from resources.cpus_per_trial and an exported config retrains with the same value
-    },
-    "calibration": {
-        "method": "ats",  # trainables.calibration.CALIBRATORS key
-        "breakpoints": [0.5, 0.8, 0.95],  # ATS: confidence breakpoints, strictly increasing in (0, 1)
-        "min_samples": 50,  # ATS: pieces with fewer calibration samples use the global temperature
-        "prior_samples": 10.0,  # ATS: each piece's 1/T is shrunk toward the global 1/T with this many samples' weight
-    },
-    "objective": {
-        "w_acc": 1.0,  # score = w_acc * val/acc - w_ece * val/ece
-        "w_ece": 1.0,
-        "n_bins": 15,  # ECE bins
-    },
-}
 
 _FRACTION_OR_COUNT = "a fraction in (0, 1) or a count >= 1"
 
@@ -75,48 +24,80 @@ MAX_BINS = 1000
 # every machine; more threads than this only oversubscribe any existing node.
 MAX_THREADS = 1024
 
-# Fixed-key checks; loss, model and dataset parameters are checked against their registries.
+# Every fixed-key setting: its default (written once, here), its valid values and its unit. Loss, model and dataset
+# parameters are declared in trainables.catalog and checked against their registries. Sections mirror
+# docs/architecture.md.
 SCHEMA: dict[str, Param] = {
-    "seed": Param(0, low=0, high=MAX_SEED, kind="int"),
-    "data.name": Param("digits", kind="str"),
-    "data.root": Param(None, kind="str"),
-    "data.subset": Param(None, kind="str"),
-    "data.download": Param(False, kind="bool"),
-    "data.imbalance": Param(None, low=1.0),
-    "data.split_seed": Param(0, low=0, high=MAX_SEED, kind="int"),
-    "data.calib": Param(0.15, low=0.0, low_inclusive=False),
-    "data.val": Param(0.15, low=0.0, low_inclusive=False),
-    "data.test": Param(None, low=0.0, low_inclusive=False),
-    "data.augment.crop": Param(False, kind="bool"),
-    "data.augment.pad": Param(4, low=0, kind="int"),
-    "data.augment.flip": Param(False, kind="bool"),
-    "data.max_train": Param(None, low=1, kind="int"),
-    "train.epochs": Param(10, low=1, kind="int"),
-    "train.batch_size": Param(128, low=1, kind="int"),
-    "train.optimizer": Param("sgd", choices=("sgd", "adamw")),
+    "seed": Param(0, low=0, high=MAX_SEED, kind="int", doc="model init, batch order, augmentation"),
+    "data.name": Param("digits", kind="str", doc="trainables.catalog.DATASETS key"),
+    "data.root": Param(None, kind="str", doc="directory of the on-disk files; null: the dataset's usual place"),
+    "data.subset": Param(None, kind="str", doc='MedMNIST subset name, e.g. "pathmnist"'),
+    "data.download": Param(False, kind="bool",
+                           doc="CIFAR only: fetch through torchvision when the machine has network"),
+    "data.imbalance": Param(None, low=1.0,
+                            doc="long-tail ratio rho >= 1, training split only (Cao et al. 2019 profile)"),
+    "data.split_seed": Param(0, low=0, high=MAX_SEED, kind="int", doc="seeds the four disjoint splits"),
+    "data.calib": Param(0.15, low=0.0, low_inclusive=False,
+                        doc="calibration split: fraction (< 1) or count (>= 1) of the train/calib/val pool"),
+    "data.val": Param(0.15, low=0.0, low_inclusive=False, doc="validation split, same convention"),
+    "data.test": Param(None, low=0.0, low_inclusive=False,
+                       doc="null: the dataset's own test split where it has one, else 0.2 of the data"),
+    "data.augment.crop": Param(False, kind="bool", doc="random crop after padding, on-device, in batch"),
+    "data.augment.pad": Param(4, low=0, kind="int", doc="crop padding, pixels"),
+    "data.augment.flip": Param(False, kind="bool", doc="random horizontal flip, on-device, in batch"),
+    "data.max_train": Param(None, low=1, kind="int", doc="cap on training samples, for quick runs"),
+    "train.epochs": Param(10, low=1, kind="int", doc="full budget, epochs (ASHA's max_t)"),
+    "train.batch_size": Param(128, low=1, kind="int", doc="global batch, samples"),
+    "train.optimizer": Param("sgd", choices=tuple(OPTIMIZERS.names()), doc="trainables.catalog.OPTIMIZERS key"),
     "train.lr": Param(0.1, low=0.0, low_inclusive=False),
     "train.momentum": Param(0.9, low=0.0, high=1.0, high_inclusive=False),
     "train.nesterov": Param(False, kind="bool"),
     "train.weight_decay": Param(5e-4, low=0.0),
-    "train.schedule": Param("cosine", choices=("constant", "cosine", "multistep", "onecycle")),
-    "train.milestones": Param([], kind="list"),
+    "train.schedule": Param("cosine", choices=tuple(LR_SCHEDULES.names()),
+                            doc="per-epoch LR schedule, trainables.catalog.LR_SCHEDULES key"),
+    "train.milestones": Param([], kind="list", doc="multistep: epochs at which lr *= gamma"),
     "train.gamma": Param(0.1, low=0.0, low_inclusive=False),
-    "train.reduction": Param("mean", choices=("mean", "sum")),
-    "train.grad_clip": Param(None, low=0.0, low_inclusive=False),
-    "train.bf16": Param("auto", kind="auto_bool"),
-    "train.channels_last": Param("auto", kind="auto_bool"),
-    "train.device": Param("auto", choices=("auto", "cpu", "cuda")),
-    "train.workers": Param(1, low=1, kind="int"),
+    "train.reduction": Param("mean", choices=("mean", "sum"),
+                             doc="mean | sum over the batch (the calibration papers sum and clip at 2)"),
+    "train.grad_clip": Param(None, low=0.0, low_inclusive=False, doc="max global gradient norm"),
+    "train.bf16": Param("auto", kind="auto_bool",
+                        doc="bf16 autocast for the forward pass; auto: decided on the device (trainables.precision)"),
+    "train.channels_last": Param("auto", kind="auto_bool",
+                                 doc="channels_last memory format for conv nets; auto: as bf16"),
+    "train.device": Param("auto", choices=("auto", "cpu", "cuda"), doc="auto: cuda when visible, else cpu"),
+    "train.workers": Param(1, low=1, kind="int", doc="DDP processes: GPUs on a GPU node, gloo processes on CPU"),
     "train.eval_batch_size": Param(1024, low=1, kind="int"),
-    "train.threads": Param(None, low=1, high=MAX_THREADS, kind="int"),
-    "calibration.method": Param("ats", kind="str"),
-    "calibration.breakpoints": Param([0.5, 0.8, 0.95], kind="list"),
-    "calibration.min_samples": Param(50, low=1, kind="int"),
-    "calibration.prior_samples": Param(10.0, low=0.0),
-    "objective.w_acc": Param(1.0, low=0.0),
+    # Float sums depend on the thread count, so a search sets it from resources.cpus_per_trial and an exported
+    # config retrains with the same value.
+    "train.threads": Param(None, low=1, high=MAX_THREADS, kind="int",
+                           doc="torch intra-op threads per process; null: torch's default"),
+    "calibration.method": Param("ats", kind="str", doc="trainables.catalog.CALIBRATORS key"),
+    "calibration.breakpoints": Param([0.5, 0.8, 0.95], kind="list",
+                                     doc="ATS: confidence breakpoints, strictly increasing in (0, 1)"),
+    "calibration.min_samples": Param(50, low=1, kind="int",
+                                     doc="ATS: pieces with fewer calibration samples use the global temperature"),
+    "calibration.prior_samples": Param(10.0, low=0.0, doc="ATS: each piece's 1/T is shrunk toward the global 1/T "
+                                                          "with this many samples' weight"),
+    "objective.w_acc": Param(1.0, low=0.0, doc="score = w_acc * val/acc - w_ece * val/ece"),
     "objective.w_ece": Param(1.0, low=0.0),
-    "objective.n_bins": Param(15, low=1, high=MAX_BINS, kind="int"),
+    "objective.n_bins": Param(15, low=1, high=MAX_BINS, kind="int", doc="ECE bins"),
 }
+
+# The sections of a trial config, in order; `model` and `loss` are `{name: <registry key>, **its parameters}`.
+ENTRY_DEFAULTS = {"model": {"name": "mlp"}, "loss": {"name": "cross_entropy"}}
+SECTIONS = ("seed", "data", "model", "loss", "train", "calibration", "objective")
+
+
+def _defaults() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for section in SECTIONS:
+        if section in ENTRY_DEFAULTS:
+            out[section] = copy.deepcopy(ENTRY_DEFAULTS[section])
+        for path, param in SCHEMA.items():
+            if path == section or path.startswith(section + "."):
+                set_path(out, path, copy.deepcopy(param.default))
+    return out
+
 
 # Keys whose value may be null (then the documented default behaviour applies).
 NULLABLE = {k for k, p in SCHEMA.items() if p.default is None}
@@ -152,6 +133,10 @@ def set_path(cfg: dict, path: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# The trial config with every default: derived from SCHEMA and ENTRY_DEFAULTS, so each default is written once.
+DEFAULTS: dict[str, Any] = _defaults()
+
+
 def _suggest(name: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(name, valid, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -175,12 +160,7 @@ def _walk_unknown(cfg: dict, defaults: dict, prefix: str, problems: list[str], o
 
 def _registry_params(kind: str, section: dict, path: str, problems: list[str]) -> None:
     """Check a `{name: ..., **params}` section against its registry entry's declared parameters."""
-    if kind == "loss":
-        from gce_search.trainables.losses import LOSSES as reg
-    elif kind == "model":
-        from gce_search.trainables.models import MODELS as reg
-    else:  # pragma: no cover - internal
-        raise AssertionError(kind)
+    reg = {"loss": LOSSES, "model": MODELS}[kind]
     name = section.get("name")
     if name not in reg:
         problems.append(f"{path}.name: unknown {kind} {name!r}{_suggest(str(name), reg.names())}; "
@@ -239,15 +219,11 @@ def problems_of(cfg: dict) -> list[str]:
     elif "model" in cfg:
         problems.append("model: expected a mapping with a 'name' key")
     if isinstance(cfg.get("data"), dict):
-        from gce_search.trainables.data import DATASETS
-
         name = cfg["data"].get("name")
         if name not in DATASETS:
             problems.append(f"data.name: unknown dataset {name!r}{_suggest(str(name), DATASETS.names())}; "
                             f"valid: {', '.join(DATASETS.names())}")
     if isinstance(cfg.get("calibration"), dict):
-        from gce_search.trainables.calibration import CALIBRATORS
-
         method = cfg["calibration"].get("method")
         if method not in CALIBRATORS:
             problems.append(f"calibration.method: unknown calibrator {method!r}; "
@@ -299,20 +275,3 @@ def pin_threads(cfg: dict, cpus_per_trial: float) -> dict:
     if cfg["train"]["threads"] is None:
         cfg["train"]["threads"] = threads_for(cpus_per_trial, cfg["train"]["workers"])
     return cfg
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """'train.epochs=5' -> ('train.epochs', 5). The value is parsed as YAML (numbers, bools, lists, null)."""
-    import yaml
-
-    if "=" not in text:
-        raise ValueError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. train.epochs=5")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ValueError(f"--set {text!r}: the key before '=' is empty")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ValueError(f"--set {text!r}: the value is not valid YAML ({err.problem})") from None
-    return key, value

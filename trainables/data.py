@@ -16,13 +16,18 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from gce_search.trainables.registry import Param, Registry
+from gce_search.trainables.catalog import DATASETS
+from gce_search.trainables.registry import Param
+from gce_search.yamlio import parse_yaml_value
+
+# torch is imported by the two functions that make tensors (load_splits, augment): the file and split checks
+# (data_problems, for `gce-search validate`) need numpy only.
+if TYPE_CHECKING:
+    import torch
 
 # Where dataset files are looked for when data.root is null (except fashion_mnist, which has its Debian location).
 DEFAULT_ROOT = "~/.cache/gce-search/data"
@@ -47,32 +52,6 @@ class RawData:
     class_names: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    """One registered dataset.
-
-    `loader(root, subset, download, options) -> RawData`; `options` are the dataset's own settings declared in
-    `options` (name -> Param), given in the trial config as `data.subset: "key=value,key=value"` (only `synthetic`
-    declares any).
-    """
-
-    name: str
-    loader: Callable[..., RawData]
-    description: str
-    options: dict[str, Param] = field(default_factory=dict)
-
-
-DATASETS: Registry[DatasetInfo] = Registry("dataset")
-
-
-def _register(name: str, description: str, options: dict[str, Param] | None = None):
-    def deco(fn):
-        DATASETS.register(name, DatasetInfo(name, fn, description, dict(options or {})))
-        return fn
-
-    return deco
-
-
 def _root(root: str | None, default: str) -> Path:
     return Path(os.path.expanduser(root if root is not None else default))
 
@@ -85,7 +64,7 @@ def _check_labels(y: np.ndarray, num_classes: int, where: str) -> None:
 # --------------------------------------------------------------------------------------------------------- digits
 
 
-@_register("digits", "scikit-learn's bundled handwritten digits: 1,797 images, 1×8×8, 10 classes, no test split")
+@DATASETS.implements("digits")
 def load_digits(root: str | None, subset: str | None, download: bool, options: dict) -> RawData:
     from sklearn.datasets import load_digits as sk_digits
 
@@ -141,7 +120,7 @@ def _find_idx(root: Path, stem: str) -> Path:
                             f"and found neither; {_FASHION_HOWTO}")
 
 
-@_register("fashion_mnist", "Fashion-MNIST (Xiao et al. 2017): 60k + 10k images, 1×28×28, 10 classes; idx files")
+@DATASETS.implements("fashion_mnist")
 def load_fashion_mnist(root: str | None, subset: str | None, download: bool, options: dict) -> RawData:
     base = _root(root, FASHION_MNIST_ROOT)
     if not base.is_dir():
@@ -304,8 +283,7 @@ def _load_cifar(root: str | None, download: bool, *, folder: str, archive: str, 
     return RawData(train_x, train_y, test_x, test_y, num_classes, names)
 
 
-@_register("cifar10", "CIFAR-10: 50k + 10k images, 3×32×32, 10 classes; the python-pickle batches "
-                      "(cifar-10-batches-py) under data.root")
+@DATASETS.implements("cifar10")
 def load_cifar10(root: str | None, subset: str | None, download: bool, options: dict) -> RawData:
     return _load_cifar(root, download, folder="cifar-10-batches-py", archive=CIFAR10_ARCHIVE,
                        torchvision_name="CIFAR10", train_files=[f"data_batch_{i}" for i in range(1, 6)],
@@ -313,8 +291,7 @@ def load_cifar10(root: str | None, subset: str | None, download: bool, options: 
                        names_key=b"label_names", num_classes=10)
 
 
-@_register("cifar100", "CIFAR-100 (fine labels): 50k + 10k images, 3×32×32, 100 classes; the python-pickle "
-                       "files (cifar-100-python) under data.root")
+@DATASETS.implements("cifar100")
 def load_cifar100(root: str | None, subset: str | None, download: bool, options: dict) -> RawData:
     return _load_cifar(root, download, folder="cifar-100-python", archive=CIFAR100_ARCHIVE,
                        torchvision_name="CIFAR100", train_files=["train"], test_file="test", meta_file="meta",
@@ -401,8 +378,7 @@ def _tiny_imagenet_index(base: Path, howto: str) -> tuple[list[str], list[Path],
     return wnids, train_paths, train_labels, val_paths, val_labels
 
 
-@_register("tiny_imagenet", "Tiny-ImageNet: 100k train + 10k val images, 3×64×64, 200 classes; the "
-                            "tiny-imagenet-200 folder under data.root (val serves as the test split)")
+@DATASETS.implements("tiny_imagenet")
 def load_tiny_imagenet(root: str | None, subset: str | None, download: bool, options: dict) -> RawData:
     base = _root(root, DEFAULT_ROOT) / "tiny-imagenet-200"
     howto = _tiny_imagenet_howto(base)
@@ -462,8 +438,7 @@ def _medmnist_archive(root: str | None, subset: str | None) -> tuple[Path, str]:
     return path, howto
 
 
-@_register("medmnist", "a MedMNIST subset (Yang et al. 2023): <data.root>/<data.subset>.npz with train_/val_/"
-                       "test_images and _labels; the official val split joins the train/calib/val pool")
+@DATASETS.implements("medmnist")
 def load_medmnist(root: str | None, subset: str | None, download: bool, options: dict) -> RawData:
     path, howto = _medmnist_archive(root, subset)
     try:
@@ -494,19 +469,10 @@ def load_medmnist(root: str | None, subset: str | None, download: bool, options:
 
 # -------------------------------------------------------------------------------------------------------- synthetic
 
-SYNTHETIC_OPTIONS = {
-    "classes": Param(4, low=2, kind="int", doc="number of classes"),
-    "size": Param(8, low=1, kind="int", doc="image height and width, pixels"),
-    "channels": Param(1, low=1, kind="int", doc="image channels"),
-    "train": Param(512, low=1, kind="int", doc="images in the train/calib/val pool"),
-    "test": Param(256, low=1, kind="int", doc="images in the test split"),
-    "noise": Param(1.0, low=0.0, doc="per-pixel noise std; class prototypes have unit std"),
-    "seed": Param(0, low=0, kind="int", doc="seeds prototypes and samples"),
-}
+SYNTHETIC_OPTIONS = DATASETS["synthetic"].params
 
 
-@_register("synthetic", "seeded class prototypes plus Gaussian noise, for tests; options in data.subset as "
-                        "'classes=4,size=8,channels=1,train=512,test=256,noise=1.0,seed=0'", SYNTHETIC_OPTIONS)
+@DATASETS.implements("synthetic")
 def load_synthetic(root: str | None, subset: str | None, download: bool, options: dict) -> RawData:
     o = {k: p.default for k, p in SYNTHETIC_OPTIONS.items()} | options
     rng = np.random.default_rng(o["seed"])
@@ -531,11 +497,9 @@ def load_synthetic(root: str | None, subset: str | None, download: bool, options
 
 def parse_options(name: str, subset: str | None) -> dict[str, Any]:
     """Parse a dataset's 'key=value,key=value' options from data.subset, checked against its declared options."""
-    declared = DATASETS.get(name).options
+    declared = DATASETS.get(name).params
     if not declared or not subset:
         return {}
-    import yaml
-
     out: dict[str, Any] = {}
     for item in subset.split(","):
         if not item.strip():
@@ -546,14 +510,14 @@ def parse_options(name: str, subset: str | None) -> dict[str, Any]:
             valid = ", ".join(f"{k} ({p.describe()})" for k, p in declared.items())
             raise ValueError(f"data.subset: {item.strip()!r} is not an option of dataset {name!r}; "
                              f"valid: comma-separated key=value with keys {valid}")
-        out[key] = declared[key].check(f"data.subset: {name} option {key}", yaml.safe_load(raw))
+        out[key] = declared[key].check(f"data.subset: {name} option {key}", parse_yaml_value(raw))
     return out
 
 
 @functools.lru_cache(maxsize=4)
 def _raw_cached(name: str, root: str | None, subset: str | None, download: bool) -> RawData:
     info = DATASETS.get(name)
-    raw = info.loader(root, subset, download, parse_options(name, subset))
+    raw = info.impl(root, subset, download, parse_options(name, subset))
     for arr in (raw.train_x, raw.train_y, raw.test_x, raw.test_y):
         if arr is not None:
             arr.setflags(write=False)  # shared by every trial of this process: must never change
@@ -884,6 +848,8 @@ def load_splits(data_cfg: dict, device: str | torch.device = "cpu") -> DataSplit
     stratified subsample of that size of the official test split (quick runs). The long-tail profile and
     max_train act on the training split only, so calib, val and test are the same whatever they are.
     """
+    import torch
+
     name = data_cfg.get("name", "digits")
     raw = raw_data(name, data_cfg.get("root"), data_cfg.get("subset"), bool(data_cfg.get("download", False)))
     seed = int(data_cfg.get("split_seed", 0) or 0)
@@ -942,6 +908,9 @@ def augment(x: torch.Tensor, aug_cfg: dict, generator: torch.Generator) -> torch
     result is a function of (x, aug_cfg, generator state). Padding is zero in normalised units, i.e. the
     training mean colour. Returns a new tensor; x is not modified.
     """
+    import torch
+    import torch.nn.functional as F
+
     crop, flip = bool(aug_cfg.get("crop", False)), bool(aug_cfg.get("flip", False))
     pad = int(aug_cfg.get("pad", 4))
     if pad < 0:

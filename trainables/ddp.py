@@ -26,7 +26,9 @@ import tempfile
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Callable
 
 import torch
 
@@ -36,6 +38,21 @@ _POLL_S = 1.0
 _PARENT_POLL_S = 0.5
 # Seconds given to workers to exit after SIGTERM before SIGKILL.
 _TERMINATE_GRACE_S = 5.0
+
+
+@dataclass
+class DistContext:
+    """Where this process sits in a multi-process trial (None in a single-process trial)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def group(self):
+        import torch.distributed as dist
+
+        return dist.group.WORLD
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -73,11 +90,10 @@ class _PipeReporter:
 
 
 def worker(rank: int, world_size: int, init_method: str, cfg: dict, restore_from: str | None, conn,
-           threads: int, report: bool) -> None:
-    """One DDP process of a multi-process trial: init the process group, run the epoch loop, report if rank 0."""
+           threads: int, report: bool, loop: Callable) -> None:
+    """One DDP process of a multi-process trial: init the process group, run the epoch loop
+    (`loop(cfg, reporter, restore_from, DistContext)`, trainables.trial.run_loop), report if rank 0."""
     import torch.distributed as dist
-
-    from gce_search.trainables.trial import DistContext, run_loop
 
     try:
         torch.set_num_threads(threads)
@@ -89,7 +105,7 @@ def worker(rank: int, world_size: int, init_method: str, cfg: dict, restore_from
         dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
                                 timeout=timedelta(minutes=30))
         reporter = _PipeReporter(conn) if rank == 0 and report else None
-        last = run_loop(cfg, reporter, restore_from, DistContext(rank, world_size, device))
+        last = loop(cfg, reporter, restore_from, DistContext(rank, world_size, device))
         # Tear the group down together: a rank that destroys it while a peer is still in gloo can abort the peer.
         dist.barrier()
         conn.send(("done", rank, last if rank == 0 else None, None))
@@ -153,8 +169,11 @@ def _spawn(rank: int, conn_fd: int) -> subprocess.Popen:
                             pass_fds=(conn_fd,))
 
 
-def run_distributed(cfg: dict, reporter, restore_from: str | None) -> dict:
-    """Run a resolved trial config in cfg['train']['workers'] processes; call `reporter` here for rank 0."""
+def run_distributed(cfg: dict, reporter, restore_from: str | None, loop: Callable) -> dict:
+    """Run a resolved trial config in cfg['train']['workers'] processes; call `reporter` here for rank 0.
+
+    `loop` is the epoch loop every process runs (trainables.trial.run_loop); it travels to the workers by reference
+    (a module-level function, pickled as its name), so this module does not import the trial loop."""
     from multiprocessing import Pipe
     from multiprocessing.connection import wait
 
@@ -174,7 +193,8 @@ def run_distributed(cfg: dict, reporter, restore_from: str | None) -> dict:
             processes.append(_spawn(rank, there.fileno()))
             there.close()
             here.send({"rank": rank, "world_size": world_size, "init_method": init_method, "cfg": cfg,
-                       "restore_from": restore_from, "threads": threads, "report": reporter is not None})
+                       "restore_from": restore_from, "threads": threads, "report": reporter is not None,
+                       "loop": loop})
             conns.append(here)
         rank_of = {id(c): r for r, c in enumerate(conns)}
         open_conns, finished = list(conns), set()

@@ -4,9 +4,9 @@ Every loss has a functional core ``fn(logits [B, K], targets [B], **hyperparamet
 batch-level terms (GCE's class-level regulariser, MMCE) are spread over the samples so that the *mean* of the
 returned vector is the published batch objective. The trial loop reduces (mean or sum, ``train.reduction``).
 
-``LOSSES`` maps each name to a ``LossInfo`` whose ``params`` (``trainables.registry.Param``) carry the default and
-valid range of every hyperparameter; their names are exactly the keyword names of ``fn``, so a YAML ``loss:``
-section ``{name: gce, lam: 0.5}`` is checked against the registry and becomes ``gce(..., lam=0.5)``.
+``LOSSES`` (declared in ``trainables.catalog``, implemented here) maps each name to an entry whose ``params``
+(``trainables.registry.Param``) carry the default and valid range of every hyperparameter; their names are exactly
+the keyword names of ``fn`` (the entry's ``impl``), so a YAML ``loss:`` section ``{name: gce, lam: 0.5}`` is checked against the registry and becomes ``gce(..., lam=0.5)``.
 ``build_loss(loss_cfg, num_classes)`` returns a ``Loss`` object (call, per-epoch hook, checkpointable state) that
 the trial loop uses for every loss, stateful (AdaFocal) or not.
 
@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from gce_search.trainables.registry import Param, Registry
+from gce_search.trainables.catalog import ADAFOCAL_GAMMA_MAX, ADAFOCAL_GAMMA_MIN, ADAFOCAL_SWITCH, LOSSES
+from gce_search.trainables.registry import Param
 
 __all__ = [
     "LOSSES",
-    "LossInfo",
     "Loss",
     "FunctionalLoss",
     "AdaFocal",
@@ -106,30 +105,20 @@ def _one_minus_exp(log_p: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Hyperparameters (one Param per keyword; the registry, the functions and YAML validation share them)
+# Hyperparameters (one Param per keyword, declared in trainables.catalog; the functions and YAML validation share them)
 # --------------------------------------------------------------------------------------------------------------
 
-_LAM_GCE = Param(1.0, low=0.0, doc="weight of the class-level confidence regulariser; 0 is cross-entropy")
-_ALPHA = Param(0.05, low=0.0, high=1.0, high_inclusive=False, doc="label-smoothing mass spread over the K classes")
-_LAM_MMCE = Param(2.0, low=0.0, doc="weight of the MMCE term")
-_MMCE_WEIGHTED = Param(True, kind="bool", doc="Kumar 2018's weighted MMCE_w (true) or unweighted MMCE_m (false)")
-_GAMMA_FOCAL = Param(3.0, low=0.0, doc="focusing exponent")
-_GAMMA_DUAL = Param(5.0, low=0.0, doc="focusing exponent")
-_DUAL_OTHER = Param("below_target", choices=("below_target", "largest"),
-                    doc="p_j: largest probability below p_t (Tao 2023's code) or largest non-target probability")
-
-# AdaFocal constants from Ghosh et al. 2022 and their official code: the switch point between focal and
-# inverse-focal and the clip range of gamma.
-ADAFOCAL_SWITCH = 0.2
-ADAFOCAL_GAMMA_MIN = -2.0
-ADAFOCAL_GAMMA_MAX = 20.0
-
-_LAM_ADA = Param(1.0, low=0.0, doc="step size of the per-bin gamma update")
-_GAMMA_INIT_ADA = Param(1.0, low=ADAFOCAL_GAMMA_MIN, high=ADAFOCAL_GAMMA_MAX,
-                        doc="gamma of every bin before the first update (negative: inverse focal)")
-_BINS_ADA = Param(15, low=1, kind="int", doc="equal-mass validation-confidence bins")
-_BIN_BY_ADA = Param("target_prob", choices=("target_prob", "confidence"),
-                    doc="which probability of a training sample picks its bin")
+_LAM_GCE = LOSSES["gce"].params["lam"]
+_ALPHA = LOSSES["label_smoothing"].params["alpha"]
+_LAM_MMCE = LOSSES["mmce"].params["lam"]
+_MMCE_WEIGHTED = LOSSES["mmce"].params["weighted"]
+_GAMMA_FOCAL = LOSSES["focal"].params["gamma"]
+_GAMMA_DUAL = LOSSES["dual_focal"].params["gamma"]
+_DUAL_OTHER = LOSSES["dual_focal"].params["other"]
+_LAM_ADA = LOSSES["adafocal"].params["lam"]
+_GAMMA_INIT_ADA = LOSSES["adafocal"].params["gamma_init"]
+_BINS_ADA = LOSSES["adafocal"].params["n_bins"]
+_BIN_BY_ADA = LOSSES["adafocal"].params["bin_by"]
 
 
 def _hp(name: str, param: Param, value: Any) -> Any:
@@ -604,46 +593,13 @@ class AdaFocal(Loss):
 # Registry
 # --------------------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class LossInfo:
-    """One registered loss.
-
-    ``fn``: the functional core ``(logits, targets, **params, validate=...) -> [B]`` for a stateless loss; for a
-    stateful one (``stateful=True``) the ``Loss`` class, whose constructor takes ``**params`` plus keyword-only
-    ``num_classes`` and ``validate``. ``params``: every hyperparameter, keyed by its keyword name.
-    ``batch_coupled``: each value depends on the whole batch, so ``fn`` accepts ``process_group`` (DDP).
-    """
-
-    name: str
-    fn: Callable
-    params: dict[str, Param] = field(default_factory=dict)
-    stateful: bool = False
-    description: str = ""
-    batch_coupled: bool = False
-
-
-LOSSES: Registry[LossInfo] = Registry("loss")
-
-for _info in (
-    LossInfo("cross_entropy", cross_entropy, {}, description="-log p_t"),
-    LossInfo("gce", gce, {"lam": _LAM_GCE}, batch_coupled=True,
-             description="generative cross-entropy: -log p_t + lam * log(batch mean of p(y_i|x_j))"),
-    LossInfo("label_smoothing", label_smoothing, {"alpha": _ALPHA},
-             description="cross-entropy to (1 - alpha) * onehot + alpha / K"),
-    LossInfo("brier", brier, {}, description="sum over classes of (p_k - onehot_k)^2"),
-    LossInfo("mmce", mmce, {"lam": _LAM_MMCE, "weighted": _MMCE_WEIGHTED}, batch_coupled=True,
-             description="cross-entropy + lam * MMCE (Kumar 2018), Laplacian kernel of width 0.4"),
-    LossInfo("focal", focal, {"gamma": _GAMMA_FOCAL}, description="-(1 - p_t)^gamma log p_t (Lin 2017)"),
-    LossInfo("flsd53", flsd53, {}, description="focal with gamma 5 if p_t < 0.2 else 3 (Mukhoti 2020)"),
-    LossInfo("dual_focal", dual_focal, {"gamma": _GAMMA_DUAL, "other": _DUAL_OTHER},
-             description="-(1 - p_t + p_j)^gamma log p_t (Tao 2023)"),
-    LossInfo("adafocal", AdaFocal,
-             {"lam": _LAM_ADA, "gamma_init": _GAMMA_INIT_ADA, "n_bins": _BINS_ADA, "bin_by": _BIN_BY_ADA},
-             stateful=True,
-             description="focal with per-confidence-bin gamma adapted each epoch on validation (Ghosh 2022)"),
-):
-    LOSSES.register(_info.name, _info)
-del _info
+for _name, _impl in (("cross_entropy", cross_entropy), ("gce", gce), ("label_smoothing", label_smoothing),
+                     ("brier", brier), ("mmce", mmce), ("focal", focal), ("flsd53", flsd53),
+                     ("dual_focal", dual_focal), ("adafocal", AdaFocal)):
+    # a stateless loss: the functional core (logits, targets, **params, validate=...) -> [B]; a stateful one
+    # (trait `stateful`): the Loss class, whose constructor takes **params plus keyword-only num_classes, validate
+    LOSSES.implements(_name)(_impl)
+del _name, _impl
 
 
 def build_loss(loss_cfg: dict, num_classes: int, process_group=None) -> Loss:
@@ -670,6 +626,6 @@ def build_loss(loss_cfg: dict, num_classes: int, process_group=None) -> Loss:
     for key, param in info.params.items():
         params.setdefault(key, param.default)
     if info.stateful:
-        return info.fn(**params, num_classes=num_classes, validate=False)
-    return FunctionalLoss(name, info.fn, params, num_classes=num_classes,
+        return info.impl(**params, num_classes=num_classes, validate=False)
+    return FunctionalLoss(name, info.impl, params, num_classes=num_classes,
                           process_group=process_group if info.batch_coupled else None)

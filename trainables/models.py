@@ -1,43 +1,19 @@
 """Model registry: every network is built from (in_channels, num_classes, image_size, **params).
 
 The `model:` section of a trial config is `{name: <MODELS key>, **params}`; the params are the builder's keyword
-arguments, declared with their valid ranges in `ModelInfo.params` (trainables.config validates them from there).
+arguments, declared with their valid ranges in trainables.catalog's MODELS (trainables.config validates them from
+there); each builder here is attached to its entry with `@MODELS.implements(name)`.
 The CIFAR-style networks keep the 3×3 stride-1 stem of the calibration papers' code (Mukhoti et al. 2020) instead
 of ImageNet's 7×7/stride-2 stem and max-pool, and end in a global average pool, so one definition serves 8×8 to
 64×64 inputs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gce_search.trainables.registry import Param, Registry
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """One registered network. `builder(in_channels, num_classes, image_size, **params) -> nn.Module`."""
-
-    name: str
-    builder: Callable[..., nn.Module]
-    params: dict[str, Param] = field(default_factory=dict)
-    description: str = ""
-    min_image_size: int = 1  # smallest input height/width the network's downsampling can take
-
-
-MODELS: Registry[ModelInfo] = Registry("model")
-
-
-def _register(name: str, description: str, params: dict[str, Param] | None = None, min_image_size: int = 1):
-    def deco(fn):
-        MODELS.register(name, ModelInfo(name, fn, dict(params or {}), description, min_image_size))
-        return fn
-
-    return deco
+from gce_search.trainables.catalog import MODELS
 
 
 def build_model(model_cfg: dict, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
@@ -61,16 +37,13 @@ def build_model(model_cfg: dict, in_channels: int, num_classes: int, image_size:
         raise ValueError(f"model.name: {info.name!r} needs images of at least {info.min_image_size}×"
                          f"{info.min_image_size}, the data are {image_size}×{image_size}; valid: a model for "
                          f"small images, e.g. mlp or small_cnn")
-    return info.builder(in_channels, num_classes, image_size, **kwargs)
+    return info.impl(in_channels, num_classes, image_size, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------------------- mlp
 
 
-@_register("mlp", "fully connected net on flattened pixels: `depth` hidden layers of `width` ReLU units",
-           {"width": Param(256, low=1, kind="int", doc="hidden units per layer"),
-            "depth": Param(2, low=0, kind="int", doc="hidden layers (0: a linear classifier)"),
-            "dropout": Param(0.0, low=0.0, high=1.0, high_inclusive=False, doc="dropout before each linear")})
+@MODELS.implements("mlp")
 def mlp(in_channels: int, num_classes: int, image_size: int, width: int = 256, depth: int = 2,
         dropout: float = 0.0) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
@@ -89,12 +62,7 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-@_register("small_cnn", "two conv blocks (2× conv3×3-BN-ReLU, max-pool) and a hidden linear layer; sized for "
-                        "28×28 (Fashion-MNIST) and works down to 4×4 (digits' 8×8)",
-           {"width": Param(32, low=1, kind="int", doc="channels of the first block; the second has twice as many"),
-            "hidden": Param(128, low=1, kind="int", doc="units of the hidden linear layer"),
-            "dropout": Param(0.0, low=0.0, high=1.0, high_inclusive=False, doc="dropout before the classifier")},
-           min_image_size=4)
+@MODELS.implements("small_cnn")
 def small_cnn(in_channels: int, num_classes: int, image_size: int, width: int = 32, hidden: int = 128,
               dropout: float = 0.0) -> nn.Module:
     w = int(width)
@@ -144,9 +112,7 @@ class FastCNN(nn.Module):
         return self.head(x) * self.logit_scale
 
 
-@_register("fast_cnn", "airbench-style conv net for 32×32 (Jordan 2024): widths (w, 4w, 4w), GELU, max-pool",
-           {"width": Param(64, low=1, kind="int", doc="channels of the first group (airbench94: 64)"),
-            "logit_scale": Param(1 / 9, low=0.0, low_inclusive=False, doc="multiplies the logits (airbench: 1/9)")})
+@MODELS.implements("fast_cnn")
 def fast_cnn(in_channels: int, num_classes: int, image_size: int, width: int = 64,
              logit_scale: float = 1 / 9) -> nn.Module:
     return FastCNN(in_channels, num_classes, width, logit_scale)
@@ -239,28 +205,24 @@ class CifarResNet(nn.Module):
         return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-_RESNET_WIDTH = {"width": Param(64, low=1, kind="int", doc="planes of the first stage; later stages double it")}
 
 
-@_register("resnet18", "CIFAR ResNet-18: basic blocks [2, 2, 2, 2], 3×3 stem", _RESNET_WIDTH)
+@MODELS.implements("resnet18")
 def resnet18(in_channels: int, num_classes: int, image_size: int, width: int = 64) -> nn.Module:
     return CifarResNet(BasicBlock, [2, 2, 2, 2], [width, 2 * width, 4 * width, 8 * width], in_channels, num_classes)
 
 
-@_register("resnet34", "CIFAR ResNet-34: basic blocks [3, 4, 6, 3], 3×3 stem", _RESNET_WIDTH)
+@MODELS.implements("resnet34")
 def resnet34(in_channels: int, num_classes: int, image_size: int, width: int = 64) -> nn.Module:
     return CifarResNet(BasicBlock, [3, 4, 6, 3], [width, 2 * width, 4 * width, 8 * width], in_channels, num_classes)
 
 
-@_register("resnet50", "CIFAR ResNet-50: bottleneck blocks [3, 4, 6, 3], 3×3 stem (the calibration papers' "
-                       "main network)", _RESNET_WIDTH)
+@MODELS.implements("resnet50")
 def resnet50(in_channels: int, num_classes: int, image_size: int, width: int = 64) -> nn.Module:
     return CifarResNet(Bottleneck, [3, 4, 6, 3], [width, 2 * width, 4 * width, 8 * width], in_channels, num_classes)
 
 
-@_register("resnet110", "ResNet-110 for CIFAR (He et al. 2016): 6n+2 layers, n = 18 basic blocks per stage, "
-                        "widths 16/32/64, parameter-free zero-padding shortcuts",
-           {"width": Param(16, low=1, kind="int", doc="planes of the first stage (He et al.: 16)")})
+@MODELS.implements("resnet110")
 def resnet110(in_channels: int, num_classes: int, image_size: int, width: int = 16) -> nn.Module:
     return CifarResNet(BasicBlock, [18, 18, 18], [width, 2 * width, 4 * width], in_channels, num_classes,
                        shortcut="pad")
@@ -269,10 +231,7 @@ def resnet110(in_channels: int, num_classes: int, image_size: int, width: int = 
 # ------------------------------------------------------------------------------------------------------ WRN-26-10
 
 
-@_register("wrn_26_10", "Wide ResNet 26-10 as in the calibration papers' code (Mukhoti et al. 2020): 16-channel "
-                        "3×3 stem, 3 stages of n = 4 post-activation basic blocks (depth 6n+2 = 26), widths "
-                        "16k/32k/64k with k = 10",
-           {"widen": Param(10, low=1, kind="int", doc="width multiplier k")})
+@MODELS.implements("wrn_26_10")
 def wrn_26_10(in_channels: int, num_classes: int, image_size: int, widen: int = 10) -> nn.Module:
     k = int(widen)
     # Mukhoti et al.'s wide_resnet_cifar(depth=26, width=10) counts depth as 6n+2 with basic blocks, not
@@ -320,8 +279,6 @@ class DenseNet(nn.Module):
         return self.head(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
-@_register("densenet121", "DenseNet-121 for small images: dense blocks [6, 12, 24, 16], growth 32, "
-                          "compression 0.5", {"growth_rate": Param(32, low=1, kind="int", doc="channels per layer")},
-           min_image_size=8)
+@MODELS.implements("densenet121")
 def densenet121(in_channels: int, num_classes: int, image_size: int, growth_rate: int = 32) -> nn.Module:
     return DenseNet([6, 12, 24, 16], int(growth_rate), in_channels, num_classes)

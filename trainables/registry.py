@@ -1,13 +1,16 @@
 """Registries and hyperparameter descriptions shared by every kind of component.
 
-One registry per kind (losses, calibrators, datasets, models, schedulers): the CLI choices, YAML validation and the
-parametrised contract tests all read them, so a new entry is validated and tested the moment it is registered.
+One registry per kind (losses, models, datasets, calibrators, optimisers, LR schedules; samplers and schedulers on the
+driver's side): the CLI choices, YAML validation and the parametrised contract tests all read them, so a new entry is
+validated and tested the moment it is registered. Every entry has one shape (`Entry`): its metadata is declared in a
+torch-free catalog (trainables.catalog, spaces.catalog) and its implementation attached by the module that holds it,
+so validating a file never imports torch, Optuna or Ray.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, TypeVar
 
 from gce_search.errors import ConfigError  # noqa: F401  (re-exported: registries raise it)
 
@@ -77,42 +80,97 @@ class Param:
         return value
 
 
-class Registry(Generic[T]):
-    """Name -> entry mapping with a decorator to register and an error that lists the valid names."""
+class Entry:
+    """One registered component, in the one shape every kind shares.
+
+    name, description, params (name -> Param) and kind-specific `traits` (e.g. a loss's `batch_coupled`, a model's
+    `min_image_size`) are metadata, declared in a torch-free catalog; a trait reads as an attribute
+    (`LOSSES["gce"].batch_coupled`). `impl` is the implementation (a loss function, a model builder, a calibrator
+    class, a sampler builder, ...), attached by the module that holds it with `Registry.implements`.
+    """
+
+    __slots__ = ("name", "description", "params", "traits", "_impl", "_kind")
+
+    def __init__(self, kind: str, name: str, description: str = "", params: dict[str, Param] | None = None,
+                 traits: dict[str, Any] | None = None):
+        self._kind = kind
+        self.name = name
+        self.description = description
+        self.params: dict[str, Param] = dict(params or {})
+        self.traits: dict[str, Any] = dict(traits or {})
+        self._impl: Any = None
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return object.__getattribute__(self, "traits")[key]
+        except (KeyError, AttributeError):
+            raise AttributeError(f"{type(self).__name__} has no attribute or trait {key!r}") from None
+
+    @property
+    def impl(self) -> Any:
+        if self._impl is None:
+            raise LookupError(f"{self._kind} {self.name!r} has no implementation attached; import the module that "
+                              f"implements it")
+        return self._impl
+
+    @property
+    def implemented(self) -> bool:
+        return self._impl is not None
+
+    def __repr__(self) -> str:
+        return f"Entry({self._kind} {self.name!r}, params={list(self.params)})"
+
+
+class Registry:
+    """Name -> Entry, the name given once: `add` declares an entry's metadata (in a catalog module that imports
+    nothing heavy), `implements` attaches its implementation (a decorator, in the module that holds the code), and
+    `register` does both at once. `get` raises an error that lists the valid names."""
 
     def __init__(self, kind: str):
         self.kind = kind
-        self._entries: dict[str, T] = {}
+        self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, entry: T | None = None) -> Callable[[T], T] | T:
-        if entry is not None:
-            self._add(name, entry)
-            return entry
+    def add(self, name: str, description: str = "", params: dict[str, Param] | None = None, **traits: Any) -> Entry:
+        if name in self._entries:
+            raise KeyError(f"{self.kind} {name!r} is already registered")
+        entry = Entry(self.kind, name, description, params, traits)
+        self._entries[name] = entry
+        return entry
+
+    def implements(self, name: str) -> Callable[[T], T]:
+        """Decorator: attach `obj` as the implementation of the declared entry `name`."""
 
         def deco(obj: T) -> T:
-            self._add(name, obj)
+            entry = self.get(name)
+            if entry._impl is not None:
+                raise KeyError(f"{self.kind} {name!r} already has an implementation")
+            entry._impl = obj
             return obj
 
         return deco
 
-    def _add(self, name: str, entry: T) -> None:
-        if name in self._entries:
-            raise KeyError(f"{self.kind} {name!r} is already registered")
-        self._entries[name] = entry
+    def register(self, name: str, description: str = "", params: dict[str, Param] | None = None,
+                 **traits: Any) -> Callable[[T], T]:
+        """Decorator: declare the entry `name` and attach `obj` as its implementation."""
+        self.add(name, description, params, **traits)
+        return self.implements(name)
 
-    def get(self, name: str) -> T:
+    def get(self, name: str) -> Entry:
         try:
             return self._entries[name]
-        except KeyError:
+        except (KeyError, TypeError):
             raise ValueError(
                 f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self._entries))}"
             ) from None
 
-    def __getitem__(self, name: str) -> T:
+    def __getitem__(self, name: str) -> Entry:
         return self.get(name)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        try:
+            return name in self._entries
+        except TypeError:  # an unhashable value (a list from YAML) is no entry's name
+            return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
@@ -125,4 +183,3 @@ class Registry(Generic[T]):
 
     def items(self):
         return self._entries.items()
-

@@ -16,18 +16,18 @@ import copy
 import math
 import os
 import random
-import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from gce_search.trainables.catalog import LR_SCHEDULES, OPTIMIZERS
 from gce_search.trainables.checkpoints import CHECKPOINT_FILE
-from gce_search.trainables.config import parse_override, resolve, set_path, trial_problems
+from gce_search.trainables.config import resolve, trial_problems
+from gce_search.trainables.ddp import DistContext, run_distributed
 from gce_search.trainables.registry import ConfigError
 from gce_search.trainables.step_progress import StepProgress, tune_sink
 
@@ -43,21 +43,6 @@ PER_RUN_KEYS = ("data/info", "device/info")
 _RESUME_MUST_MATCH = ("seed", "data", "model", "loss")
 
 
-@dataclass
-class DistContext:
-    """Where this process sits in a multi-process trial (None in a single-process trial)."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def group(self):
-        import torch.distributed as dist
-
-        return dist.group.WORLD
-
-
 # ------------------------------------------------------------------------------------------------ building blocks
 
 
@@ -71,49 +56,67 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_optimizer(params, train_cfg: dict) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or AdamW with the config's lr and weight decay."""
-    name = train_cfg["optimizer"]
-    if name == "sgd":
-        if train_cfg["nesterov"] and train_cfg["momentum"] <= 0:
-            raise ValueError("train.nesterov: true needs train.momentum > 0; valid: momentum in (0, 1)")
-        return torch.optim.SGD(params, lr=train_cfg["lr"], momentum=train_cfg["momentum"],
-                               nesterov=bool(train_cfg["nesterov"]), weight_decay=train_cfg["weight_decay"])
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
-    raise ValueError(f"train.optimizer: got {name!r}; valid: 'sgd', 'adamw'")
+    """The optimiser `train.optimizer` names (trainables.catalog.OPTIMIZERS), with the config's lr and weight decay."""
+    return OPTIMIZERS.get(train_cfg["optimizer"]).impl(params, train_cfg)
+
+
+@OPTIMIZERS.implements("sgd")
+def _sgd(params, train_cfg: dict) -> torch.optim.Optimizer:
+    if train_cfg["nesterov"] and train_cfg["momentum"] <= 0:
+        raise ValueError("train.nesterov: true needs train.momentum > 0; valid: momentum in (0, 1)")
+    return torch.optim.SGD(params, lr=train_cfg["lr"], momentum=train_cfg["momentum"],
+                           nesterov=bool(train_cfg["nesterov"]), weight_decay=train_cfg["weight_decay"])
+
+
+@OPTIMIZERS.implements("adamw")
+def _adamw(params, train_cfg: dict) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
 
 
 def learning_rate(train_cfg: dict, step: int, steps_per_epoch: int) -> float:
-    """Learning rate for optimiser step `step` (0-based, counted over the whole run).
+    """Learning rate for optimiser step `step` (0-based, counted over the whole run), by `train.schedule`
+    (trainables.catalog.LR_SCHEDULES).
 
     constant, cosine and multistep change once per epoch, exactly as torch's ConstantLR-free base rate,
     CosineAnnealingLR(T_max=epochs) and MultiStepLR(milestones, gamma) stepped after every epoch (milestone m:
     epochs with 0-based index >= m are scaled). onecycle changes every step, as torch's OneCycleLR (cosine
     annealing, pct_start 0.3, div_factor 25, final_div_factor 1e4); momentum is not cycled.
     """
-    base, epochs = float(train_cfg["lr"]), int(train_cfg["epochs"])
+    return LR_SCHEDULES.get(train_cfg["schedule"]).impl(train_cfg, step, steps_per_epoch)
+
+
+@LR_SCHEDULES.implements("constant")
+def _constant(train_cfg: dict, step: int, steps_per_epoch: int) -> float:
+    return float(train_cfg["lr"])
+
+
+@LR_SCHEDULES.implements("cosine")
+def _cosine(train_cfg: dict, step: int, steps_per_epoch: int) -> float:
     epoch = step // steps_per_epoch
-    schedule = train_cfg["schedule"]
-    if schedule == "constant":
-        return base
-    if schedule == "cosine":
-        return base * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
-    if schedule == "multistep":
-        return base * float(train_cfg["gamma"]) ** sum(1 for m in train_cfg["milestones"] if epoch >= m)
-    if schedule == "onecycle":
-        total = epochs * steps_per_epoch
-        initial, peak = base / 25.0, base
-        final = initial / 1e4
-        warm_end, last = 0.3 * total - 1.0, float(total - 1)
+    return float(train_cfg["lr"]) * (1.0 + math.cos(math.pi * epoch / int(train_cfg["epochs"]))) / 2.0
 
-        def anneal(start: float, end: float, pct: float) -> float:
-            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1.0)
 
-        if warm_end > 0 and step <= warm_end:
-            return anneal(initial, peak, step / warm_end)
-        start = max(warm_end, 0.0)
-        return anneal(peak, final, (step - start) / (last - start) if last > start else 1.0)
-    raise ValueError(f"train.schedule: got {schedule!r}; valid: constant, cosine, multistep, onecycle")
+@LR_SCHEDULES.implements("multistep")
+def _multistep(train_cfg: dict, step: int, steps_per_epoch: int) -> float:
+    epoch = step // steps_per_epoch
+    return float(train_cfg["lr"]) * float(train_cfg["gamma"]) ** sum(1 for m in train_cfg["milestones"] if epoch >= m)
+
+
+@LR_SCHEDULES.implements("onecycle")
+def _onecycle(train_cfg: dict, step: int, steps_per_epoch: int) -> float:
+    base, epochs = float(train_cfg["lr"]), int(train_cfg["epochs"])
+    total = epochs * steps_per_epoch
+    initial, peak = base / 25.0, base
+    final = initial / 1e4
+    warm_end, last = 0.3 * total - 1.0, float(total - 1)
+
+    def anneal(start: float, end: float, pct: float) -> float:
+        return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1.0)
+
+    if warm_end > 0 and step <= warm_end:
+        return anneal(initial, peak, step / warm_end)
+    start = max(warm_end, 0.0)
+    return anneal(peak, final, (step - start) / (last - start) if last > start else 1.0)
 
 
 def local_shard(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
@@ -516,147 +519,5 @@ def run_trial(config: dict, reporter: Reporter | None = None, restore_from: str 
     if problems:
         raise ConfigError(problems)
     if cfg["train"]["workers"] > 1:
-        from gce_search.trainables.ddp import run_distributed
-
-        return run_distributed(cfg, reporter, restore_from)
+        return run_distributed(cfg, reporter, restore_from, loop=run_loop)
     return run_loop(cfg, reporter, restore_from)
-
-
-# --------------------------------------------------------------------------------------------- gce-search train
-
-
-def read_config_file(path: str) -> dict:
-    """A trial config from YAML: a bare trial config, or an exported file with a top-level `config:` key. Read
-    with the space files' loader (spaces.schema.read_yaml): duplicate keys refused, `1e-3` a float."""
-    from gce_search.errors import UsageError
-    from gce_search.spaces.schema import read_yaml
-
-    if not os.path.exists(path):
-        raise UsageError(f"{path}: no such file; valid: a trial config YAML (or one written by gce-search "
-                         f"export)")
-    doc = read_yaml(path)  # ConfigError naming the file and the line
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, dict):
-        raise UsageError(f"{path}: expected a mapping at the top level, got {type(doc).__name__}")
-    if "config" in doc and isinstance(doc["config"], dict):
-        doc = doc["config"]
-    return copy.deepcopy(doc)
-
-
-def _epoch_line(m: dict, epochs: int) -> str:
-    if m.get("status") == "diverged":
-        return f"epoch {m['epoch']}/{epochs}  train/loss {m['train/loss']:.4g}  diverged (non-finite loss or logits)"
-    return (f"epoch {m['epoch']}/{epochs}  train/loss {m['train/loss']:.4f}  val/acc {m['val/acc']:.4f}  "
-            f"val/ece {m['val/ece']:.4f} (raw {m['val/ece_raw']:.4f}, n={m['val/n']})  score {m['score']:.4f}  "
-            f"{m['time/train_s'] + m['time/eval_s']:.1f}s")
-
-
-def _json_safe(obj: Any) -> Any:
-    """Non-finite floats as null, so metrics.json is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def cmd_train(args) -> int:
-    """`gce-search train CONFIG.yaml [--out DIR] [--set k=v ...]`: a full retrain, written to DIR."""
-    import json
-
-    import yaml
-
-    from gce_search.errors import UsageError
-
-    partial = read_config_file(args.config)
-    for text in getattr(args, "overrides", None) or []:
-        try:
-            key, value = parse_override(text)
-            set_path(partial, key, value)
-        except ValueError as err:
-            raise UsageError(f"--set {text!r}: {err}") from None
-    cfg = resolve(partial, source=args.config)  # ConfigError lists every problem before anything runs
-    problems = trial_problems(cfg)
-    if problems:
-        raise ConfigError(problems, args.config)
-    stem = os.path.splitext(os.path.basename(args.config))[0]
-    out = os.path.abspath(args.out or f"train-{stem}")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out {out}: is a file; valid: a new or empty directory (or the directory of an "
-                         f"interrupted run of the same config)")
-    from gce_search.trainables.data import data_problems
-
-    problems = data_problems(cfg["data"])  # missing or truncated files, splits that do not fit: before any write
-    if problems:
-        raise ConfigError(problems, args.config)
-    if os.path.isfile(os.path.join(out, "metrics.json")):
-        raise UsageError(f"--out {out}: already holds a finished run (metrics.json); valid: a new or empty "
-                         f"directory")
-    restore_from, history = None, []
-    if os.path.isfile(os.path.join(out, CHECKPOINT_FILE)):
-        # An interrupted run of the same config continues from its last epoch; anything else is refused.
-        saved = None
-        if os.path.isfile(os.path.join(out, "config.yaml")):
-            from gce_search.spaces.schema import read_yaml
-
-            try:
-                saved = read_yaml(os.path.join(out, "config.yaml"))
-            except ConfigError as err:
-                raise UsageError(f"--out {out}: its config.yaml cannot be read ({'; '.join(err.problems)}); valid: "
-                                 f"a new directory, or remove {out} to start over") from None
-        if saved != cfg:
-            raise UsageError(f"--out {out}: holds the checkpoint of a run with a different config; valid: the "
-                             f"same config (to resume it) or a new directory")
-        restore_from = out
-        try:
-            state = load_checkpoint(out)
-        except Exception as err:  # torch.load raises several types for a truncated or foreign file
-            raise UsageError(f"--out {out}: {CHECKPOINT_FILE} cannot be read ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else ''}); valid: a checkpoint written by "
-                             f"gce-search train, or remove {os.path.join(out, CHECKPOINT_FILE)} to start "
-                             f"over") from None
-        history = list(state.get("history", []))
-        print(f"gce-search train: resuming {out} after epoch {state['epoch']}", flush=True)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.yaml"), "w") as fh:
-        yaml.safe_dump(cfg, fh, sort_keys=False)
-
-    epochs = cfg["train"]["epochs"]
-    started = time.perf_counter()
-
-    def reporter(metrics: dict, checkpoint_dir: str | None) -> None:
-        history.append({k: v for k, v in metrics.items() if k not in PER_RUN_KEYS})
-        print(_epoch_line(metrics, epochs), flush=True)
-        if checkpoint_dir is not None:
-            # Copy then rename: an interrupted copy never replaces the last good checkpoint.
-            tmp = os.path.join(out, CHECKPOINT_FILE + ".tmp")
-            shutil.copyfile(os.path.join(checkpoint_dir, CHECKPOINT_FILE), tmp)
-            os.replace(tmp, os.path.join(out, CHECKPOINT_FILE))
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
-
-    print(f"gce-search train: {args.config} -> {out} ({epochs} epochs, {cfg['data']['name']}, "
-          f"{cfg['model']['name']}, {cfg['loss']['name']})", flush=True)
-    try:
-        final = run_trial(cfg, reporter, restore_from=restore_from)
-    except ConfigError:
-        raise
-    except (ValueError, OSError) as err:  # what the user can fix (missing data files, a model too big for the
-        raise UsageError(str(err)) from None  # images, ...)
-    result = dict(final)
-    result["wall_s"] = time.perf_counter() - started
-    result["history"] = history
-    result["config_source"] = os.path.abspath(args.config)
-    tmp = os.path.join(out, "metrics.json.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(_json_safe(result), fh, indent=2)
-    os.replace(tmp, os.path.join(out, "metrics.json"))
-    if final.get("status") == "diverged":
-        print(f"gce-search train: diverged at epoch {final.get('diverged_epoch')}; metrics in {out}",
-              file=sys.stderr)
-        return 1
-    print(f"test/acc {final['test/acc']:.4f}  test/ece {final['test/ece']:.4f} (raw {final['test/ece_raw']:.4f}, "
-          f"n={final['test/n']})  -> {os.path.join(out, 'metrics.json')}", flush=True)
-    return 0

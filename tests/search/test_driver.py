@@ -68,7 +68,7 @@ def test_max_epochs_is_the_longest_budget_a_trial_can_get(tmp_path):
     import yaml
 
     from gce_search.search.driver import max_epochs
-    from gce_search.spaces.schema import spec_from_dict
+    from gce_search.spaces.validation import spec_from_dict
 
     raw = yaml.safe_load(TINY_SPACE.replace("NUM_SAMPLES", "4").replace("BATCH_SIZE", "64"))
     assert max_epochs(spec_from_dict(raw)) == 3
@@ -204,7 +204,7 @@ def test_tiny_search_end_to_end(local_ray, tmp_path, capsys):
     assert {key: os.environ.get(key) for key in TUNE_ENVIRONMENT} == before
     exp = storage / "e2e"
     assert (exp / "spec.yaml").is_file() and (exp / "optuna.journal").is_file()
-    from gce_search.spaces.schema import load_spec
+    from gce_search.spaces.loading import load_spec
 
     assert load_spec(str(exp / "spec.yaml")).name == "tiny"  # the saved spec loads back
 

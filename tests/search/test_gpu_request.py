@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gce_search.search.driver import trial_resources
-from gce_search.spaces.schema import load_spec
+from gce_search.spaces.loading import load_spec
 
 
 @pytest.fixture()

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from gce_search.search.space import SAMPLERS, breakpoints_from_unit, define_by_run, make_sampler, sample_params
-from gce_search.spaces.schema import SearchSettings, load_spec
+from gce_search.spaces.loading import load_spec
+from gce_search.spaces.records import SearchSettings
 from gce_search.trainables.config import check_breakpoints, problems_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

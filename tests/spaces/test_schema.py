@@ -11,7 +11,9 @@ import textwrap
 import pytest
 import yaml
 
-from gce_search.spaces.schema import SearchSpec, load_spec, shipped_spaces, spec_from_dict
+from gce_search.spaces.loading import load_spec, shipped_spaces
+from gce_search.spaces.records import SearchSpec
+from gce_search.spaces.validation import spec_from_dict
 from gce_search.trainables.config import DEFAULTS
 from tests.waiting import run_to_end
 from gce_search.trainables.registry import ConfigError

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from gce_search.search.space import define_by_run, make_sampler
-from gce_search.spaces.schema import SPACES_DIR, SearchSettings, load_spec, shipped_spaces
+from gce_search.spaces.loading import SPACES_DIR, load_spec, shipped_spaces
+from gce_search.spaces.records import SearchSettings
 from gce_search.trainables.config import check_breakpoints, problems_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -279,7 +279,7 @@ def test_contract_state_dict_round_trips_through_json(calibrator, data):
         type(calibrator)().load_state_dict({**state, "temperatures": [-1.0] * len(state["temperatures"])})
     other = "ts" if state["method"] != "ts" else "none"
     with pytest.raises(ValueError, match=r"state\['method'\]"):
-        CALIBRATORS[other]().load_state_dict(state)
+        CALIBRATORS[other].impl().load_state_dict(state)
 
 
 @pytest.mark.parametrize("bad_logits, bad_labels, match", [

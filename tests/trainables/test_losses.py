@@ -662,9 +662,9 @@ def invalid_values(param):
 def test_contract_every_registered_loss(name):
     info = LOSSES[name]
     assert info.name == name and info.description
-    signature = inspect.signature(info.fn)
+    signature = inspect.signature(info.impl)
     for key, param in info.params.items():
-        assert key in signature.parameters, f"{name}.{key} is not a keyword of {info.fn}"
+        assert key in signature.parameters, f"{name}.{key} is not a keyword of {info.impl}"
         assert param.problem(param.default) is None
         assert signature.parameters[key].default == param.default, f"{name}.{key}: default differs"
 
@@ -694,7 +694,7 @@ def test_contract_every_registered_loss(name):
                 build_loss({"name": name, key: bad}, 5)
             if not info.stateful:
                 with pytest.raises(ValueError, match=rf"^{key}: got .*; valid: "):
-                    info.fn(logits, targets, **{key: bad})
+                    info.impl(logits, targets, **{key: bad})
     with pytest.raises(ValueError, match=rf"loss\.not_a_param: not a parameter of loss '{name}'"):
         build_loss({"name": name, "not_a_param": 1}, 5)
 

@@ -47,7 +47,7 @@ def test_declared_params_are_builder_keywords_and_defaults_build(name):
     info = MODELS[name]
     import inspect
 
-    sig = inspect.signature(info.builder)
+    sig = inspect.signature(info.impl)
     assert list(sig.parameters)[:3] == ["in_channels", "num_classes", "image_size"]
     for key, param in info.params.items():
         assert key in sig.parameters, f"{name}.{key} is not a keyword of its builder"

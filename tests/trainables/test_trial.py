@@ -333,7 +333,7 @@ def test_cmd_train_lists_every_config_problem_before_running(tmp_path, capsys):
     assert cli_main(["train", str(path), "--out", str(out), "--set", "novalue"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
     assert cli_main(["train", str(path), "--out", str(out), "--set", "train.lr.x=1"]) == 2  # into a value
-    assert "--set 'train.lr.x=1': train.lr.x: train.lr holds a value (-1.0), not a mapping" in capsys.readouterr().err
+    assert "--set 'train.lr.x=1': train.lr is -1.0, not a mapping; valid: a dotted path to a setting" in capsys.readouterr().err
     # Settings valid one by one but not together are caught before anything runs, too.
     path.write_text(yaml.safe_dump({"train": {"workers": 3, "batch_size": 64, "nesterov": True, "momentum": 0.0}}))
     assert cli_main(["train", str(path), "--out", str(out)]) == 2

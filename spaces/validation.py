@@ -1,534 +1,42 @@
-"""Search-space YAML: the schema, the loader and `gce-search validate`.
+"""The space checker: a parsed space file (plus `--set` overrides) into a validated `SearchSpec`.
 
-A space file is a partial trial config (the sections of `trainables.config.DEFAULTS`) plus the driver's sections
-(`search`, `scheduler`, `resources`) and a `space:` of searched parameters. `load_spec` reads one into a typed
-`SearchSpec`; every problem in the file is collected and raised together as one `ConfigError`, one line each:
-`<yaml.path>: <what is wrong>; valid: <what would be>`. The schema reference with an example is docs/spaces.md.
-
-Nothing here imports Ray or Optuna, so `gce-search validate` answers quickly.
+Every problem in the file is collected and raised together as one `ConfigError`, one line each:
+`<yaml.path>: <what is wrong>; valid: <what would be>`. Names and parameters come from the torch-free catalogs
+(trainables.catalog for losses, models, datasets, calibrators; spaces.catalog for samplers and schedulers), so
+nothing here imports torch, Ray or Optuna.
 """
 from __future__ import annotations
 
 import copy
 import difflib
 import math
-import re
-import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import yaml
+from gce_search.errors import ConfigError
+from gce_search.spaces.catalog import SAMPLERS, SCHEDULERS
+from gce_search.spaces.overrides import apply_overrides
+from gce_search.spaces.records import (BREAKPOINT_DEFAULTS, BREAKPOINT_KEYS, BREAKPOINTS_CONDITION, BREAKPOINTS_PATH,
+                                       ENTRY_KEYS, ENTRY_REGISTRIES, ENTRY_SECTIONS, MIN_GAP_FLOOR, RESOURCE_UNIT,
+                                       RESOURCES_SCHEMA, SEARCH_SCHEMA, TOP_LEVEL_KEYS, TRIAL_SECTIONS,
+                                       BreakpointRange, Resources, SchedulerSettings, SearchSettings, SearchSpec,
+                                       SpaceParam, entry_params)
+from gce_search.trainables.catalog import CALIBRATORS, DATASETS, LOSSES, MODELS
+from gce_search.trainables.config import (DEFAULTS, NULLABLE, SCHEMA, check_breakpoints, deep_merge, get_path,
+                                          pin_threads, problems_of, resolve, set_path, trial_problems)
+from gce_search.trainables.registry import Param
 
-from gce_search.trainables.config import DEFAULTS, NULLABLE, SCHEMA, check_breakpoints, deep_merge, get_path, parse_override
-from gce_search.trainables.config import MAX_SEED, pin_threads, problems_of, resolve, set_path, trial_problems
-from gce_search.trainables.registry import ConfigError, Param
-
-SPACES_DIR = Path(__file__).resolve().parent
-
-TRIAL_SECTIONS = tuple(DEFAULTS)  # seed, data, model, loss, train, calibration, objective
-TOP_LEVEL_KEYS = ("name", "description", *TRIAL_SECTIONS, "search", "scheduler", "resources", "space")
-
-# Sections of the trial config that are `{name: <registry key>, **parameters of that entry}`. Their parameters are
-# searched under the key `<entry>.<param>` (e.g. `gce.lam`), active only when that entry is the one chosen.
-ENTRY_SECTIONS = ("loss", "model")
-
-SEARCH_SCHEMA: dict[str, Param] = {
-    "sampler": Param("tpe", kind="str", doc="search.space.SAMPLERS key"),
-    "num_samples": Param(16, low=1, kind="int", doc="trials in the search"),
-    # Optuna's samplers seed numpy's RandomState, which takes 0 .. 2^32 - 1
-    "seed": Param(0, low=0, high=MAX_SEED, kind="int", doc="seeds the sampler"),
-    "max_concurrent": Param(None, low=1, kind="int", doc="trials running at once; null: as resources allow"),
-    "timeout_s": Param(None, low=0.0, low_inclusive=False, doc="wall-clock budget of the search, seconds"),
-}
-
-# Ray keeps resource amounts in units of 1e-4 (ray_constants.RESOURCE_UNIT_SCALING): a smaller request is 0.
-RESOURCE_UNIT = 1e-4
-
-RESOURCES_SCHEMA: dict[str, Param] = {
-    "cpus_per_trial": Param(1, low=0.0, low_inclusive=False, doc="CPUs reserved per trial (fractions allowed)"),
-    "gpus_per_trial": Param(0, low=0.0, doc="GPUs per trial: a fraction <= 1 packs trials onto one GPU"),
-    # docs/design.md, Ray facts: reuse_actors cut the per-trial overhead from ~4.3 to ~1.0 slot-seconds.
-    "reuse_actors": Param(True, kind="bool", doc="reuse trial actors between trials"),
-}
-
-ENTRY_KEYS = ("low", "high", "log", "step", "type", "choices", "breakpoints", "when")
-BREAKPOINT_KEYS = ("pieces", "low", "high", "min_gap")
-BREAKPOINT_DEFAULTS = {"low": 0.0, "high": 1.0, "min_gap": 0.01}
-MIN_GAP_FLOOR = 1e-6  # smaller gaps can round two breakpoints (or the last and 1.0) to the same float
-BREAKPOINTS_PATH = "calibration.breakpoints"
-# ATS is the only calibrator that reads breakpoints (trainables.calibration); a breakpoint search is conditional on it.
-BREAKPOINTS_CONDITION = ("calibration.method", ("ats",))
-
-
-# --------------------------------------------------------------------------------------------------------- records
-
-
-class _SettingsMapping(Mapping):
-    """Settings records read both as attributes (`spec.search.sampler`) and as a mapping (`spec.search["sampler"]`),
-    so code written against plain settings dicts (e.g. `search.schedulers.build_scheduler`) takes them as they are."""
-
-    def to_dict(self) -> dict:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
-
-    def __len__(self) -> int:
-        return len(self.to_dict())
-
-
-@dataclass(eq=True)
-class SearchSettings(_SettingsMapping):
-    sampler: str = "tpe"
-    num_samples: int = 16
-    seed: int = 0
-    max_concurrent: int | None = None
-    timeout_s: float | None = None
-
-    def to_dict(self) -> dict:
-        return {"sampler": self.sampler, "num_samples": self.num_samples, "seed": self.seed,
-                "max_concurrent": self.max_concurrent, "timeout_s": self.timeout_s}
-
-
-@dataclass(eq=True)
-class SchedulerSettings(_SettingsMapping):
-    name: str = "asha"
-    params: dict = field(default_factory=dict)  # every parameter of SCHEDULERS[name], defaults filled in
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, **self.params}
-
-
-@dataclass(eq=True)
-class Resources(_SettingsMapping):
-    cpus_per_trial: float = 1
-    gpus_per_trial: float = 0
-    reuse_actors: bool = True
-
-    def to_dict(self) -> dict:
-        return {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial,
-                "reuse_actors": self.reuse_actors}
-
-
-@dataclass(eq=True)
-class BreakpointRange:
-    """A searched ATS breakpoint vector: `pieces` confidence pieces (m - 1 breakpoints), strictly increasing inside
-    (low, high), consecutive breakpoints (and the bounds) at least `min_gap` apart."""
-
-    pieces_min: int
-    pieces_max: int
-    low: float = 0.0
-    high: float = 1.0
-    min_gap: float = 0.01
-
-    def to_dict(self) -> dict:
-        pieces: Any = self.pieces_min if self.pieces_min == self.pieces_max else [self.pieces_min, self.pieces_max]
-        return {"pieces": pieces, "low": self.low, "high": self.high, "min_gap": self.min_gap}
-
-
-@dataclass(eq=True)
-class SpaceParam:
-    """One searched parameter.
-
-    key: the space key as written (`train.lr`, `gce.lam`, `calibration.breakpoints`); also its Optuna name.
-    path: the dotted trial-config path its value lands at (`gce.lam` -> `loss.lam`).
-    kind: float | int | categorical | breakpoints.
-    entry: (section, name) for `<entry>.<param>` keys, e.g. ("loss", "gce"): active only when loss.name == gce.
-    when: user conditions {config path: [allowed values]}; all must hold for the parameter to be active.
-    """
-
-    key: str
-    path: str
-    kind: str
-    low: float | int | None = None
-    high: float | int | None = None
-    log: bool = False
-    step: float | int | None = None
-    choices: list | None = None
-    breakpoints: BreakpointRange | None = None
-    entry: tuple[str, str] | None = None
-    when: dict[str, list] = field(default_factory=dict)
-
-    def conditions(self) -> dict[str, tuple]:
-        """Every condition for this parameter to be active: `when` plus the implicit ones (its loss/model is the
-        chosen one; breakpoints only under ATS), intersected per path."""
-        conds: dict[str, tuple] = {p: tuple(v) for p, v in self.when.items()}
-        implicit = []
-        if self.entry is not None:
-            implicit.append((f"{self.entry[0]}.name", (self.entry[1],)))
-        if self.path == BREAKPOINTS_PATH:
-            implicit.append(BREAKPOINTS_CONDITION)
-        for path, values in implicit:
-            conds[path] = tuple(v for v in conds[path] if v in values) if path in conds else values
-        return conds
-
-    def optuna_names(self) -> list[str]:
-        """The Optuna parameter names this parameter may suggest (breakpoints: piece count + one per breakpoint)."""
-        if self.kind != "breakpoints":
-            return [self.key]
-        bp = self.breakpoints
-        names = [f"{self.key}.pieces"] if bp.pieces_min != bp.pieces_max else []
-        return names + [f"{self.key}.u{k}" for k in range(1, bp.pieces_max)]
-
-    def to_dict(self) -> dict:
-        out: dict[str, Any] = {}
-        if self.kind in ("float", "int"):
-            out = {"type": self.kind, "low": self.low, "high": self.high, "log": self.log}
-            if self.step is not None:
-                out["step"] = self.step
-        elif self.kind == "categorical":
-            out = {"choices": copy.deepcopy(self.choices)}
-        else:
-            out = {"breakpoints": self.breakpoints.to_dict()}
-        if self.when:
-            out["when"] = {p: list(v) for p, v in self.when.items()}
-        return out
-
-
-@dataclass(eq=True)
-class SearchSpec:
-    """A validated search space.
-
-    base_config: the resolved trial config of the fixed settings; at searched paths it holds the fixed or default
-    value, which `apply` replaces (an inactive parameter leaves it in place). Where `loss.name` (or `model.name`) is
-    searched, it holds the first choice.
-    params: searched parameters, ordered so that a parameter comes after every parameter its conditions read.
-    entry_fixed: for a loss/model section whose name is searched, its fixed parameters (kept for the chosen entry
-    only if that entry takes them).
-    """
-
-    name: str
-    description: str
-    base_config: dict
-    params: list[SpaceParam]
-    search: SearchSettings
-    scheduler: SchedulerSettings
-    resources: Resources
-    entry_fixed: dict[str, dict] = field(default_factory=dict)
-    source: str = field(default="", compare=False)
-
-    # -- sampling side
-
-    def param(self, key: str) -> SpaceParam:
-        for p in self.params:
-            if p.key == key:
-                return p
-        raise KeyError(key)
-
-    def is_active(self, param: SpaceParam, chosen: Mapping[str, Any]) -> bool:
-        """Whether `param` is active given the values `chosen` so far for the parameters before it (by key)."""
-        for path, values in param.conditions().items():
-            if self._value_at(path, chosen) not in values:
-                return False
-        return True
-
-    def _value_at(self, path: str, chosen: Mapping[str, Any]) -> Any:
-        for p in self.params:
-            if p.path == path and p.key in chosen:
-                return chosen[p.key]
-        try:
-            return get_path(self.base_config, path)
-        except (KeyError, TypeError):
-            return None
-
-    def active_values(self, flat_params: Mapping[str, Any]) -> dict[str, Any]:
-        """The values of the parameters that are active under `flat_params` (inactive ones are dropped)."""
-        unknown = [k for k in flat_params if k not in {p.key for p in self.params}]
-        if unknown:
-            raise ValueError(f"not searched parameters of space {self.name!r}: {', '.join(map(repr, unknown))}; "
-                             f"valid: {', '.join(p.key for p in self.params) or 'none'}")
-        chosen: dict[str, Any] = {}
-        for p in self.params:
-            if not self.is_active(p, chosen):
-                continue
-            if p.key not in flat_params:
-                raise ValueError(f"{p.key}: active in this configuration but no value given")
-            chosen[p.key] = flat_params[p.key]
-        return chosen
-
-    def apply(self, flat_params: Mapping[str, Any]) -> dict:
-        """The resolved trial config with each active parameter's value at its dotted path.
-
-        `flat_params` maps space keys to values (a breakpoint vector as a list); values of inactive parameters
-        are ignored. Raises ValueError for unknown keys or missing active values, ConfigError for invalid values.
-        """
-        chosen = self.active_values(flat_params)
-        cfg = copy.deepcopy(self.base_config)
-        for section in ENTRY_SECTIONS:
-            key = f"{section}.name"
-            if key in chosen:
-                entry = chosen[key]
-                takes = _entry_params(section, entry) or {}
-                fixed_params = self.entry_fixed.get(section, {})
-                cfg[section] = {"name": entry, **{k: copy.deepcopy(v) for k, v in fixed_params.items() if k in takes}}
-        for p in self.params:
-            if p.key in chosen and p.path not in ("loss.name", "model.name"):
-                value = chosen[p.key]
-                if p.kind == "breakpoints":
-                    value = [float(b) for b in value]
-                set_path(cfg, p.path, copy.deepcopy(value))
-        return resolve(cfg, source=f"space {self.name!r}")
-
-    # -- serialisation
-
-    def to_dict(self) -> dict:
-        """The spec as a space file (YAML-serialisable); `load_spec` of it gives an equal SearchSpec."""
-        cfg = copy.deepcopy(self.base_config)
-        searched_paths = {p.path for p in self.params if p.entry is None}
-        for section in ENTRY_SECTIONS:
-            if f"{section}.name" in searched_paths:
-                cfg[section] = copy.deepcopy(self.entry_fixed.get(section, {}))
-        for path in sorted(searched_paths):
-            if path in ("loss.name", "model.name"):
-                continue
-            parent_path, _, leaf = path.rpartition(".")
-            parent = get_path(cfg, parent_path) if parent_path else cfg
-            parent.pop(leaf, None)
-        out: dict[str, Any] = {"name": self.name, "description": self.description}
-        out.update(cfg)
-        out["search"] = self.search.to_dict()
-        out["scheduler"] = self.scheduler.to_dict()
-        out["resources"] = self.resources.to_dict()
-        out["space"] = {p.key: p.to_dict() for p in self.params}
-        return out
-
-    def summary(self) -> str:
-        res = self.resources
-        return (f"{self.name} ({len(self.params)} searched parameters, sampler {self.search.sampler}, "
-                f"{self.search.num_samples} trials, scheduler {self.scheduler.name}, "
-                f"{res.cpus_per_trial:g} CPU / {res.gpus_per_trial:g} GPU per trial, "
-                f"{self.base_config['train']['epochs']} epochs on {self.base_config['data']['name']})")
-
-
-# ------------------------------------------------------------------------------------------------------ YAML input
-
-
-class _SpaceLoader(yaml.SafeLoader):
-    """Safe YAML that records duplicate keys (PyYAML silently keeps the last) and reads `1e-3` as a float (YAML 1.1
-    demands `1.0e-3`, so plain PyYAML returns the string '1e-3' for a learning rate)."""
-
-    duplicates: list[str]
-
-
-def _construct_mapping(loader: _SpaceLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        try:
-            key = loader.construct_object(key_node, deep=True)
-        except yaml.YAMLError:  # pragma: no cover - reported by the main constructor
-            continue
-        if isinstance(key, (str, int, float, bool)) or key is None:
-            if key in seen:
-                loader.duplicates.append(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice "
-                                         f"(first on line {seen[key]}); valid: each key once per mapping")
-            else:
-                seen[key] = key_node.start_mark.line + 1
-    return loader.construct_mapping(node, deep=deep)
-
-
-_SpaceLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-_FLOAT_RE = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
-_SpaceLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789"))
-
-
-def _float_string(value: Any) -> Any:
-    """'1e-3' (a --set value read as YAML 1.1) -> 0.001, also inside a list or mapping
-    (`--set calibration.breakpoints=[1e-1,0.5]`), as a space file reads it; anything else unchanged."""
-    if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-        return float(value)
-    if isinstance(value, list):
-        return [_float_string(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _float_string(v) for k, v in value.items()}
-    return value
-
-
-# Bounds on what a YAML file may expand to. A space file holds a few hundred values; PyYAML shares an aliased node
-# between its uses, but every later walk over the document (validation, copies, the spec written to the experiment,
-# TensorBoard's hparams) expands it, so ten nested aliases of ten would be 10^10 values ("billion laughs").
-MAX_YAML_BYTES = 4 * 2**20
-MAX_YAML_NODES = 100_000  # values after alias expansion: an alias counts its whole target each time it is used
-MAX_YAML_DEPTH = 100  # nesting levels; Python's recursion limit would end a deeper document with a traceback
 MAX_CHOICES = 1000  # values of one categorical parameter
 
 
-def _utf8_text(path: Path, data: bytes) -> str:
-    """The text of a YAML file's bytes; ConfigError naming the file when it is not UTF-8 text."""
-    valid = "valid: a UTF-8 text file of YAML"
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ConfigError([f"{path}: UTF-16 or UTF-32 text (byte-order mark {data[:2].hex(' ')}); {valid} (convert it, "
-                           f"e.g. iconv -f UTF-16 -t UTF-8)"], str(path))
-    nul = data.find(b"\0")
-    if nul >= 0:
-        raise ConfigError([f"{path}: a NUL byte at offset {nul}: a binary file, or UTF-16/32 text; {valid}"],
-                          str(path))
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ConfigError([f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); {valid}"],
-                          str(path)) from None
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    return []
-
-
-def _expansion_problem(root: yaml.Node) -> str | None:
-    """What is wrong with the size or shape of a composed document once its aliases are expanded, or None.
-
-    Iterative, with each node's expanded size and height computed once (an aliased node is one object in the
-    composed graph), so a document that would expand to 10^30 values is measured in the time of its text."""
-    sizes: dict[int, int] = {}
-    heights: dict[int, int] = {}
-    open_nodes: set[int] = set()  # the nodes on the current path: an alias back to one of them is a cycle
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        key = id(node)
-        children = _children(node)
-        if done:
-            open_nodes.discard(key)
-            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
-            heights[key] = 1 + max((heights[id(c)] for c in children), default=0)
-            line = node.start_mark.line + 1
-            if sizes[key] > MAX_YAML_NODES:
-                return (f"line {line}: this value expands to more than {MAX_YAML_NODES} values (an alias counts its "
-                        f"anchor's whole value each time it is used); valid: at most {MAX_YAML_NODES} values")
-            if heights[key] > MAX_YAML_DEPTH:
-                return f"line {line}: nested more than {MAX_YAML_DEPTH} levels deep; valid: at most {MAX_YAML_DEPTH}"
-            continue
-        if key in sizes:
-            continue
-        if key in open_nodes:
-            return (f"line {node.start_mark.line + 1}: an alias refers to a value that contains it (a recursive "
-                    f"value); valid: aliases to values defined before and outside them")
-        open_nodes.add(key)
-        stack.append((node, True))
-        stack.extend((c, False) for c in children if id(c) not in sizes)
-    return None
-
-
-def _syntax_error(err: yaml.YAMLError) -> str:
-    mark = getattr(err, "problem_mark", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    what = getattr(err, "problem", None) or str(err).splitlines()[0]
-    context = getattr(err, "context", None)
-    what = f"{what} ({context})" if context else what
-    return f"{where}YAML syntax error: {what}; valid: YAML (check indentation, colons, brackets and quotes)"
-
-
-def read_yaml(path: Path | str) -> Any:
-    """Parse a YAML file; ConfigError with the line number on a syntax error or a duplicate key, and for a file
-    that is not UTF-8 text, a directory, or a document beyond MAX_YAML_BYTES / MAX_YAML_NODES / MAX_YAML_DEPTH.
-
-    Every YAML file gce-search reads (space files, trial configs, studies, exports, an experiment's spec) goes
-    through here, so each gets the same checks and reads `1e-3` as a float."""
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError([f"{path}: is a directory; valid: a YAML file"], str(path))
-    try:
-        size = path.stat().st_size
-        if size > MAX_YAML_BYTES:
-            raise ConfigError([f"{path}: {size} bytes; valid: a YAML file of at most {MAX_YAML_BYTES} bytes"],
-                              str(path))
-        data = path.read_bytes()
-    except OSError as err:
-        raise ConfigError([f"{path}: cannot read ({err.strerror}); valid: a readable YAML file"]) from None
-    loader = _SpaceLoader(_utf8_text(path, data))
-    loader.duplicates = []
-    try:
-        node = loader.get_single_node()
-        problem = _expansion_problem(node) if node is not None else None
-        if problem is not None:
-            raise ConfigError([problem], str(path))
-        doc = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as err:
-        raise ConfigError([_syntax_error(err)], str(path)) from None
-    except RecursionError:
-        raise ConfigError([f"nested more than {MAX_YAML_DEPTH} levels deep; valid: at most {MAX_YAML_DEPTH}"],
-                          str(path)) from None
-    finally:
-        loader.dispose()
-    if loader.duplicates:
-        raise ConfigError(list(loader.duplicates), str(path))
-    return doc
-
-
-def shipped_spaces() -> list[str]:
-    """Names of the spaces shipped with the package (spaces/*.yaml)."""
-    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
-
-
-def locate(path_or_name: str) -> Path:
-    """A path to a YAML file, or the name of a shipped space (`quickstart` -> spaces/quickstart.yaml)."""
-    candidate = Path(path_or_name).expanduser()
-    if candidate.is_file():
-        return candidate
-    if candidate.is_dir():
-        raise ConfigError([f"{path_or_name}: is a directory; valid: a path to a space YAML file or the name of a "
-                           f"shipped space ({', '.join(shipped_spaces())})"])
-    if "/" not in path_or_name and "\\" not in path_or_name:
-        shipped = SPACES_DIR / (path_or_name if path_or_name.endswith(".yaml") else f"{path_or_name}.yaml")
-        if shipped.is_file():
-            return shipped
-    names = shipped_spaces()
-    raise ConfigError([f"{path_or_name}: no such file, and not a shipped space{_suggest(path_or_name, names)}; "
-                       f"valid: a path to a YAML file or one of {', '.join(names)}"])
-
-
-def load_spec(path_or_name: str | Path, overrides: Iterable[str] = ()) -> SearchSpec:
-    """Read, override (`--set key=value`) and validate a space file; ConfigError lists every problem."""
-    path = locate(str(path_or_name))
-    raw = read_yaml(path)
-    return spec_from_dict(raw, overrides, source=str(path), default_name=path.stem)
-
-
-# ------------------------------------------------------------------------------------------------------ validation
-
-
-def _suggest(name: str, valid: Iterable[str]) -> str:
+def suggest(name: str, valid: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _registry(section: str):
-    """The registry behind an entry section or a name path (imported lazily: they import torch)."""
-    if section == "loss":
-        from gce_search.trainables.losses import LOSSES
+_NAME_REGISTRIES = {"loss.name": LOSSES, "model.name": MODELS, "data.name": DATASETS,
+                    "calibration.method": CALIBRATORS}
+_NAME_PATHS = {path: reg.kind for path, reg in _NAME_REGISTRIES.items()}
 
-        return LOSSES
-    if section == "model":
-        from gce_search.trainables.models import MODELS
-
-        return MODELS
-    if section == "data":
-        from gce_search.trainables.data import DATASETS
-
-        return DATASETS
-    if section == "calibration":
-        from gce_search.trainables.calibration import CALIBRATORS
-
-        return CALIBRATORS
-    raise AssertionError(section)  # pragma: no cover
-
-
-_NAME_PATHS = {"loss.name": "loss", "model.name": "model", "data.name": "data", "calibration.method": "calibration"}
-
-
-def _entry_params(section: str, name: Any) -> dict[str, Param] | None:
-    reg = _registry(section)
-    if not isinstance(name, str) or name not in reg:
-        return None
-    return dict(reg[name].params)
 
 
 def _fmt(value: Any) -> str:
@@ -537,11 +45,11 @@ def _fmt(value: Any) -> str:
 
 def _value_problem(path: str, value: Any) -> str | None:
     """What is wrong with `value` at the fixed config path `path` (a SCHEMA key or a registry name), or None."""
-    if path in _NAME_PATHS:
-        reg = _registry(_NAME_PATHS[path])
+    if path in _NAME_REGISTRIES:
+        reg = _NAME_REGISTRIES[path]
         if value in reg:
             return None
-        return f"unknown {reg.kind} {value!r}{_suggest(str(value), reg.names())}; valid: {', '.join(reg.names())}"
+        return f"unknown {reg.kind} {value!r}{suggest(str(value), reg.names())}; valid: {', '.join(reg.names())}"
     if path == BREAKPOINTS_PATH:
         bp = check_breakpoints(value)
         return None if bp is None else f"{bp}; valid: a strictly increasing list inside (0, 1)"
@@ -580,7 +88,7 @@ class _Checker:
         out = {}
         for k, v in given.items():
             if k not in schema:
-                self.add(f"{key}.{k}: unknown key{_suggest(str(k), schema)}; valid: {', '.join(schema)}")
+                self.add(f"{key}.{k}: unknown key{suggest(str(k), schema)}; valid: {', '.join(schema)}")
         for k, param in schema.items():
             v = given.get(k, param.default)
             if v is None and param.default is None:
@@ -593,36 +101,8 @@ class _Checker:
         return out
 
 
-def _check_override_targets(raw: dict, overrides: Iterable[str], problems: list[str]) -> dict:
-    raw = copy.deepcopy(raw)
-    for text in overrides:
-        try:
-            key, value = parse_override(text)
-        except ValueError as err:
-            problems.append(f"{err}")
-            continue
-        value = _float_string(value)
-        if key == "space" or key.startswith("space."):
-            problems.append(f"--set {text!r}: searched parameters cannot be overridden; valid: edit the space file, "
-                            f"or --set a fixed setting (e.g. train.epochs=5, search.num_samples=8)")
-            continue
-        parts = key.split(".")
-        node: Any = raw
-        ok = True
-        for i, part in enumerate(parts[:-1]):
-            nxt = node.get(part) if isinstance(node, dict) else None
-            if nxt is None:
-                node[part] = {}
-                nxt = node[part]
-            if not isinstance(nxt, dict):
-                problems.append(f"--set {text!r}: {'.'.join(parts[:i + 1])} is {nxt!r}, not a mapping; "
-                                f"valid: a dotted path to a setting")
-                ok = False
-                break
-            node = nxt
-        if ok:
-            node[parts[-1]] = value
-    return raw
+_REFUSED_OVERRIDES = {"space": "searched parameters cannot be overridden; valid: edit the space file, or --set a "
+                               "fixed setting (e.g. train.epochs=5, search.num_samples=8)"}
 
 
 def spec_from_dict(raw: Any, overrides: Iterable[str] = (), source: str = "", default_name: str = "space"
@@ -633,14 +113,13 @@ def spec_from_dict(raw: Any, overrides: Iterable[str] = (), source: str = "", de
     if not isinstance(raw, dict):
         raise ConfigError([f"(top level): expected a mapping of sections, got {type(raw).__name__}; valid: a mapping "
                            f"with keys such as {', '.join(TOP_LEVEL_KEYS)}"], source)
-    override_problems: list[str] = []
-    raw = _check_override_targets(raw, overrides, override_problems)
+    raw, override_problems = apply_overrides(raw, overrides, refused=_REFUSED_OVERRIDES)
     ck = _Checker(raw, source)
     ck.problems.extend(override_problems)
 
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
-            ck.add(f"{key}: unknown top-level key{_suggest(str(key), TOP_LEVEL_KEYS)}; valid: "
+            ck.add(f"{key}: unknown top-level key{suggest(str(key), TOP_LEVEL_KEYS)}; valid: "
                    f"{', '.join(TOP_LEVEL_KEYS)}")
 
     name = raw.get("name", default_name)
@@ -654,11 +133,9 @@ def spec_from_dict(raw: Any, overrides: Iterable[str] = (), source: str = "", de
 
     # -- driver sections
     search_values = ck.settings("search", SEARCH_SCHEMA)
-    from gce_search.search.space import SAMPLERS  # no Optuna import at module level
-
     if isinstance(search_values.get("sampler"), str) and search_values["sampler"] not in SAMPLERS:
         s = search_values["sampler"]
-        ck.add(f"search.sampler: unknown sampler {s!r}{_suggest(s, SAMPLERS.names())}; "
+        ck.add(f"search.sampler: unknown sampler {s!r}{suggest(s, SAMPLERS.names())}; "
                f"valid: {', '.join(SAMPLERS.names())}")
     search = SearchSettings(**search_values)
 
@@ -718,7 +195,7 @@ def spec_from_dict(raw: Any, overrides: Iterable[str] = (), source: str = "", de
     base_partial = copy.deepcopy(validation_cfg)
     for section, values in entry_fixed.items():
         name_choice = base_partial[section]["name"]
-        takes = _entry_params(section, name_choice) or {}
+        takes = entry_params(section, name_choice) or {}
         base_partial[section].update({k: v for k, v in values.items() if k in takes})
     base_config = pin_threads(resolve(base_partial, source), resources.cpus_per_trial)  # recorded: a retrain matches
     spec = SearchSpec(name=name, description=description, base_config=base_config, params=params, search=search,
@@ -753,12 +230,10 @@ def extreme_configs(spec: SearchSpec) -> Iterator[tuple[str, dict]]:
 
 
 def _parse_scheduler(ck: _Checker) -> SchedulerSettings:
-    from gce_search.search.schedulers import SCHEDULERS
-
     given = ck.section("scheduler")
     name = given.get("name", "asha")
     if name not in SCHEDULERS:
-        ck.add(f"scheduler.name: unknown scheduler {name!r}{_suggest(str(name), SCHEDULERS.names())}; "
+        ck.add(f"scheduler.name: unknown scheduler {name!r}{suggest(str(name), SCHEDULERS.names())}; "
                f"valid: {', '.join(SCHEDULERS.names())}")
         return SchedulerSettings(name=str(name), params={})
     schema = SCHEDULERS[name].params
@@ -768,7 +243,7 @@ def _parse_scheduler(ck: _Checker) -> SchedulerSettings:
             continue
         if k not in schema:
             valid = ", ".join(["name", *schema])
-            ck.add(f"scheduler.{k}: not a parameter of scheduler {name!r}{_suggest(str(k), schema)}; valid: {valid}")
+            ck.add(f"scheduler.{k}: not a parameter of scheduler {name!r}{suggest(str(k), schema)}; valid: {valid}")
             continue
         p = schema[k].problem(v)
         if p is not None:
@@ -786,11 +261,7 @@ def _space_paths() -> list[str]:
 def _all_entry_keys() -> list[str]:
     out = []
     for section in ENTRY_SECTIONS:
-        try:
-            reg = _registry(section)
-        except ImportError:  # pragma: no cover - registry module missing
-            continue
-        for entry, info in reg.items():
+        for entry, info in ENTRY_REGISTRIES[section].items():
             out.extend(f"{entry}.{p}" for p in info.params)
     return out
 
@@ -816,19 +287,19 @@ def _resolve_key(ck: _Checker, key: Any, fixed: dict) -> tuple[str, tuple[str, s
             ck.add(f"{where}: {head} parameters are searched as '<{head} name>.{rest}'; valid: e.g. {example!r} "
                    f"(active only when {head}.name is that {head})")
             return None
-        ck.add(f"{where}: unknown config path{_suggest(key, _space_paths() + _all_entry_keys())}; valid: a path of "
+        ck.add(f"{where}: unknown config path{suggest(key, _space_paths() + _all_entry_keys())}; valid: a path of "
                f"trainables.config.SCHEMA (e.g. train.lr), loss.name, model.name, or <loss>.<param> (e.g. gce.lam)")
         return None
     for section in ENTRY_SECTIONS:
-        reg = _registry(section)
+        reg = ENTRY_REGISTRIES[section]
         if head in reg:
             params = reg[head].params
             if not rest or "." in rest or rest not in params:
                 valid = ", ".join(f"{head}.{p}" for p in params) or f"none ({section} {head!r} takes no parameters)"
-                ck.add(f"{where}: not a parameter of {section} {head!r}{_suggest(rest, params)}; valid: {valid}")
+                ck.add(f"{where}: not a parameter of {section} {head!r}{suggest(rest, params)}; valid: {valid}")
                 return None
             return f"{section}.{rest}", (section, head)
-    ck.add(f"{where}: unknown key{_suggest(key, _space_paths() + _all_entry_keys())}; valid: a config path "
+    ck.add(f"{where}: unknown key{suggest(key, _space_paths() + _all_entry_keys())}; valid: a config path "
            f"(e.g. train.lr, loss.name) or <loss>.<param> (e.g. gce.lam, focal.gamma)")
     return None
 
@@ -836,7 +307,7 @@ def _resolve_key(ck: _Checker, key: Any, fixed: dict) -> tuple[str, tuple[str, s
 def _target_param(path: str, entry: tuple[str, str] | None) -> Param | None:
     """The Param describing the values valid at `path` (None where a registry checks them instead)."""
     if entry is not None:
-        params = _entry_params(*entry) or {}
+        params = entry_params(*entry) or {}
         return params.get(path.split(".", 1)[1])
     return SCHEMA.get(path)
 
@@ -866,7 +337,7 @@ def _parse_space(ck: _Checker, space_raw: dict, fixed: dict) -> list[SpaceParam]
             continue
         for k in spec:
             if k not in ENTRY_KEYS:
-                ck.add(f"{where}.{k}: unknown key{_suggest(str(k), ENTRY_KEYS)}; valid: {', '.join(ENTRY_KEYS)}")
+                ck.add(f"{where}.{k}: unknown key{suggest(str(k), ENTRY_KEYS)}; valid: {', '.join(ENTRY_KEYS)}")
         if resolved is None:
             continue
         path, entry = resolved
@@ -1020,7 +491,7 @@ def _parse_breakpoints(ck: _Checker, key: str, path: str, spec: dict) -> SpacePa
     ok = True
     for k in bp:
         if k not in BREAKPOINT_KEYS:
-            ck.add(f"{where}.{k}: unknown key{_suggest(str(k), BREAKPOINT_KEYS)}; valid: {', '.join(BREAKPOINT_KEYS)}")
+            ck.add(f"{where}.{k}: unknown key{suggest(str(k), BREAKPOINT_KEYS)}; valid: {', '.join(BREAKPOINT_KEYS)}")
             ok = False
     pieces = bp.get("pieces")
     pieces_range: tuple[int, int] | None = None
@@ -1092,7 +563,7 @@ def _parse_when(ck: _Checker, key: str, when: Any) -> dict[str, list]:
         head, _, rest = path.partition(".")
         known = path in SCHEMA or path in _NAME_PATHS or (head in ENTRY_SECTIONS and rest and "." not in rest)
         if not known:
-            ck.add(f"{where}.{path}: unknown config path{_suggest(path, _space_paths())}; valid: a dotted path of the "
+            ck.add(f"{where}.{path}: unknown config path{suggest(path, _space_paths())}; valid: a dotted path of the "
                    f"trial config, e.g. loss.name, train.optimizer")
             continue
         bad = False
@@ -1109,13 +580,13 @@ def _parse_when(ck: _Checker, key: str, when: Any) -> dict[str, list]:
 def _check_entry_fixed(ck: _Checker, section: str, values: dict, candidates: list) -> None:
     """Fixed parameters of a loss/model section whose name is searched: each must belong to some candidate."""
     for k, v in values.items():
-        takers = [c for c in candidates if k in (_entry_params(section, c) or {})]
+        takers = [c for c in candidates if k in (entry_params(section, c) or {})]
         if not takers:
             ck.add(f"{section}.{k}: not a parameter of any searched {section} ({', '.join(map(str, candidates))}); "
                    f"valid: a parameter of one of them, or remove it")
             continue
         for c in takers:
-            param = _entry_params(section, c)[k]
+            param = entry_params(section, c)[k]
             p = param.problem(v)
             if p is not None:
                 ck.add(f"{section}.{k}: {p} for {section} {c!r}; valid: {param.describe()}")
@@ -1254,13 +725,10 @@ def _order(ck: _Checker, params: list[SpaceParam]) -> list[SpaceParam]:
     return ordered
 
 
-# ------------------------------------------------------------------------------------------------------------- CLI
-
-
 def data_problems_of(spec: SearchSpec) -> list[str]:
     """What the trials would find wrong with the data files and the split sizes, for the fixed data settings and
     at the ends of each searched data setting (trainables.data.data_problems; headers and listings only)."""
-    from gce_search.trainables.data import data_problems
+    from gce_search.trainables.data import data_problems  # numpy (never torch): imported only for this check
 
     out: list[str] = []
     for where, cfg in extreme_configs(spec):
@@ -1268,21 +736,3 @@ def data_problems_of(spec: SearchSpec) -> list[str]:
             continue  # the data settings are the base ones: already checked
         out += [f"{where}{p}" for p in data_problems(cfg["data"]) if f"{where}{p}" not in out]
     return out
-
-
-def cmd_validate(args) -> int:
-    """`gce-search validate SPACE [--set k=v]`: 'OK: ...' and exit 0, or every problem, one per line, exit 2."""
-    try:
-        spec = load_spec(args.space, getattr(args, "overrides", None) or ())
-        if not getattr(args, "skip_data", False):
-            problems = data_problems_of(spec)
-            if problems:
-                raise ConfigError(problems, spec.source)
-    except ConfigError as err:
-        head = f"{err.source}: " if err.source else ""
-        print(f"INVALID: {head}{len(err.problems)} problem(s)", file=sys.stderr)
-        for problem in err.problems:
-            print(problem, file=sys.stderr)
-        return 2
-    print(f"OK: {spec.summary()}")
-    return 0
