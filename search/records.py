@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import yaml
 
-from gce_search.errors import UsageError
+from gce_search.errors import ConfigError, UsageError
 from gce_search.search.pareto import OBJECTIVES, as_minimization, hypervolume_acc_ece, pareto_front
 from gce_search.spaces.records import SpaceParam
 from gce_search.spaces.validation import spec_from_dict
 from gce_search.trainables.checkpoints import RESULT_FILE, read_result_lines
 from gce_search.trainables.config import get_path
+from gce_search.yamlio import read_yaml
 
 __all__ = [
     "STATUSES",
@@ -407,9 +407,9 @@ def load_experiment(exp_dir: str | os.PathLike) -> Experiment:
     spec_path = path / "spec.yaml"
     if spec_path.is_file():
         try:
-            spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise UsageError(f"{spec_path}: not valid YAML ({err})") from None
+            spec = read_yaml(spec_path)
+        except ConfigError as err:
+            raise UsageError(f"{spec_path}: not valid YAML ({'; '.join(err.problems)})") from None
         if not isinstance(spec, dict):
             raise UsageError(f"{spec_path}: expected a mapping (the resolved search spec)")
     # A trial that errored before its first report has error.txt but no result line.
