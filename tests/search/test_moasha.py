@@ -402,3 +402,19 @@ def test_result_of_an_unannounced_trial_assigns_it_a_bracket():
     scheduler = MultiObjectiveASHA(max_t=9, grace_period=1, reduction_factor=3)
     assert scheduler.on_trial_result(None, make_trial("restored"), result(1, 0.5, 0.1)) == CONTINUE
     assert list(scheduler.rung_records()[0][1]) == ["restored"]
+
+
+def test_callbacks_pickle_explicit_state():
+    import pickle
+
+    from gce_search.search.driver import SchedulerState, TimeBudget
+
+    scheduler = MultiObjectiveASHA(max_t=9, grace_period=1, reduction_factor=3)
+    carrier = SchedulerState(scheduler)
+    assert carrier.__getstate__() == {"scheduler": scheduler}
+    assert type(pickle.loads(pickle.dumps(carrier)).scheduler) is MultiObjectiveASHA
+    budget = TimeBudget(60)
+    budget.on_step_begin(0, [])
+    assert budget.__getstate__() == {"timeout_s": 60.0, "remaining": budget.remaining}
+    restored = pickle.loads(pickle.dumps(budget))
+    assert restored.remaining == budget.remaining and restored._last is None  # counting restarts at its first step
