@@ -25,7 +25,7 @@ from gce_search.search.driver import JOURNAL_FILE
 from gce_search.search.export import export_document
 from gce_search.search.figures import figure_png, reliability_figure
 from gce_search.search.records import load_experiment
-from gce_search.search.searcher import open_journal
+from gce_search.search.journal import open_journal
 
 __all__ = ["ARTIFACTS_DIR", "artifact_store", "publish_front_artifacts", "dashboard_app", "cmd_dashboard"]
 

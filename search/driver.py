@@ -13,9 +13,9 @@ from typing import Any
 
 from ray.tune import Callback
 
+from gce_search.errors import UsageError
 from gce_search.search.compat import (asha_brackets, asha_counters, asha_rng, asha_trial_brackets, bracket_rungs,
                                       local_tuner_configs, result_grid_trials, set_asha_counters)
-from gce_search.errors import UsageError
 from gce_search.search.cluster import (CSVLoggerKeepingLocal, JsonLoggerKeepingLocal, check_storage, job_address,
                             pull_experiment, push_driver_files)
 from gce_search.trainables.registry import ConfigError
@@ -245,7 +245,7 @@ def connect_ray(address: str | None) -> bool:
     except Exception as err:  # ConnectionError, RuntimeError, ValueError depending on the address form
         raise UsageError(f"--address {address!r}: could not connect to a Ray cluster ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}); valid: the address of a running "
-                         f"cluster's head (see `ray status` on it), or leave --address out for a local instance")
+                         f"cluster's head (see `ray status` on it), or leave --address out for a local instance") from None
     return True
 
 

@@ -21,7 +21,7 @@ Resume: the study lives in a JournalStorage file that survives the driver, while
 every experiment checkpoint. After a kill between the two, the journal may be ahead of the saved state: a trial told
 in the journal is not told again, and an Optuna trial asked after the last checkpoint (unknown to Ray after restore)
 is handed to the next trial Ray asks for, so no sampled configuration is lost and no Optuna trial stays RUNNING.
-The saved state is plain JSON without paths (search.state SEARCHER_FORMAT), and the pickled searcher in Ray's
+The saved state is plain JSON without paths (search.journal SEARCHER_FORMAT), and the pickled searcher in Ray's
 tuner.pkl is an explicit dict of its settings and that JSON state, without the study: `resume` attaches the journal
 of the directory it resumes (`attach_journal`), so an experiment can be moved or copied.
 """
@@ -35,44 +35,44 @@ import math
 import os
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from gce_search.search.journal import SEARCHER_FORMAT, open_journal, parse_searcher_state
+from gce_search.search.pareto import MODES, OBJECTIVES
+from gce_search.search.records import trial_outcome
+
 logger = logging.getLogger(__name__)
 
-OBJECTIVES = ["val/acc", "val/ece"]
-DIRECTIONS = ["max", "min"]
 # a define-by-run space that takes longer than this is warned about (as Ray's OptunaSearch does)
 DEFINE_BY_RUN_WARN_S = 1.0
 
 
-def open_journal(path: str) -> optuna.storages.JournalStorage:
-    """An Optuna JournalStorage on a local file (created if missing)."""
-    from optuna.storages.journal import JournalFileBackend
+def classify(result: dict | None, error: bool, metrics: Sequence[str] = OBJECTIVES
+             ) -> tuple[TrialState, list | None, str]:
+    """(Optuna state, values to tell, outcome word) for a trial whose last Ray result is `result`.
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(os.path.abspath(path)))
-
-
-def classify(result: dict | None, error: bool, metrics: list[str] = OBJECTIVES) -> tuple[TrialState, list | None, str]:
-    """(Optuna state, values to tell, outcome word) for a trial whose last Ray result is `result`."""
-    if error:
-        return TrialState.FAIL, None, "error"
-    if not result:
-        return TrialState.PRUNED, None, "stopped"
-    if result.get("status") == "diverged":
-        return TrialState.FAIL, None, "diverged"
-    values = [result.get(m) for m in metrics]
+    The outcome is search.records.trial_outcome, the one rule of how a trial ended; Optuna gets COMPLETE (with the
+    objective values) for a complete trial only, FAIL for an error, a divergence or a full-budget result without
+    finite objectives ("no-objective"), PRUNED for stopped and degenerate trials."""
+    outcome = trial_outcome(result, errored=error)
+    if outcome in ("error", "diverged"):
+        return TrialState.FAIL, None, outcome
+    if outcome == "stopped":
+        return TrialState.PRUNED, None, outcome
+    values = [(result or {}).get(m) for m in metrics]
     if any(not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) for v in values):
         # A trial that reports no usable objective never reached Optuna as a result in Ray's own code either;
         # without a diverged flag it is still not something the sampler should learn from.
         return TrialState.FAIL, None, "no-objective"
-    if result.get("final") is True:
-        return TrialState.COMPLETE, [float(v) for v in values], "complete"
-    return TrialState.PRUNED, None, "stopped"
+    if outcome == "degenerate":
+        # At chance level it is on no front of the tool's, so not on the study's either; a pruned trial sits on
+        # the bad side of TPE's split, which is what a collapsed model is (docs/results-format.md).
+        return TrialState.PRUNED, None, outcome
+    return TrialState.COMPLETE, [float(v) for v in values], outcome
 
 
 def _config_attrs(config: dict | None) -> dict:
@@ -163,7 +163,7 @@ class CalibratedSearcher(Searcher):
     ):
         if not callable(space):
             raise TypeError(f"space: {type(space).__name__}; valid: a define-by-run function of an optuna.Trial")
-        super().__init__(metric=metric or list(OBJECTIVES), mode=mode or list(DIRECTIONS))
+        super().__init__(metric=metric or list(OBJECTIVES), mode=mode or list(MODES))
         self._settings(space, sampler, study_name, None)
         self._load_state({"trials": {}, "completed": [], "outcomes": {}})
         self._journal_path = os.path.abspath(journal_path)
@@ -284,10 +284,6 @@ class CalibratedSearcher(Searcher):
         metrics = self._metrics()
         state, values, outcome = classify(result, error, metrics)
         attrs = _result_attrs(result, error)
-        if state is TrialState.COMPLETE and attrs.get("status") == "degenerate":
-            # At chance level it is on no front of the tool's, so not on the study's either; a pruned trial sits
-            # on the bad side of TPE's split, which is what a collapsed model is (docs/results-format.md).
-            state, values, outcome = TrialState.PRUNED, None, "degenerate"
         if current.state.is_finished():
             if current.user_attrs.get("outcome") == "error" and outcome != "error":
                 self._record_retry(trial_id, current, state, values, outcome, result)
@@ -328,11 +324,9 @@ class CalibratedSearcher(Searcher):
     # -- state ----------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """The JSON state Ray saves every experiment checkpoint (search.state SEARCHER_FORMAT): identifiers only,
+        """The JSON state Ray saves every experiment checkpoint (search.journal SEARCHER_FORMAT): identifiers only,
         the study itself is on disk in the journal, and no path (the journal is found from the experiment
         directory, attach_journal)."""
-        from gce_search.search.state import SEARCHER_FORMAT
-
         return {
             "format": SEARCHER_FORMAT,
             "study_name": self._study_name,
@@ -379,8 +373,6 @@ class CalibratedSearcher(Searcher):
             json.dump(self.state_dict(), f)
 
     def restore(self, checkpoint_path: str) -> None:
-        from gce_search.search.state import parse_searcher_state
-
         with open(checkpoint_path, "rb") as f:
             state, problem = parse_searcher_state(f.read())
         if problem is not None:

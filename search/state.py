@@ -33,6 +33,7 @@ import uuid
 from ray.tune import Callback
 
 from gce_search.search.compat import experiment_state_problem, experiment_state_trials
+from gce_search.search.journal import rebuild_searcher_state, searcher_state_problem
 
 BACKUP_DIR = "state-backup"
 TUNER_FILE = "tuner.pkl"
@@ -44,7 +45,6 @@ STATE_PATTERNS = {
     "searcher-state-*.pkl": "searcher",
     "callback-states-*.pkl": "pickle",
 }
-SEARCHER_FORMAT = 2
 
 
 class StateError(Exception):
@@ -71,28 +71,6 @@ def pickle_problem(data: bytes) -> str | None:
     if data[end:].strip(b"\0"):
         return "extra bytes after the pickle"
     return None
-
-
-def searcher_state_problem(data: bytes) -> str | None:
-    state, problem = parse_searcher_state(data)
-    return problem
-
-
-def parse_searcher_state(data: bytes) -> tuple[dict | None, str | None]:
-    if not data:
-        return None, "empty"
-    try:
-        state = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None, "not the JSON searcher state of this version (cut short, or written by an older version)"
-    if not isinstance(state, dict) or state.get("format") != SEARCHER_FORMAT:
-        return None, f"not a searcher state of format {SEARCHER_FORMAT}"
-    for key, kind in (("trials", dict), ("completed", list), ("outcomes", dict)):
-        if not isinstance(state.get(key), kind):
-            return None, f"its {key!r} is missing or not a {kind.__name__}"
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in state["trials"].values()):
-        return None, "its 'trials' do not map Ray trial ids to Optuna trial ids"
-    return state, None
 
 
 CHECKS = {"experiment": experiment_state_problem, "pickle": pickle_problem, "searcher": searcher_state_problem}
@@ -230,35 +208,6 @@ def set_aside(paths: list[str], exp_dir: str) -> str:
     for path in paths:
         os.replace(path, os.path.join(dest, os.path.basename(path)))
     return dest
-
-
-def rebuild_searcher_state(journal_path: str, study_name: str | None = None) -> dict:
-    """The searcher state, from the Optuna journal alone: every trial asked for Ray carries its Ray id.
-    `study_name` None: the journal's only study (a renamed experiment keeps its study's first name)."""
-    import optuna
-
-    from gce_search.search.searcher import open_journal
-
-    storage = open_journal(journal_path)
-    if study_name is None:
-        names = optuna.get_all_study_names(storage)
-        if len(names) != 1:
-            raise ValueError(f"the journal holds {len(names)} studies ({names}); expected one")
-        study_name = names[0]
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    study_id = storage.get_study_id_from_name(study_name)
-    trials: dict[str, int] = {}
-    outcomes: dict[str, str] = {}
-    for t in study.get_trials(deepcopy=False):
-        rid = t.user_attrs.get("ray_trial_id")
-        if rid is None:
-            continue
-        if rid not in trials:  # the asked trial; a retry of an errored one is added later
-            trials[rid] = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        if t.state.is_finished():
-            outcomes[rid] = t.user_attrs.get("outcome", t.state.name.lower())
-    return {"format": SEARCHER_FORMAT, "study_name": study_name, "trials": trials,
-            "completed": sorted(outcomes), "outcomes": outcomes}
 
 
 def recover_state(exp_dir: str, journal_path: str, study_name: str | None = None) -> list[str]:

@@ -30,7 +30,7 @@ def tiny_experiment(tmp_path_factory) -> Path:
 def _study(exp: Path):
     import optuna
 
-    from gce_search.search.searcher import open_journal
+    from gce_search.search.journal import open_journal
 
     storage = open_journal(str(exp / "optuna.journal"))
     (summary,) = optuna.get_all_study_summaries(storage)

@@ -52,8 +52,17 @@ def test_classify_hand_cases():
     assert classify({**full, "status": "diverged"}, False)[:2] == (TrialState.FAIL, None)
     assert classify({**full, "val/ece": float("nan")}, False)[0] == TrialState.FAIL
     assert classify({**full, "val/acc": None}, False)[0] == TrialState.FAIL
-    assert classify(full, True)[0] == TrialState.FAIL
+    # Errored: FAIL, unless a full-budget result came first (records.trial_outcome, the one rule: such a trial is
+    # complete in the result files, the console and TensorBoard, so it is complete in the study too). Ray itself
+    # passes no result with error=True.
+    assert classify(None, True) == (TrialState.FAIL, None, "error")
+    assert classify({**full, "final": False}, True) == (TrialState.FAIL, None, "error")
+    assert classify(full, True) == (TrialState.COMPLETE, [0.9, 0.02], "complete")
     assert classify(None, False)[0] == TrialState.PRUNED
+    # At chance level (10 balanced classes, 100 val samples: bound 0.16): pruned, not on the study's front.
+    chance = {**full, "val/acc": 0.12, "val/n": 100, "data/info": {"num_classes": 10}}
+    assert classify(chance, False) == (TrialState.PRUNED, None, "degenerate")
+    assert classify({**chance, "val/acc": 0.17}, False)[0] == TrialState.COMPLETE
 
 
 def test_real_asha_run_tells_pruned_failed_complete(local_ray, tmp_path):
