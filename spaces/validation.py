@@ -86,7 +86,7 @@ class _Checker:
     def settings(self, key: str, schema: dict[str, Param]) -> dict:
         given = self.section(key)
         out = {}
-        for k, v in given.items():
+        for k in given:
             if k not in schema:
                 self.add(f"{key}.{k}: unknown key{suggest(str(k), schema)}; valid: {', '.join(schema)}")
         for k, param in schema.items():

@@ -23,7 +23,7 @@ from gce_search.search.cli import UsageError, main
 from gce_search.search.cluster import (SHARED_ENV, SHARED_MARKER, check_storage, is_multi_node, job_address,
                             nodes_missing_file, pull_experiment, push_driver_files, trial_nodes)
 from gce_search.search.searcher import optuna_records
-from tests.search.test_resume import cli, completed_trials, completions_in_ray_state, result_lines
+from tests.search.test_resume import cli, completions_in_ray_state, result_lines
 from tests.waiting import run_to_end, wait_until
 
 # Fake GPU ids: a raylet takes its GPU ids from the CUDA_VISIBLE_DEVICES it starts with, so two distinct ids tell
@@ -495,7 +495,7 @@ def test_worker_node_then_driver_killed_search_resumes_and_accounts_for_every_tr
 
     # every trial accounted for; none restarted from scratch; the completions before the kill not run again
     rows = assert_every_trial_accounted_for(exp, "faults", num_samples=num_samples, epochs=epochs)
-    for trial_id, lines in rows.items():
+    for lines in rows.values():
         assert_resumed_not_restarted(lines)
     for trial_id, finals in done_before.items():
         assert finals == 1 and sum(r.get("final") is True for r in rows[trial_id]) == 1

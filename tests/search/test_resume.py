@@ -444,7 +444,9 @@ def test_scheduler_state_is_plain_json_and_refills_the_rungs():
         assert set(state) == {"scheduler_json"} and isinstance(state["scheduler_json"], str)
         fresh = make()
         SchedulerState(fresh).set_state(json.loads(json.dumps(state)))
-        rungs = lambda s: [{k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in rec.items()}
-                           for b in s._brackets for _, rec in getattr(b, "_rungs", getattr(b, "rungs", []))]
+        def rungs(s):
+            return [{k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in rec.items()}
+                    for b in s._brackets for _, rec in getattr(b, "_rungs", getattr(b, "rungs", []))]
+
         assert rungs(fresh) == rungs(scheduler) and sum(map(len, rungs(fresh))) == 3
         assert set(fresh._trial_info) == {"t0", "t1", "t2"}
