@@ -288,11 +288,9 @@ def build_trainable(spec):
     return tune.with_resources(Trainable, PlacementGroupFactory([trial_resources(spec)]))
 
 
-def optional_callbacks(exp_dir: str, spec) -> list:
-    try:
-        from gce_search.search.tensorboard import TensorBoardCallback
-    except ImportError:
-        return []
+def tensorboard_callbacks(exp_dir: str, spec) -> list:
+    from gce_search.search.tensorboard import TensorBoardCallback  # tensorboard's protobufs: loaded for a run only
+
     return [TensorBoardCallback(exp_dir, spec)]
 
 
@@ -460,7 +458,7 @@ def build_tuner(spec, storage: str, name: str, exp_dir: str, progress, slots: in
         # result.json (JSON lines) is what search.records reads; progress.csv is for users' own tools.
         # (Ray's JSON/CSV loggers, keeping the driver's file when a trial restarts after a node failure)
         callbacks=[progress, JsonLoggerKeepingLocal(), CSVLoggerKeepingLocal(), SchedulerState(scheduler),
-                   *optional_callbacks(exp_dir, spec)],
+                   *tensorboard_callbacks(exp_dir, spec)],
         # The latest checkpoint is what resume needs; older ones only fill the disk.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         # A trial whose node died restarts from its checkpoint, once; a deterministic bug fails twice, not forever.

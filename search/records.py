@@ -23,6 +23,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from gce_search.errors import ConfigError, UsageError
+from gce_search.search.compat import experiment_state_trials
 from gce_search.search.pareto import OBJECTIVES, as_minimization, hypervolume_acc_ece, pareto_front
 from gce_search.spaces.records import SpaceParam
 from gce_search.spaces.validation import spec_from_dict
@@ -239,10 +240,8 @@ def ray_trial_states(exp_dir: Path) -> tuple[dict[str, dict], Path | None]:
     experiment from elsewhere. ({}, None) when there is none."""
     for path in sorted(exp_dir.glob(RAY_STATE_GLOB), reverse=True):  # the names carry the start time
         try:
-            state = json.loads(path.read_text(encoding="utf-8"))
             trials = {}
-            for trial_json, metadata_json in state["trial_data"]:
-                trial, metadata = json.loads(trial_json), json.loads(metadata_json)
+            for trial, metadata in experiment_state_trials(path.read_bytes()):
                 last = metadata.get("last_result")
                 trials[str(trial["trial_id"])] = {
                     "status": trial.get("status"), "last_result": last if isinstance(last, dict) else {},

@@ -1,4 +1,5 @@
-"""The Optuna side of a search space: a define-by-run function for Ray's `OptunaSearch(space=...)` and the samplers.
+"""The Optuna side of a search space: a define-by-run function for the searcher (search.searcher.CalibratedSearcher)
+and the samplers.
 
 Optuna parameter names are the space keys (`loss.name`, `gce.lam`, `train.lr`). A searched ATS breakpoint vector at
 `calibration.breakpoints` becomes:
@@ -128,7 +129,7 @@ def sample_params(trial, spec) -> dict[str, Any]:
 
 
 def define_by_run(spec) -> Callable[[Any], dict]:
-    """The define-by-run space for `OptunaSearch(space=...)`: suggests the active parameters and returns
+    """The define-by-run space for `CalibratedSearcher(space=...)`: suggests the active parameters and returns
     `{"trial_config": <resolved trial config>}` as constants (Ray merges them into the trial's config)."""
 
     def space(trial) -> dict:
