@@ -147,3 +147,13 @@ LR_SCHEDULES.add("constant", "train.lr throughout")
 LR_SCHEDULES.add("cosine", "cosine annealing from train.lr to 0 over train.epochs, stepped per epoch")
 LR_SCHEDULES.add("multistep", "train.lr times train.gamma at each of train.milestones (epochs)")
 LR_SCHEDULES.add("onecycle", "torch's OneCycleLR per step: cosine warm-up over 30% to train.lr, then annealing")
+
+# ------------------------------------------------------------------------------------------------------------ plug-ins
+
+# Installed distributions add losses, models, datasets and calibrators through these entry-point groups (docs/byo.md,
+# "Plug-ins"); each registry loads its group the first time it is read by name. The keywords are the traits every
+# shipped entry of the kind has, given to a plug-in entry that does not declare them.
+LOSSES.enable_plugins("gce_search.losses", stateful=False, batch_coupled=False)
+MODELS.enable_plugins("gce_search.models", min_image_size=1)
+DATASETS.enable_plugins("gce_search.datasets", own_data=False)
+CALIBRATORS.enable_plugins("gce_search.calibrators")

@@ -5,10 +5,20 @@ driver's side): the CLI choices, YAML validation and the parametrised contract t
 validated and tested the moment it is registered. Every entry has one shape (`Entry`): its metadata is declared in a
 torch-free catalog (trainables.catalog, spaces.catalog) and its implementation attached by the module that holds it,
 so validating a file never imports torch, Optuna or Ray.
+
+Plug-ins (docs/byo.md, "Plug-ins"): an installed distribution adds entries through an entry-point group
+(`gce_search.losses`, `gce_search.models`, `gce_search.datasets`, `gce_search.calibrators`; `Registry.enable_plugins`).
+Each entry point is named after the entry it adds and points at a module or object whose loading registers it
+(`LOSSES.register(name, description, params)(fn)`, or `LOSSES.add(..., impl="pkg.module:fn")` from a torch-free
+module, so that validation reads the metadata without importing the implementation). A registry loads its group
+once, the first time it is read by name (`get`, `in`, `names()`, iteration); a plug-in that fails to load is
+reported on stderr, naming its distribution, entry point and error, and the other entries stay usable.
 """
 from __future__ import annotations
 
+import importlib
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -111,6 +121,8 @@ class Entry:
         if self._impl is None:
             raise LookupError(f"{self._kind} {self.name!r} has no implementation attached; import the module that "
                               f"implements it")
+        if isinstance(self._impl, str):  # "package.module:attribute", imported on first use (a plug-in's `impl=`)
+            self._impl = _import_object(self._impl, f"{self._kind} {self.name!r}")
         return self._impl
 
     @property
@@ -121,6 +133,34 @@ class Entry:
         return f"Entry({self._kind} {self.name!r}, params={list(self.params)})"
 
 
+def _import_object(reference: str, what: str) -> Any:
+    """The object a "package.module:attribute" reference names; LookupError naming `what` when it cannot."""
+    module_name, _, attribute = reference.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in filter(None, attribute.split(".")):
+            obj = getattr(obj, part)
+    except Exception as err:
+        raise LookupError(f"{what}: its implementation {reference!r} cannot be imported "
+                          f"({type(err).__name__}: {err})") from err
+    return obj
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plug-in entry point that did not load: where it came from and what went wrong."""
+
+    group: str
+    name: str
+    value: str
+    distribution: str
+    error: str
+
+    def __str__(self) -> str:
+        return (f"plug-in {self.name!r} (entry point {self.name} = {self.value} in group {self.group}, distribution "
+                f"{self.distribution}) failed to load: {self.error}")
+
+
 class Registry:
     """Name -> Entry, the name given once: `add` declares an entry's metadata (in a catalog module that imports
     nothing heavy), `implements` attaches its implementation (a decorator, in the module that holds the code), and
@@ -129,11 +169,81 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self.plugin_group: str | None = None
+        self._trait_defaults: dict[str, Any] = {}
+        self._plugins_loaded = True  # until enable_plugins names a group
+        self._shipped: set[str] = set()
+        self.plugin_failures: list[PluginFailure] = []
 
-    def add(self, name: str, description: str = "", params: dict[str, Param] | None = None, **traits: Any) -> Entry:
+    # ---------------------------------------------------------------------------------------------------- plug-ins
+
+    def enable_plugins(self, group: str, **trait_defaults: Any) -> None:
+        """Load the entry points of `group` when the registry is first read by name; `trait_defaults` are set on
+        every entry added from now on (the plug-ins') that does not declare them: the traits every shipped entry
+        of the kind has."""
+        self.plugin_group = group
+        self._trait_defaults = dict(trait_defaults)
+        self._shipped = set(self._entries)
+        self._plugins_loaded = False
+
+    def reload_plugins(self) -> None:
+        """Forget the plug-ins' entries and load the group again on the next read (after a distribution was
+        installed or removed in the running interpreter; a plug-in module already imported is not imported again,
+        so take it out of sys.modules first)."""
+        for name in self.plugins_added():
+            del self._entries[name]
+        self.plugin_failures = []
+        self._plugins_loaded = self.plugin_group is None
+
+    def plugins_added(self) -> list[str]:
+        """The names of the entries added after enable_plugins (by plug-ins), without loading anything."""
+        return [n for n in self._entries if n not in self._shipped] if self.plugin_group else []
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True  # first: a plug-in that reads the registry while it loads must not recurse
+        from importlib.metadata import entry_points
+
+        seen: set[str] = set()
+        for ep in sorted(entry_points(group=self.plugin_group), key=lambda e: (e.name, e.value)):
+            if ep.name in seen:  # the same distribution found twice on sys.path
+                continue
+            seen.add(ep.name)
+            dist = getattr(ep, "dist", None)
+            dist_name = f"{dist.name} {dist.version}" if dist is not None else "unknown"
+            try:
+                if ep.name in self._shipped:
+                    raise ValueError(f"{self.kind} {ep.name!r} is a shipped {self.kind}; a plug-in needs a name "
+                                     f"of its own")
+                ep.load()
+                if ep.name not in self._entries:
+                    raise ValueError(f"loading it registered no {self.kind} named {ep.name!r} (an entry point is "
+                                     f"named after the {self.kind} it registers); plug-in {self.kind}s registered: "
+                                     f"{', '.join(self.plugins_added()) or 'none'}")
+                if not self._entries[ep.name].implemented:
+                    raise ValueError(f"{self.kind} {ep.name!r} was declared without an implementation; pass "
+                                     f"impl='module:object' to add(), or use register()")
+            except Exception as err:
+                failure = PluginFailure(self.plugin_group or "", ep.name, ep.value, dist_name,
+                                        f"{type(err).__name__}: {err}")
+                self.plugin_failures.append(failure)
+                if ep.name not in self._shipped:  # a half-registered entry is not usable
+                    self._entries.pop(ep.name, None)
+                print(f"gce-search: warning: {failure}", file=sys.stderr, flush=True)
+
+    # ------------------------------------------------------------------------------------------------- entries
+
+    def add(self, name: str, description: str = "", params: dict[str, Param] | None = None, *,
+            impl: Any = None, **traits: Any) -> Entry:
+        """Declare an entry; `impl` (optional) is its implementation, or a "package.module:attribute" reference
+        imported on first use of `entry.impl`."""
         if name in self._entries:
             raise KeyError(f"{self.kind} {name!r} is already registered")
+        if self.plugin_group is not None:
+            traits = {**self._trait_defaults, **traits}
         entry = Entry(self.kind, name, description, params, traits)
+        entry._impl = impl
         self._entries[name] = entry
         return entry
 
@@ -141,7 +251,7 @@ class Registry:
         """Decorator: attach `obj` as the implementation of the declared entry `name`."""
 
         def deco(obj: T) -> T:
-            entry = self.get(name)
+            entry = self._entries[name] if name in self._entries else self.get(name)
             if entry._impl is not None:
                 raise KeyError(f"{self.kind} {name!r} already has an implementation")
             entry._impl = obj
@@ -156,30 +266,43 @@ class Registry:
         return self.implements(name)
 
     def get(self, name: str) -> Entry:
+        self._load_plugins()
         try:
             return self._entries[name]
         except (KeyError, TypeError):
+            failed = [f for f in self.plugin_failures if f.name == name]
             raise ValueError(
                 f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self._entries))}"
+                + "".join(f"; {f}" for f in failed)
             ) from None
 
     def __getitem__(self, name: str) -> Entry:
         return self.get(name)
 
     def __contains__(self, name: object) -> bool:
+        self._load_plugins()
         try:
             return name in self._entries
         except TypeError:  # an unhashable value (a list from YAML) is no entry's name
             return False
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        self._load_plugins()
+        return iter(list(self._entries))
 
     def __len__(self) -> int:
+        self._load_plugins()
         return len(self._entries)
 
     def names(self) -> list[str]:
+        self._load_plugins()
         return list(self._entries)
 
     def items(self):
+        self._load_plugins()
         return self._entries.items()
+
+    def plugins(self) -> list[str]:
+        """The names of the entries that plug-ins added (loading them first)."""
+        self._load_plugins()
+        return self.plugins_added()
