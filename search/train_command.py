@@ -119,7 +119,7 @@ def cmd_train(args) -> int:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     print(f"gce-search train: {args.config} -> {out} ({epochs} epochs, {cfg['data']['name']}, "
-          f"{cfg['model']['name']}, {cfg['loss']['name']})", flush=True)
+          f"{cfg['model'].get('name') or cfg['model'].get('factory')}, {cfg['loss']['name']})", flush=True)
     try:
         final = run_trial(cfg, reporter, restore_from=restore_from)
     except ConfigError:

@@ -20,9 +20,10 @@ from gce_search.spaces.records import (BREAKPOINT_DEFAULTS, BREAKPOINT_KEYS, BRE
                                        RESOURCES_SCHEMA, SEARCH_SCHEMA, TOP_LEVEL_KEYS, TRIAL_SECTIONS,
                                        BreakpointRange, Resources, SchedulerSettings, SearchSettings, SearchSpec,
                                        SpaceParam, entry_params)
+from gce_search.trainables import external
 from gce_search.trainables.catalog import CALIBRATORS, DATASETS, LOSSES, MODELS
-from gce_search.trainables.config import (DEFAULTS, NULLABLE, SCHEMA, check_breakpoints, deep_merge, get_path,
-                                          pin_threads, problems_of, resolve, set_path, trial_problems)
+from gce_search.trainables.config import (NULLABLE, SCHEMA, check_breakpoints, get_path, pin_threads, problems_of,
+                                          resolve, set_path, trial_problems, with_defaults)
 from gce_search.trainables.registry import Param
 
 MAX_CHOICES = 1000  # values of one categorical parameter
@@ -45,11 +46,15 @@ def _fmt(value: Any) -> str:
 
 def _value_problem(path: str, value: Any) -> str | None:
     """What is wrong with `value` at the fixed config path `path` (a SCHEMA key or a registry name), or None."""
+    if path == "model.name" and external.is_external_name(value):
+        return external.name_problem(value)  # imports torchvision or timm: only for such a name
     if path in _NAME_REGISTRIES:
         reg = _NAME_REGISTRIES[path]
         if value in reg:
             return None
-        return f"unknown {reg.kind} {value!r}{suggest(str(value), reg.names())}; valid: {', '.join(reg.names())}"
+        more = ", torchvision.<builder>, timm.<model>" if path == "model.name" else ""
+        return (f"unknown {reg.kind} {value!r}{suggest(str(value), reg.names())}; valid: {', '.join(reg.names())}"
+                f"{more}")
     if path == BREAKPOINTS_PATH:
         bp = check_breakpoints(value)
         return None if bp is None else f"{bp}; valid: a strictly increasing list inside (0, 1)"
@@ -183,8 +188,12 @@ def spec_from_dict(raw: Any, overrides: Iterable[str] = (), source: str = "", de
         entry_fixed[section] = {k: v for k, v in sec.items() if k != "name"}
         validation_cfg[section] = {"name": name_param.choices[0]}
         _check_entry_fixed(ck, section, entry_fixed[section], name_param.choices)
-    full = deep_merge(DEFAULTS, validation_cfg)
+    full = with_defaults(validation_cfg)
     ck.problems.extend(problems_of(full))
+    if external.is_external(full.get("model")) and "model.name" not in space_raw:
+        # torchvision/timm/factory: the name and keywords need the library or the module (the config check reads
+        # only their form)
+        ck.problems.extend(p for p in external.section_problems(full["model"]) if p not in ck.problems)
 
     _check_cross(ck, params, fixed, full, resources, scheduler)
     params = _order(ck, params)
@@ -281,6 +290,15 @@ def _resolve_key(ck: _Checker, key: Any, fixed: dict) -> tuple[str, tuple[str, s
     if head in TRIAL_SECTIONS:
         if key in SCHEMA or key in ("loss.name", "model.name"):
             return key, None
+        if head == "model" and rest and "." not in rest and _external_model(fixed) is not None:
+            section = _external_model(fixed)
+            takes, _ = external.target_param(section, rest)
+            if not takes:
+                what = external.describe(section)
+                ck.add(f"{where}: not a keyword of model {what!r}; valid: "
+                       f"{', '.join(f'model.{k}' for k in external.keywords(section)[0]) or 'none'}")
+                return None
+            return key, None  # a keyword of a torchvision/timm model or a factory, set at model.<keyword>
         if head in ENTRY_SECTIONS and rest and "." not in rest:
             sec = fixed.get(head) if isinstance(fixed.get(head), dict) else {}
             example = f"{sec['name']}.{rest}" if isinstance(sec.get("name"), str) else f"<{head}>.{rest}"
@@ -304,11 +322,21 @@ def _resolve_key(ck: _Checker, key: Any, fixed: dict) -> tuple[str, tuple[str, s
     return None
 
 
-def _target_param(path: str, entry: tuple[str, str] | None) -> Param | None:
-    """The Param describing the values valid at `path` (None where a registry checks them instead)."""
+def _external_model(fixed: dict) -> dict | None:
+    """The fixed `model:` section when it names a model from outside the catalog (torchvision, timm, a factory)."""
+    section = fixed.get("model")
+    return section if external.is_external(section) else None
+
+
+def _target_param(path: str, entry: tuple[str, str] | None, fixed: dict | None = None) -> Param | None:
+    """The Param describing the values valid at `path` (None where a registry checks them instead, or where any
+    value goes: a factory's keywords, whose ranges are the user's)."""
     if entry is not None:
         params = entry_params(*entry) or {}
         return params.get(path.split(".", 1)[1])
+    section = _external_model(fixed or {})
+    if section is not None and path.startswith("model.") and path not in ("model.name", "model.factory"):
+        return external.target_param(section, path.split(".", 1)[1])[1]
     return SCHEMA.get(path)
 
 
@@ -368,7 +396,7 @@ def _parse_space(ck: _Checker, space_raw: dict, fixed: dict) -> list[SpaceParam]
 
 def _parse_range(ck: _Checker, key: str, path: str, entry, spec: dict) -> SpaceParam | None:
     where = f"space.{key}"
-    target = _target_param(path, entry)
+    target = _target_param(path, entry, ck.raw if isinstance(ck.raw, dict) else None)
     ok = True
     if target is not None and (target.choices is not None or target.kind in ("bool", "auto_bool", "str", "list")):
         ck.add(f"{where}: {path} is not numeric; valid: choices: [...] ({target.describe()})")
@@ -444,9 +472,9 @@ def _parse_range(ck: _Checker, key: str, path: str, entry, spec: dict) -> SpaceP
     return SpaceParam(key=key, path=path, kind=kind, low=low, high=high, log=log, step=step, entry=entry)
 
 
-def _choice_problem(path: str, entry, choice: Any) -> str | None:
-    if entry is not None:
-        target = _target_param(path, entry)
+def _choice_problem(path: str, entry, choice: Any, fixed: dict | None = None) -> str | None:
+    if entry is not None or (path.startswith("model.") and _external_model(fixed or {}) is not None):
+        target = _target_param(path, entry, fixed)
         if target is None:
             return None
         p = target.problem(choice)
@@ -470,7 +498,7 @@ def _parse_choices(ck: _Checker, key: str, path: str, entry, spec: dict) -> Spac
             ck.add(f"{where}[{i}]: {c!r} is listed twice; valid: distinct values")
             ok = False
             continue
-        p = _choice_problem(path, entry, c)
+        p = _choice_problem(path, entry, c, ck.raw)
         if p is not None:
             ck.add(f"{where}[{i}]: {p}")
             ok = False

@@ -9,6 +9,7 @@ import copy
 import difflib
 from typing import Any
 
+from gce_search.trainables import external
 from gce_search.trainables.catalog import CALIBRATORS, DATASETS, LOSSES, LR_SCHEDULES, MODELS, OPTIMIZERS
 from gce_search.trainables.registry import ConfigError, Param
 
@@ -84,6 +85,7 @@ SCHEMA: dict[str, Param] = {
 }
 
 # The sections of a trial config, in order; `model` and `loss` are `{name: <registry key>, **its parameters}`.
+# A model section may instead be `{factory: "module:function", **its keywords}` (trainables.external).
 ENTRY_DEFAULTS = {"model": {"name": "mlp"}, "loss": {"name": "cross_entropy"}}
 SECTIONS = ("seed", "data", "model", "loss", "train", "calibration", "objective")
 
@@ -159,12 +161,17 @@ def _walk_unknown(cfg: dict, defaults: dict, prefix: str, problems: list[str], o
 
 
 def _registry_params(kind: str, section: dict, path: str, problems: list[str]) -> None:
-    """Check a `{name: ..., **params}` section against its registry entry's declared parameters."""
+    """Check a `{name: ..., **params}` section against its registry entry's declared parameters (a model from
+    outside the catalog by its form only: the space checker and the build check the rest, trainables.external)."""
+    if kind == "model" and external.is_external(section):
+        problems.extend(external.form_problems(section, path))
+        return
     reg = {"loss": LOSSES, "model": MODELS}[kind]
     name = section.get("name")
     if name not in reg:
+        more = ", torchvision.<builder>, timm.<model>, or a factory: key" if kind == "model" else ""
         problems.append(f"{path}.name: unknown {kind} {name!r}{_suggest(str(name), reg.names())}; "
-                        f"valid: {', '.join(reg.names())}")
+                        f"valid: {', '.join(reg.names())}{more}")
         return
     params: dict[str, Param] = reg[name].params
     for key, value in section.items():
@@ -238,13 +245,23 @@ def problems_of(cfg: dict) -> list[str]:
     return problems
 
 
+def with_defaults(partial: dict) -> dict:
+    """A copy of `partial` with every default filled in. A `model:` section holding a `factory` (and no `name`)
+    keeps no default name: it is a factory's section (trainables.external)."""
+    cfg = deep_merge(DEFAULTS, partial)
+    given = partial.get("model")
+    if isinstance(given, dict) and "factory" in given and "name" not in given:
+        cfg["model"].pop("name", None)
+    return cfg
+
+
 def resolve(partial: dict | None = None, source: str = "") -> dict:
     """Fill defaults into a partial trial config and validate it; raise ConfigError listing every problem."""
     if partial is None:
         partial = {}
     if not isinstance(partial, dict):
         raise ConfigError([f"(top level): expected a mapping, got {type(partial).__name__}"], source)
-    cfg = deep_merge(DEFAULTS, partial)
+    cfg = with_defaults(partial)
     problems = problems_of(cfg)
     if problems:
         raise ConfigError(problems, source)

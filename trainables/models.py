@@ -3,6 +3,11 @@
 The `model:` section of a trial config is `{name: <MODELS key>, **params}`; the params are the builder's keyword
 arguments, declared with their valid ranges in trainables.catalog's MODELS (trainables.config validates them from
 there); each builder here is attached to its entry with `@MODELS.implements(name)`.
+A section may instead name a model from outside the catalog (trainables.external checks the names):
+`name: torchvision.<builder>` (any torchvision classification builder, untrained), `name: timm.<model>`
+(timm.create_model, untrained; timm is the optional extra `gce-search[timm]`) or `factory: "module:function"`
+(your own `function(in_channels, num_classes, image_size, **params) -> nn.Module`); their other keys are the
+builder's keyword arguments. build_external builds them.
 The CIFAR-style networks keep the 3×3 stride-1 stem of the calibration papers' code (Mukhoti et al. 2020) instead
 of ImageNet's 7×7/stride-2 stem and max-pool, and end in a global average pool, so one definition serves 8×8 to
 64×64 inputs.
@@ -13,14 +18,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gce_search.trainables import external
 from gce_search.trainables.catalog import MODELS
+from gce_search.trainables.external import is_external
 
 
 def build_model(model_cfg: dict, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """Build the network a trial config's `model:` section names, for the given input shape and class count."""
+    if is_external(model_cfg):
+        return build_external(model_cfg, in_channels, num_classes, image_size)
     if not isinstance(model_cfg, dict) or "name" not in model_cfg:
         raise ValueError(f"model: expected a mapping with a 'name' key, got {model_cfg!r}; "
-                         f"valid names: {', '.join(MODELS.names())}")
+                         f"valid names: {', '.join(MODELS.names())}, torchvision.<builder>, timm.<model>, or a "
+                         f"'factory' key")
     info = MODELS.get(model_cfg["name"])
     kwargs = {}
     for key, value in model_cfg.items():
@@ -30,14 +40,94 @@ def build_model(model_cfg: dict, in_channels: int, num_classes: int, image_size:
             valid = ", ".join(info.params) if info.params else "none"
             raise ValueError(f"model.{key}: not a parameter of model {info.name!r}; valid: {valid}")
         kwargs[key] = info.params[key].check(f"model.{key}", value)
-    for arg, value in (("in_channels", in_channels), ("num_classes", num_classes), ("image_size", image_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"build_model: {arg} got {value!r}; valid: a positive integer")
+    _check_shape_args(in_channels, num_classes, image_size)
     if image_size < info.min_image_size:
         raise ValueError(f"model.name: {info.name!r} needs images of at least {info.min_image_size}×"
                          f"{info.min_image_size}, the data are {image_size}×{image_size}; valid: a model for "
                          f"small images, e.g. mlp or small_cnn")
     return info.impl(in_channels, num_classes, image_size, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- outside the catalog
+
+
+def _check_shape_args(in_channels: int, num_classes: int, image_size: int) -> None:
+    for arg, value in (("in_channels", in_channels), ("num_classes", num_classes), ("image_size", image_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"build_model: {arg} got {value!r}; valid: a positive integer")
+
+
+def _external_kwargs(model_cfg: dict) -> dict:
+    problems = external.section_problems(model_cfg)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return {k: v for k, v in model_cfg.items() if k not in ("name", "factory")}
+
+
+def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d] | None:
+    """(parent module, attribute name, the conv) of the first Conv2d in the model's module order: the stem."""
+    for parent in model.modules():
+        for attr, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                return parent, attr, child
+    return None
+
+
+def adapt_in_channels(model: nn.Module, in_channels: int, name: str) -> nn.Module:
+    """Replace the first conv of a 3-channel network by one taking `in_channels` (same shape otherwise, freshly
+    initialised as torch initialises a Conv2d)."""
+    found = _first_conv(model)
+    if found is None:
+        raise ValueError(f"model.name: {name!r} has no Conv2d to take {in_channels}-channel images; valid: a model "
+                         f"whose stem is a convolution, or 3-channel data")
+    parent, attr, conv = found
+    if conv.in_channels == in_channels:
+        return model
+    if conv.groups != 1:
+        raise ValueError(f"model.name: {name!r} starts with a grouped convolution, which cannot take "
+                         f"{in_channels}-channel images; valid: 3-channel data or another model")
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                    dilation=conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    setattr(parent, attr, new)
+    return model
+
+
+def _shape_keywords(cls_keywords: dict, kwargs: dict, image_size: int) -> dict:
+    """Keywords a library model needs for small inputs that the user did not set: its input size (ViTs and the
+    like are built for 224×224) and no auxiliary heads (the training step needs one logits tensor)."""
+    extra = {}
+    for key in ("image_size", "img_size"):
+        if key in cls_keywords and key not in kwargs:
+            extra[key] = image_size
+    if "aux_logits" in cls_keywords and "aux_logits" not in kwargs:
+        extra["aux_logits"] = False
+    return extra
+
+
+def build_external(model_cfg: dict, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """A torchvision builder (weights=None, num_classes; the first conv replaced when in_channels != 3), a timm
+    model (pretrained=False, num_classes, in_chans) or a factory (in_channels, num_classes, image_size, **params),
+    with the section's other keys as keyword arguments."""
+    _check_shape_args(in_channels, num_classes, image_size)
+    kwargs = _external_kwargs(model_cfg)
+    if "factory" in model_cfg:
+        fn = external.load_factory(model_cfg["factory"])
+        model = fn(in_channels, num_classes, image_size, **kwargs)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model.factory: {model_cfg['factory']!r} returned a {type(model).__name__}; valid: a "
+                             f"function returning a torch.nn.Module")
+        return model
+    name = model_cfg["name"]
+    accepted, _ = external.keywords(model_cfg)
+    kwargs.update(_shape_keywords(accepted, kwargs, image_size))
+    if name.startswith(external.TORCHVISION):
+        builder = external.torchvision_builder(name)
+        model = builder(weights=None, num_classes=num_classes, **kwargs)
+        return adapt_in_channels(model, in_channels, name) if in_channels != 3 else model
+    import timm
+
+    return timm.create_model(name[len(external.TIMM):], pretrained=False, num_classes=num_classes,
+                             in_chans=in_channels, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------------------- mlp
