@@ -19,7 +19,9 @@ __version__ = "0.2.0"
 # public name -> module that defines it
 _EXPORTS = {
     "run_search": "gce_search.api",
-    "load_experiment": "gce_search.search.records",
+    "load_experiment": "gce_search.api",
+    "train": "gce_search.api",
+    "Experiment": "gce_search.api",
     "pareto_front": "gce_search.search.pareto",
     "load_spec": "gce_search.spaces.loading",
     "ConfigError": "gce_search.errors",

@@ -621,16 +621,29 @@ def cmd_run(args) -> int:
     started = time.time()
     space = args.space or DEFAULT_SPACE
     spec = load_and_validate(space, list(args.overrides or []))
-    if args.address is not None:
-        check_address(args.address)
-    storage = resolve_storage(args.storage)
+    code, _ = run(spec, args.storage, args.name, args.address, space=space, started=started)
+    return code
+
+
+def run(spec, storage: str | None = None, name: str | None = None, address: str | None = None, *,
+        space: str | None = None, started: float | None = None) -> tuple[int, str]:
+    """Run the search of a validated SearchSpec as `gce-search run` does: (exit code, experiment directory).
+
+    `storage`, `name` and `address` are `--storage`, `--name` and `--address` (None: their defaults); `space` is
+    what the spec was read from, for messages. Bad input raises UsageError/ConfigError before Ray starts; exit 0
+    when the search ended with a usable trial, 1 otherwise."""
+    started = time.time() if started is None else started
+    space = space or spec.source or spec.name
+    if address is not None:
+        check_address(address)
+    storage = resolve_storage(storage)
     check_storage_arg(storage)
-    if args.name is None:
+    if name is None:
         check_name(spec.name, what=f"name: {spec.name!r} in {spec.source or space} (the default experiment name is "
                                    f"it plus a timestamp; or give --name)")
-    name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_name(name)
-    if args.address is None and job_address() is None:
+    if address is None and job_address() is None:
         # A local search reads the data here; a cluster's nodes may hold data this machine has not.
         from gce_search.spaces.validation import data_problems_of
 
@@ -656,8 +669,8 @@ def cmd_run(args) -> int:
     notices = quiet_ray_notices()
     owns_ray = False
     try:
-        say_starting_ray(args.address)
-        owns_ray = connect_ray(args.address)
+        say_starting_ray(address)
+        owns_ray = connect_ray(address)
         check_resources(trial_resources(spec), ray.nodes())
         check_storage(storage, ray.nodes(), ray.get_runtime_context().get_node_id())
         write_spec(exp_dir, spec)
@@ -687,7 +700,7 @@ def cmd_run(args) -> int:
                       time_budget_of(configs[1].callbacks) if configs is not None else None)
         if is_uri(storage):
             push_driver_files(exp_dir, storage, name)
-        return code
+        return code, exp_dir
     finally:
         notices.log_in(None)
         restore_environment(previous_environment)

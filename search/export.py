@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from gce_search.errors import UsageError
-from gce_search.search.records import RESULT_FILE, chosen_metrics, load_experiment, require_complete, warn
+from gce_search.search.records import (RESULT_FILE, chosen_metrics, load_experiment, rank_by_score, require_complete,
+                                       warn)
 from gce_search.search.uncertainty import latest_checkpoint
 from gce_search.trainables.config import resolve
 
@@ -38,11 +39,6 @@ def parse_selector(text: str) -> tuple[str, int | None]:
     raise UsageError(f"--select {text!r}: unknown selector; valid: {SELECTOR_HELP}")
 
 
-def _by_score(trials) -> list:
-    # Ties broken by lower val/ece, then trial id, so the choice is reproducible.
-    return sorted(trials, key=lambda t: (-t.metric("score"), t.metric("val/ece"), t.trial_id))
-
-
 def select_trials(exp, selector: str) -> list:
     """The chosen complete trials: the Pareto front, the highest score, or the K highest scores.
 
@@ -50,10 +46,10 @@ def select_trials(exp, selector: str) -> list:
     so ranking it against complete ones (or retraining it for the full budget and expecting its numbers) is wrong.
     """
     kind, k = parse_selector(selector)
-    complete = [t for t in require_complete(exp) if t.metric("score") == t.metric("score")]  # finite score only
+    complete = require_complete(exp)
     if kind == "pareto":
         return exp.front()
-    return _by_score(complete)[:k]
+    return rank_by_score(complete)[:k]  # finite scores only
 
 
 def _calibrator_state(trial) -> dict | None:

@@ -46,6 +46,7 @@ __all__ = [
     "searched_values",
     "param_value",
     "front_indices",
+    "rank_by_score",
     "chosen_metrics",
 ]
 
@@ -157,7 +158,14 @@ class Experiment:
         members = [complete[i] for i in front_indices([(t.metric("val/acc"), t.metric("val/ece")) for t in complete])]
         return sorted(members, key=lambda t: (t.metric("val/ece"), -t.metric("val/acc"), t.trial_id))
 
+    def best(self) -> TrialRecord | None:
+        """The complete trial with the highest score: the top of `gce-search export --select best`'s ranking
+        (rank_by_score); None when no complete trial has a finite score."""
+        ranked = rank_by_score(self.complete())
+        return ranked[0] if ranked else None
+
     def hypervolume(self) -> float:
+        """The hypervolume of the complete trials' (val/acc, val/ece) front (search.pareto.hypervolume_acc_ece)."""
         return hypervolume_acc_ece([(t.metric("val/acc"), t.metric("val/ece")) for t in self.complete()])
 
     def start_time(self) -> float:
@@ -174,6 +182,13 @@ class Experiment:
             hv = hypervolume_acc_ece([(t.metric("val/acc"), t.metric("val/ece")) for t in done[:k]])
             rows.append((float(done[k - 1].finished_at - t0), hv))
         return rows
+
+
+def rank_by_score(trials: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """Trials with a finite score, highest first; ties broken by lower val/ece, then trial id, so the ranking is
+    reproducible (`export --select best|top:K`, Experiment.best)."""
+    finite = [t for t in trials if math.isfinite(t.metric("score"))]
+    return sorted(finite, key=lambda t: (-t.metric("score"), t.metric("val/ece"), t.trial_id))
 
 
 def front_indices(acc_ece: Iterable[tuple[float, float]]) -> list[int]:

@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
@@ -58,23 +58,38 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def cmd_train(args) -> int:
-    """`gce-search train CONFIG.yaml [--out DIR] [--set k=v ...]`: a full retrain, written to DIR."""
-    partial, problems = apply_overrides(read_config_file(args.config), getattr(args, "overrides", None) or [])
+def train(config: str | os.PathLike | dict, out: str | os.PathLike | None = None, overrides: Iterable[str] = ()
+          ) -> dict:
+    """A full retrain of one trial config through the trial loop, written to `out` as `gce-search train` writes it;
+    returns the final metrics (what metrics.json holds: the last epoch's metrics, `history`, `wall_s`,
+    `config_source`; `status` is "diverged" for a run that diverged).
+
+    `config` is a YAML path (a trial config or an export) or a dict (a partial or resolved trial config);
+    `overrides` are `KEY=VALUE` strings as given to `--set`. `out` defaults to ./train-<config file name>
+    (./train-config for a dict). Bad input raises ConfigError/UsageError before anything is written.
+    """
+    if isinstance(config, dict):
+        source, doc = "config", copy.deepcopy(config)
+    elif isinstance(config, (str, os.PathLike)):
+        source = os.fspath(config)
+        doc = read_config_file(source)
+    else:
+        raise UsageError(f"config: got {type(config).__name__}; valid: a trial config YAML path or a dict")
+    partial, problems = apply_overrides(doc, overrides or [])
     if problems:
         raise UsageError("\n".join(problems))
-    cfg = resolve(partial, source=args.config)  # ConfigError lists every problem before anything runs
+    cfg = resolve(partial, source=source)  # ConfigError lists every problem before anything runs
     problems = trial_problems(cfg)
     if problems:
-        raise ConfigError(problems, args.config)
-    stem = os.path.splitext(os.path.basename(args.config))[0]
-    out = os.path.abspath(args.out or f"train-{stem}")
+        raise ConfigError(problems, source)
+    stem = os.path.splitext(os.path.basename(source))[0]
+    out = os.path.abspath(out or f"train-{stem}")
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out}: is a file; valid: a new or empty directory (or the directory of an "
                          f"interrupted run of the same config)")
     problems = data_problems(cfg["data"])  # missing or truncated files, splits that do not fit: before any write
     if problems:
-        raise ConfigError(problems, args.config)
+        raise ConfigError(problems, source)
     if os.path.isfile(os.path.join(out, "metrics.json")):
         raise UsageError(f"--out {out}: already holds a finished run (metrics.json); valid: a new or empty "
                          f"directory")
@@ -118,8 +133,8 @@ def cmd_train(args) -> int:
             os.replace(tmp, os.path.join(out, CHECKPOINT_FILE))
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
-    print(f"gce-search train: {args.config} -> {out} ({epochs} epochs, {cfg['data']['name']}, "
-          f"{cfg['model'].get('name') or cfg['model'].get('factory')}, {cfg['loss']['name']})", flush=True)
+    print(f"gce-search train: {source} -> {out} ({epochs} epochs, {cfg['data']['name']}, "
+          f"{cfg['model']['name']}, {cfg['loss']['name']})", flush=True)
     try:
         final = run_trial(cfg, reporter, restore_from=restore_from)
     except ConfigError:
@@ -129,7 +144,7 @@ def cmd_train(args) -> int:
     result = dict(final)
     result["wall_s"] = time.perf_counter() - started
     result["history"] = history
-    result["config_source"] = os.path.abspath(args.config)
+    result["config_source"] = source if isinstance(config, dict) else os.path.abspath(source)
     tmp = os.path.join(out, "metrics.json.tmp")
     with open(tmp, "w") as fh:
         json.dump(_json_safe(result), fh, indent=2)
@@ -137,7 +152,14 @@ def cmd_train(args) -> int:
     if final.get("status") == "diverged":
         print(f"gce-search train: diverged at epoch {final.get('diverged_epoch')}; metrics in {out}",
               file=sys.stderr)
-        return 1
-    print(f"test/acc {final['test/acc']:.4f}  test/ece {final['test/ece']:.4f} (raw {final['test/ece_raw']:.4f}, "
-          f"n={final['test/n']})  -> {os.path.join(out, 'metrics.json')}", flush=True)
-    return 0
+    else:
+        print(f"test/acc {final['test/acc']:.4f}  test/ece {final['test/ece']:.4f} (raw "
+              f"{final['test/ece_raw']:.4f}, n={final['test/n']})  -> {os.path.join(out, 'metrics.json')}", flush=True)
+    return result
+
+
+def cmd_train(args) -> int:
+    """`gce-search train CONFIG.yaml [--out DIR] [--set k=v ...]`: a full retrain, written to DIR; exit 0, or 1
+    when the run diverged."""
+    result = train(args.config, args.out, getattr(args, "overrides", None) or [])
+    return 1 if result.get("status") == "diverged" else 0
