@@ -38,7 +38,6 @@ import shutil
 import statistics
 import tempfile
 import time
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -95,16 +94,15 @@ def write_space(dataset: str, arm: str, seed: int, budget_s: float, folder: Path
 
 
 def run_ray_arm(arm: str, dataset: str, seed: int, budget_s: float, out: Path, extra: list[str]) -> dict:
-    from gce_search.search.driver import cmd_run
+    import gce_search
 
     name = f"{dataset}-{arm}-s{seed}"
     storage = out / "runs"
     shutil.rmtree(storage / name, ignore_errors=True)
     space = write_space(dataset, arm, seed, budget_s, out / "spaces")
-    args = Namespace(space=str(space), address=None, storage=str(storage), name=name, overrides=list(extra))
     started = time.time()
-    cmd_run(args)
-    return read_ray_events(storage / name, started)
+    exp = gce_search.run_search(space, storage=storage, name=name, overrides=extra)
+    return read_ray_events(exp.path, started)
 
 
 def read_ray_events(exp_dir: Path, started: float) -> dict:
