@@ -157,17 +157,15 @@ class ProgressPrinter(Callback):
         self._board_polled = 0.0
 
     def __getstate__(self) -> dict:
-        # Pickled into Ray's tuner.pkl for resume; a stream does not pickle, and the new driver has its own stdout.
-        state = self.__dict__.copy()
-        state["_stream"] = None
-        for key in ("_view", "_live", "_board", "_board_request"):
-            state[key] = None
-        return state
+        # Pickled into Ray's tuner.pkl for resume: the settings and the counts as plain data. The stream stays out
+        # (the new driver has its own stdout), and so does everything of one process's fit().
+        return {"settings": {"max_t": self.max_t, "total": self.total, "slots": self.slots, "expected": self.expected,
+                             "timeout_s": self.timeout_s, "experiment": self.experiment, "live": self.live},
+                **self.get_state()}
 
     def __setstate__(self, state: dict) -> None:
-        # an experiment saved by an older version lacks the newer attributes: they take their defaults
-        self.__dict__.update({**ProgressPrinter(max_t=state.get("max_t")).__dict__, **state})
-        self._reset_run_state()
+        self.__init__(**state["settings"])
+        self.set_state(state)
 
     # Ray saves these with each experiment checkpoint: a resumed search goes on counting from where it was.
     def get_state(self) -> dict:
@@ -349,17 +347,16 @@ class ProgressPrinter(Callback):
         self._refresh()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        outcome = trial_outcome(trial.last_result)
-        self.counts[outcome] += 1
-        self._ended(trial, outcome)
-        event = {"complete": "completed", "degenerate": "degenerate", "stopped": "stopped", "diverged": "failed",
-                 "error": "error"}[outcome]
-        self._line(trial, event, trial.last_result, self._left_words())
+        self._trial_ended(trial, trial_outcome(trial.last_result))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.counts["error"] += 1
-        self._ended(trial, "error")
-        self._line(trial, "error", trial.last_result, self._left_words())
+        # the one rule: an error after the trial's full-budget result leaves it complete, as in the result files
+        self._trial_ended(trial, trial_outcome(trial.last_result, errored=True))
+
+    def _trial_ended(self, trial, outcome: str) -> None:
+        self.counts[outcome] += 1
+        self._ended(trial, outcome)
+        self._line(trial, EVENT_WORDS[outcome], trial.last_result, self._left_words())
 
     def _ended(self, trial, outcome: str) -> None:
         view = self.trials.get(trial.trial_id)
@@ -501,6 +498,9 @@ class LiveView:
 # the experiment's RAY_NOTICES_FILE instead: (logger, how the message starts); each with why it is not for the
 # console.
 RAY_NOTICES_FILE = "ray-notices.log"
+# how a trial ended (search.records.trial_outcome) -> the word of its console line
+EVENT_WORDS = {"complete": "completed", "degenerate": "degenerate", "stopped": "stopped", "diverged": "failed",
+               "error": "error"}
 RAY_NOISE = (
     # token authentication is on (a notice, not a problem); the warning when it is off stays on the console
     ("ray._private.authentication.authentication_token_setup", "Token authentication is enabled for this Ray"),

@@ -316,11 +316,14 @@ class TensorBoardCallback(Callback):
         self._best: dict[str, dict] = {}
         self._started: dict[str, float] = {}
 
-    def __getstate__(self):
-        # Tune pickles its callbacks with the experiment state; open file writers do not pickle.
-        state = dict(self.__dict__)
-        state["_writers"] = {}
-        return state
+    def __getstate__(self) -> dict:
+        # Pickled into Ray's tuner.pkl: where to write and the spec, as plain data (open file writers stay out), plus
+        # what get_state carries.
+        return {"exp_dir": str(self.exp_dir), "spec": self.spec_dict, **self.get_state()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["exp_dir"], state["spec"])
+        self.set_state(state)
 
     def get_state(self) -> dict:
         # Saved with Ray's experiment checkpoint: after `gce-search resume` a resumed trial's epochs are compared

@@ -18,7 +18,7 @@ from gce_search.trainables.catalog import BREAKPOINT_CALIBRATORS, LOSSES, MODELS
 from gce_search.trainables.config import DEFAULTS, MAX_SEED, get_path, resolve, set_path
 from gce_search.trainables.registry import Param
 
-TRIAL_SECTIONS = tuple(DEFAULTS)  # seed, data, model, loss, train, calibration, objective
+TRIAL_SECTIONS = tuple(DEFAULTS)  # seed, data, model, loss, train, calibration, objective, trainable
 TOP_LEVEL_KEYS = ("name", "description", *TRIAL_SECTIONS, "search", "scheduler", "resources", "space")
 
 # Sections of the trial config that are `{name: <registry key>, **parameters of that entry}`. Their parameters are
@@ -186,13 +186,15 @@ class SpaceParam:
     def from_raw(cls, key: str, entry: Any = None) -> "SpaceParam":
         """The SpaceParam of searched parameter `key` as far as its raw space entry tells (for a spec.yaml that
         does not validate, or a view that sees only the raw space): its config path, its entry (`<loss>.<param>`
-        keys are active only when loss.name is that loss) and its `when:` conditions. Meant for `conditions()` and
-        `is_active`; its kind and range are not read."""
+        and `<model>.<param>` keys are active only when loss.name / model.name is that entry) and its `when:`
+        conditions. Meant for `conditions()` and `is_active`; its kind and range are not read."""
         entry = entry if isinstance(entry, dict) else {}
         head, _, rest = key.partition(".")
         owner, path = None, key
         if head not in TRIAL_SECTIONS:
-            owner, path = ("loss", head), f"loss.{rest}" if rest else "loss"
+            # `<model>.<param>` for a model's parameter, else `<loss>.<param>` (as the checker resolves them)
+            section = "model" if head in MODELS and head not in LOSSES else "loss"
+            owner, path = (section, head), f"{section}.{rest}" if rest else section
         when = entry.get("when") if isinstance(entry.get("when"), dict) else {}
         when = {p: list(v) if isinstance(v, (list, tuple)) else [v] for p, v in when.items()}
         return cls(key=key, path=path, kind="categorical", entry=owner, when=when)

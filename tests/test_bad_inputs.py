@@ -311,7 +311,7 @@ def test_validate_does_not_import_ray_or_optuna_with_the_data_check():
 
     from tests.waiting import run_to_end
 
-    code = ("import sys; from search.cli import main; rc = main(['validate', 'quickstart']); "
+    code = ("import sys; from gce_search.search.cli import main; rc = main(['validate', 'quickstart']); "
             "print(rc, 'ray' in sys.modules, 'optuna' in sys.modules)")
     out = run_to_end([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.stdout.split()[-3:] == ["0", "False", "False"], out.stdout + out.stderr

@@ -161,7 +161,7 @@ def test_dashboard_refuses_bad_input_with_one_line(tiny_experiment, tmp_path, ca
     assert main(["dashboard", str(tiny_experiment), "--port", "70000"]) == 2
     assert "--port 70000: not a TCP port" in capsys.readouterr().err
     # without optuna-dashboard: one line saying how to install it, no traceback
-    code = ("import sys; sys.modules['optuna_dashboard'] = None; from search.cli import main; "
+    code = ("import sys; sys.modules['optuna_dashboard'] = None; from gce_search.search.cli import main; "
             f"sys.exit(main(['dashboard', {str(tiny_experiment)!r}]))")
     run = run_to_end([sys.executable, "-c", code])
     assert run.returncode == 2

@@ -53,7 +53,7 @@ def write_space(folder: Path, num_samples: int, epochs: int) -> str:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from search.cli import main; sys.exit(main())", *args]
+    return [sys.executable, "-c", "import sys; from gce_search.search.cli import main; sys.exit(main())", *args]
 
 
 def environment(**extra: str) -> dict[str, str]:

@@ -513,3 +513,20 @@ def test_the_closing_summary_counts_the_records_the_front_is_built_from(tiny_exp
                and "val/acc" in line]
     assert printed == [t.trial_id for t in intact.front()]
     assert [r["trial"] for r in csv.DictReader(open(exp_dir / "pareto.csv"))] == printed
+
+
+def test_param_value_of_a_raw_space_applies_each_entry_rule():
+    """The fallback for a spec.yaml that does not validate reads the same activity rule from the raw entries."""
+    from gce_search.search.records import param_value, searched_values
+
+    cfg = resolve({"model": {"name": "mlp", "width": 64}, "loss": {"name": "gce", "lam": 0.5},
+                   "calibration": {"method": "ts"}, "train": {"lr": 0.1}})
+    assert param_value(cfg, "mlp.width") == 64
+    assert param_value(cfg, "small_cnn.width") is None  # another model's parameter
+    assert param_value(cfg, "gce.lam") == 0.5
+    assert param_value(cfg, "focal.gamma") is None  # another loss's parameter
+    assert param_value(cfg, "train.lr") == 0.1
+    assert param_value(cfg, "train.lr", {"low": 0.01, "high": 1, "when": {"loss.name": ["focal"]}}) is None
+    assert param_value(cfg, "calibration.breakpoints", {"breakpoints": {"pieces": 3}}) is None  # TS: no pieces
+    raw = {"space": {"mlp.width": {"low": 16, "high": 128}, "gce.lam": {"low": 0, "high": 2}}}
+    assert searched_values(raw, cfg) == {"mlp.width": 64, "gce.lam": 0.5}

@@ -435,7 +435,7 @@ def run_cli(*args, cwd=None):
 
 
 def test_cli_validate_ok_without_importing_ray(tmp_path):
-    code = ("import sys; from search.cli import main; rc = main(['validate', 'quickstart']); "
+    code = ("import sys; from gce_search.search.cli import main; rc = main(['validate', 'quickstart']); "
             "print('RAY' if 'ray' in sys.modules else 'NORAY', 'OPTUNA' if 'optuna' in sys.modules else 'NOOPTUNA');"
             "sys.exit(rc)")
     out = run_to_end([sys.executable, "-c", code])
