@@ -393,7 +393,7 @@ class ProgressPrinter(Callback):
         answer to one request is picked up at the next poll, when the next request goes out."""
         import ray
 
-        from gce_search.trainables.step_progress import get_board
+        from gce_search.search.step_board import get_board
 
         try:
             if self._board is None:
@@ -423,7 +423,7 @@ class ProgressPrinter(Callback):
             self._live = None
         if self.experiment is not None:
             try:
-                from gce_search.trainables.step_progress import close_board
+                from gce_search.search.step_board import close_board
 
                 close_board(self.experiment)
             except Exception:  # Ray already shut down: the board went with it

@@ -357,7 +357,7 @@ def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
     from gce_search.search.cluster import JsonLoggerKeepingLocal
     from gce_search.search.driver import configure_tune_environment, connect_ray, restore_environment, say_starting_ray
     from gce_search.search.progress import quiet_ray_notices
-    from gce_search.trainables.step_progress import close_board
+    from gce_search.search.step_board import close_board
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))

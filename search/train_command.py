@@ -87,7 +87,8 @@ def train(config: str | os.PathLike | dict, out: str | os.PathLike | None = None
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out}: is a file; valid: a new or empty directory (or the directory of an "
                          f"interrupted run of the same config)")
-    problems = data_problems(cfg["data"])  # missing or truncated files, splits that do not fit: before any write
+    # missing or truncated files, splits that do not fit, a conv model on feature vectors: before any write
+    problems = data_problems(cfg["data"], cfg.get("model"))
     if problems:
         raise ConfigError(problems, source)
     if os.path.isfile(os.path.join(out, "metrics.json")):

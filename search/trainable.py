@@ -23,6 +23,8 @@ import shutil
 from ray.tune.trainable import wrap_function
 
 from gce_search.trainables.checkpoints import last_logged_epoch, newest_checkpoint, write_manifest
+from gce_search.search.step_board import tune_sink
+from gce_search.trainables.step_progress import reporting_to
 from gce_search.trainables.trial import run_trial
 
 LOGGED_EPOCH_KEY = "logged_epoch"  # set by Trainable on a restart: epochs after it are reported again
@@ -68,13 +70,14 @@ def trainable(config: dict) -> None:
                          f"{{'trial_config': <resolved trial config>}} as search.driver builds it")
     trial_config = config["trial_config"]
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        run_trial(trial_config, _reporter)
-        return
-    with checkpoint.as_directory() as restore_from:
-        if config.get(LOGGED_EPOCH_KEY) is not None:
-            _replay(restore_from, config[LOGGED_EPOCH_KEY])
-        run_trial(trial_config, _reporter, restore_from=restore_from)
+    with reporting_to(tune_sink()):  # progress from inside a long epoch, to the driver's console
+        if checkpoint is None:
+            run_trial(trial_config, _reporter)
+            return
+        with checkpoint.as_directory() as restore_from:
+            if config.get(LOGGED_EPOCH_KEY) is not None:
+                _replay(restore_from, config[LOGGED_EPOCH_KEY])
+            run_trial(trial_config, _reporter, restore_from=restore_from)
 
 
 class Trainable(wrap_function(trainable)):

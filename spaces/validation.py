@@ -762,5 +762,6 @@ def data_problems_of(spec: SearchSpec) -> list[str]:
     for where, cfg in extreme_configs(spec):
         if where and not where.startswith("space.data."):
             continue  # the data settings are the base ones: already checked
-        out += [f"{where}{p}" for p in data_problems(cfg["data"]) if f"{where}{p}" not in out]
+        found = data_problems(cfg["data"], cfg.get("model"))
+        out += [f"{where}{p}" for p in found if f"{where}{p}" not in out]
     return out

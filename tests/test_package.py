@@ -116,6 +116,20 @@ def test_no_module_of_a_layer_imports_a_layer_above_it_anywhere(layer):
     assert not leaks, leaks
 
 
+def test_trainables_imports_neither_ray_nor_optuna_anywhere():
+    """Statically: a trial's code runs in a plain process too (`gce-search train`, DDP ranks); Ray's side of a trial
+    is search.trainable and search.step_board."""
+    offenders = []
+    for module, path in package_modules().items():
+        if not module.startswith("gce_search.trainables"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            offenders += [f"{module}: {n}" for n in names if n.split(".")[0] in ("ray", "optuna")]
+    assert not offenders, offenders
+
+
 def _imports_of(module: str, path: Path, known: set[str]) -> set[str]:
     """Package modules that `module` imports anywhere in its file (module level or inside functions)."""
     found = set()

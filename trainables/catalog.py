@@ -120,6 +120,18 @@ DATASETS.add("synthetic", "seeded class prototypes plus Gaussian noise, for test
               "noise": Param(1.0, low=0.0, doc="per-pixel noise std; class prototypes have unit std"),
               "seed": Param(0, low=0, kind="int", doc="seeds prototypes and samples")})
 
+# Your own data (docs/byo.md, "Data"): read by trainables.data from data.root, data.path or data.factory, not from
+# data.subset; decoded into memory when it fits data.memory_limit, streamed through a DataLoader otherwise.
+DATASETS.add("image_folder", "your images in torchvision's ImageFolder layout: <data.root>/train/<class>/*.png|jpg, "
+                             "optional val/ and test/ with the same classes; decoded with PIL", own_data=True)
+DATASETS.add("arrays", "your arrays: data.path names an .npz with x_train, y_train and optionally x_test, y_test "
+                       "(images NCHW or NHWC, uint8 or float, or feature vectors N×D for mlp)", own_data=True)
+DATASETS.add("factory", "your function: data.factory 'module:function', called with data.options as keyword "
+                        "arguments, returns arrays (as for arrays) or torch Datasets", own_data=True)
+for _entry in DATASETS.items():
+    _entry[1].traits.setdefault("own_data", False)
+del _entry
+
 # ------------------------------------------------------------------------------------------------------- calibrators
 
 # The implementation is the Calibrator class; its settings are the calibration section's keys (trainables.config).

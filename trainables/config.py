@@ -31,7 +31,17 @@ MAX_THREADS = 1024
 SCHEMA: dict[str, Param] = {
     "seed": Param(0, low=0, high=MAX_SEED, kind="int", doc="model init, batch order, augmentation"),
     "data.name": Param("digits", kind="str", doc="trainables.catalog.DATASETS key"),
-    "data.root": Param(None, kind="str", doc="directory of the on-disk files; null: the dataset's usual place"),
+    "data.root": Param(None, kind="str", doc="directory of the on-disk files; null: the dataset's usual place; "
+                                             "image_folder: the folder holding train/<class>/ (docs/byo.md)"),
+    "data.path": Param(None, kind="str", doc="arrays: the .npz file with x_train, y_train (x_test, y_test)"),
+    "data.factory": Param(None, kind="str", doc="'module:function' returning your data (docs/byo.md); set, the "
+                                                "dataset is 'factory' (data.name may be left out)"),
+    "data.options": Param({}, kind="mapping", doc="data.factory: keyword arguments of the function"),
+    "data.memory_limit": Param(None, kind="bytes", doc="image_folder/arrays/factory: decoded data above this many "
+                                                       "bytes (float32) is streamed through a DataLoader; null: "
+                                                       "0.25 of RAM (CPU) or of GPU memory (cuda)"),
+    "data.workers": Param(None, low=0, kind="int", doc="DataLoader worker processes when streaming; null: "
+                                                       "min(4, CPUs); 0: decode in the trial's process"),
     "data.subset": Param(None, kind="str", doc='MedMNIST subset name, e.g. "pathmnist"'),
     "data.download": Param(False, kind="bool",
                            doc="CIFAR only: fetch through torchvision when the machine has network"),
@@ -202,7 +212,7 @@ def check_breakpoints(value: Any) -> str | None:
 def problems_of(cfg: dict) -> list[str]:
     """Every problem of a full (merged) trial config, one line each."""
     problems: list[str] = []
-    _walk_unknown(cfg, DEFAULTS, "", problems, open_sections={"model", "loss"})
+    _walk_unknown(cfg, DEFAULTS, "", problems, open_sections={"model", "loss", "data.options"})
     for path, param in SCHEMA.items():
         try:
             value = get_path(cfg, path)
@@ -230,6 +240,11 @@ def problems_of(cfg: dict) -> list[str]:
         if name not in DATASETS:
             problems.append(f"data.name: unknown dataset {name!r}{_suggest(str(name), DATASETS.names())}; "
                             f"valid: {', '.join(DATASETS.names())}")
+        elif cfg["data"].get("factory") is not None and name not in ("factory", DEFAULTS["data"]["name"]):
+            problems.append(f"data.name: {name!r} with data.factory set; valid: 'factory' or no data.name (the "
+                            f"factory's data is the dataset)")
+        elif cfg["data"].get("factory") is None and name == "factory":
+            problems.append("data.factory: dataset 'factory' needs it; valid: 'package.module:function'")
     if isinstance(cfg.get("calibration"), dict):
         method = cfg["calibration"].get("method")
         if method not in CALIBRATORS:

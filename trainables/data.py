@@ -492,6 +492,503 @@ def load_synthetic(root: str | None, subset: str | None, download: bool, options
     return RawData(train_x, train_y, test_x, test_y, k, tuple(f"class{i}" for i in range(k)))
 
 
+# ---------------------------------------------------------------------------- your own data: folder, arrays, factory
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_FOLDER_LAYOUT = ("a folder holding train/<class>/*.png|jpg (torchvision's ImageFolder layout), optionally val/ and "
+                  "test/ with the same class folders")
+_ARRAYS_LAYOUT = ("an .npz (numpy.savez) with x_train, y_train and optionally x_test, y_test: images N×C×H×W or "
+                  "N×H×W×C (C of 1 or 3), N×H×W, or feature vectors N×D; uint8 or float; integer labels in [0, K)")
+_FACTORY_RETURNS = ("a dict with x_train, y_train (optionally x_test, y_test) or a tuple (x_train, y_train[, x_test, "
+                    "y_test]) of arrays as for data.path, or a dict {'train': Dataset, 'test': Dataset (optional)} of "
+                    "torch.utils.data.Dataset items (image, label)")
+
+
+class LazyImages:
+    """A split's images, decoded on access: `shape` (N, C, H, W), `read(indices)` -> array n×C×H×W (uint8 or
+    float32). `features`: the samples are feature vectors D×1×1 (an mlp's input, not images)."""
+
+    shape: tuple[int, int, int, int]
+    features: bool = False
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes_float32(self) -> int:
+        return 4 * int(np.prod(self.shape, dtype=np.int64))
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class FileImages(LazyImages):
+    """Image files decoded with PIL (grayscale stays 1 channel, everything else becomes RGB); all one size."""
+
+    def __init__(self, paths: list[Path], mode: str, size: tuple[int, int]):
+        self.paths, self.mode, self.size = paths, mode, size
+        self.shape = (len(paths), 1 if mode == "L" else 3, size[1], size[0])
+
+    def _decode(self, path: Path) -> np.ndarray:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert(self.mode), dtype=np.uint8)
+        except Exception as err:  # PIL raises several types for unreadable images
+            raise ValueError(f"data.root: {path} cannot be decoded ({type(err).__name__}: {err}); valid: "
+                             f"PNG or JPEG files") from None
+        if (arr.shape[1], arr.shape[0]) != self.size:
+            raise ValueError(f"data.root: {path} is {arr.shape[1]}×{arr.shape[0]}, the first image "
+                             f"{self.paths[0]} is {self.size[0]}×{self.size[1]}; valid: images of one size")
+        return arr if arr.ndim == 3 else arr[:, :, None]
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        if len(indices) == 0:
+            return np.zeros((0, *self.shape[1:]), np.uint8)
+        return np.stack([self._decode(self.paths[int(i)]) for i in indices]).transpose(0, 3, 1, 2).copy()
+
+
+def _to_nchw(shape: tuple[int, ...], where: str) -> tuple[str, tuple[int, int, int, int]]:
+    """The layout of an image or feature array of `shape` and its N×C×H×W shape; ValueError naming `where`."""
+    if len(shape) == 2:
+        return "features", (shape[0], shape[1], 1, 1)
+    if len(shape) == 3:
+        return "nhw", (shape[0], 1, shape[1], shape[2])
+    if len(shape) == 4 and shape[1] in (1, 3) and shape[3] not in (1, 3):
+        return "nchw", (shape[0], shape[1], shape[2], shape[3])
+    if len(shape) == 4 and shape[3] in (1, 3):
+        return "nhwc", (shape[0], shape[3], shape[1], shape[2])
+    raise ValueError(f"{where}: shape {tuple(shape)} is not N×C×H×W or N×H×W×C with C of 1 or 3, N×H×W, or N×D; "
+                     f"valid: {_ARRAYS_LAYOUT}")
+
+
+class ArrayImages(LazyImages):
+    """Images in an array (memory-mapped from an uncompressed .npz member, or in memory), indexed lazily."""
+
+    def __init__(self, array: np.ndarray | None, where: str, *, mmap: tuple | None = None):
+        # mmap: (file, offset, shape, dtype, fortran) of an uncompressed .npz member, opened lazily (and again in
+        # each DataLoader worker: the pickled state carries the location, not the data)
+        self._array, self._mmap = array, mmap
+        shape = tuple(mmap[2]) if mmap is not None else array.shape
+        dtype = np.dtype(mmap[3]) if mmap is not None else array.dtype
+        if not (dtype == np.uint8 or np.issubdtype(dtype, np.floating)):
+            raise ValueError(f"{where}: dtype {dtype}; valid: {_ARRAYS_LAYOUT}")
+        self.layout, self.shape = _to_nchw(shape, where)
+        self.features = self.layout == "features"
+
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            file, offset, shape, dtype, fortran = self._mmap
+            self._array = np.memmap(file, dtype=dtype, mode="r", offset=offset, shape=tuple(shape),
+                                    order="F" if fortran else "C")
+        return self._array
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self._mmap is not None:
+            state["_array"] = None
+        return state
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        x = self.array()[np.asarray(indices, np.int64)]
+        if self.layout == "features":
+            x = x[:, :, None, None]
+        elif self.layout == "nhw":
+            x = x[:, None]
+        elif self.layout == "nhwc":
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x if x.dtype == np.uint8 else x.astype(np.float32))
+
+
+class DatasetImages(LazyImages):
+    """The images of a torch Dataset of (image, label) items; an image is a tensor or array C×H×W, H×W or D."""
+
+    def __init__(self, dataset, where: str):
+        self.dataset = dataset
+        try:
+            n = len(dataset)
+        except TypeError:
+            raise ValueError(f"{where}: a Dataset without len(); valid: {_FACTORY_RETURNS}") from None
+        if n < 1:
+            raise ValueError(f"{where}: the Dataset is empty; valid: {_FACTORY_RETURNS}")
+        first = self._image(0, where)
+        self.layout, self.shape = _to_nchw((n, *first.shape), where)
+        self.features = self.layout == "features"
+        self.dtype = np.uint8 if first.dtype == np.uint8 else np.float32
+
+    def _image(self, i: int, where: str = "data.factory") -> np.ndarray:
+        item = self.dataset[i]
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise ValueError(f"{where}: item {i} is {type(item).__name__}; valid: (image, label) pairs")
+        image = item[0]
+        return np.asarray(image.numpy() if hasattr(image, "numpy") else image)
+
+    def labels(self) -> np.ndarray:
+        targets = getattr(self.dataset, "targets", None)  # torchvision's convention: labels without decoding
+        if targets is not None and len(targets) == len(self.dataset):
+            return np.asarray(targets).reshape(-1)
+        return np.asarray([int(self.dataset[i][1]) for i in range(len(self.dataset))])
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        images = [self._image(int(i)) for i in indices]
+        if not images:
+            return np.zeros((0, *self.shape[1:]), self.dtype)
+        x = np.stack(images)
+        if self.layout == "features":
+            x = x[:, :, None, None]
+        elif self.layout == "nhw":
+            x = x[:, None]
+        elif self.layout == "nhwc":
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x if x.dtype == np.uint8 else x.astype(np.float32))
+
+
+def _class_folders(folder: Path) -> dict[str, list[Path]]:
+    classes = sorted(p for p in folder.iterdir() if p.is_dir())
+    out = {}
+    for c in classes:
+        files = sorted(p for p in c.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"data.root: the class folder {c} holds no {'/'.join(IMAGE_SUFFIXES)} image; valid: "
+                             f"{_FOLDER_LAYOUT}, every class folder with at least one image")
+        out[c.name] = files
+    return out
+
+
+def _image_folder(root: str | None) -> RawData:
+    if root is None:
+        raise ValueError(f"data.root: image_folder needs it; valid: {_FOLDER_LAYOUT}")
+    base = Path(os.path.expanduser(root))
+    if not base.is_dir():
+        raise FileNotFoundError(f"data.root: {base} is not a directory; valid: {_FOLDER_LAYOUT}")
+    if not (base / "train").is_dir():
+        raise FileNotFoundError(f"data.root: {base} has no train/ folder; valid: {_FOLDER_LAYOUT}")
+    train = _class_folders(base / "train")
+    if len(train) < 2:
+        raise ValueError(f"data.root: {base / 'train'} holds {len(train)} class folder(s); valid: {_FOLDER_LAYOUT}, "
+                         f"with at least 2 classes")
+    names = tuple(train)
+    index = {c: i for i, c in enumerate(names)}
+    extra = {}
+    for split in ("val", "test"):
+        if (base / split).is_dir():
+            found = _class_folders(base / split)
+            unknown = sorted(set(found) - set(names))
+            if unknown:
+                raise ValueError(f"data.root: {base / split} has class folder(s) {', '.join(unknown)} that train/ "
+                                 f"does not; valid: class folders among train/'s: {', '.join(names)}")
+            extra[split] = found
+
+    def flat(classes: dict[str, list[Path]]) -> tuple[list[Path], np.ndarray]:
+        paths = [p for c in classes for p in classes[c]]
+        return paths, np.asarray([index[c] for c in classes for _ in classes[c]], np.int64)
+
+    from PIL import Image
+
+    first = next(iter(train.values()))[0]
+    try:
+        with Image.open(first) as im:
+            mode, size = ("L" if im.mode in ("L", "1", "I;16", "I") else "RGB"), im.size
+    except Exception as err:  # PIL raises several types for unreadable images
+        raise ValueError(f"data.root: {first} cannot be decoded ({type(err).__name__}: {err}); valid: PNG or JPEG "
+                         f"files") from None
+    # val/ joins the train/calib/val pool (split by data.calib / data.val like the rest); test/ is the test split
+    train_paths, train_y = flat(train)
+    if "val" in extra:
+        val_paths, val_y = flat(extra["val"])
+        train_paths, train_y = train_paths + val_paths, np.concatenate([train_y, val_y])
+    test_x = test_y = None
+    if "test" in extra:
+        test_paths, test_y = flat(extra["test"])
+        test_x = FileImages(test_paths, mode, size)
+    return RawData(FileImages(train_paths, mode, size), train_y, test_x, test_y, len(names), names)
+
+
+def _npz_member(path: Path, key: str, zf) -> tuple | None:
+    """(file, offset, shape, dtype, fortran) of an uncompressed .npy member of an .npz, for np.memmap; None when
+    it is compressed (read whole then)."""
+    import zipfile
+
+    info = zf.getinfo(key + ".npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+        start = info.header_offset + 30 + name_len + extra_len
+        f.seek(start)
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"data.path: {path} member {key} holds Python objects; valid: {_ARRAYS_LAYOUT}")
+    return (str(path), offset, shape, dtype.str, fortran)
+
+
+def _check_arrays(x: LazyImages, y: Any, where_y: str, num_classes: int | None = None) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.reshape(-1)
+    if y.ndim != 1 or y.shape[0] != len(x):
+        raise ValueError(f"{where_y}: shape {y.shape} for {len(x)} samples; valid: {len(x)} integer labels")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0)):
+            raise ValueError(f"{where_y}: dtype {y.dtype}; valid: integer labels in [0, K)")
+    y = y.astype(np.int64)
+    if y.size and y.min() < 0:
+        raise ValueError(f"{where_y}: label {int(y.min())} is out of range; valid: integer labels in [0, K)")
+    if num_classes is not None and y.size and y.max() >= num_classes:
+        raise ValueError(f"{where_y}: label {int(y.max())} is out of range; valid: labels in [0, {num_classes}), "
+                         f"the classes of the training labels")
+    return y
+
+
+def _raw_from_arrays(arrays: dict, where: str, what: str) -> RawData:
+    """RawData from {x_train, y_train[, x_test, y_test]} of LazyImages / label arrays; `where` is the config key."""
+    for key in ("x_train", "y_train"):
+        if key not in arrays:
+            raise ValueError(f"{where}: {what} has no {key} (has {', '.join(sorted(arrays)) or 'nothing'}); valid: "
+                             f"{_ARRAYS_LAYOUT}")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise ValueError(f"{where}: {what} has only one of x_test, y_test; valid: both or neither")
+    unknown = sorted(set(arrays) - {"x_train", "y_train", "x_test", "y_test"})
+    if unknown:
+        raise ValueError(f"{where}: {what} has unknown key(s) {', '.join(unknown)}; valid: x_train, y_train, x_test, "
+                         f"y_test")
+    train_x = arrays["x_train"]
+    train_y = _check_arrays(train_x, arrays["y_train"], f"{where}: y_train")
+    if len(train_x) < 2:
+        raise ValueError(f"{where}: x_train holds {len(train_x)} samples; valid: {_ARRAYS_LAYOUT}")
+    num_classes = int(train_y.max()) + 1
+    if num_classes < 2:
+        raise ValueError(f"{where}: y_train names fewer than 2 classes; valid: labels of at least 2 classes")
+    test_x = test_y = None
+    if "x_test" in arrays:
+        test_x = arrays["x_test"]
+        if tuple(test_x.shape[1:]) != tuple(train_x.shape[1:]):
+            raise ValueError(f"{where}: x_test samples are {tuple(test_x.shape[1:])} (C, H, W), x_train's are "
+                             f"{tuple(train_x.shape[1:])}; valid: the same shape")
+        test_y = _check_arrays(test_x, arrays["y_test"], f"{where}: y_test", num_classes)
+    if train_x.shape[2] != train_x.shape[3]:
+        raise ValueError(f"{where}: images are {train_x.shape[2]}×{train_x.shape[3]}; valid: square images")
+    return RawData(train_x, train_y, test_x, test_y, num_classes, tuple(str(i) for i in range(num_classes)))
+
+
+def _npz_arrays(path_cfg: str | None) -> RawData:
+    import zipfile
+
+    if path_cfg is None:
+        raise ValueError(f"data.path: dataset 'arrays' needs it; valid: {_ARRAYS_LAYOUT}")
+    path = Path(os.path.expanduser(path_cfg))
+    if not path.is_file():
+        raise FileNotFoundError(f"data.path: {path} is not a file; valid: {_ARRAYS_LAYOUT}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            keys = [n.removesuffix(".npy") for n in zf.namelist()]
+            unknown = sorted(set(keys) - {"x_train", "y_train", "x_test", "y_test"})
+            if unknown:
+                raise ValueError(f"data.path: {path} has unknown key(s) {', '.join(unknown)}; valid: x_train, "
+                                 f"y_train, x_test, y_test")
+            arrays: dict[str, Any] = {}
+            for key in keys:
+                where = f"data.path: {path} {key}"
+                loc = _npz_member(path, key, zf) if key.startswith("x_") else None
+                if key.startswith("x_") and loc is not None:
+                    arrays[key] = ArrayImages(None, where, mmap=loc)
+                    continue
+                with zf.open(key + ".npy") as f:
+                    arr = np.lib.format.read_array(f, allow_pickle=False)
+                arrays[key] = ArrayImages(arr, where) if key.startswith("x_") else arr
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ValueError(f"data.path: {path} is not a readable .npz ({type(err).__name__}: {err}); valid: "
+                         f"{_ARRAYS_LAYOUT}") from None
+    return _raw_from_arrays(arrays, "data.path", str(path))
+
+
+def import_factory(spec: str | None) -> Callable:
+    """The function a `data.factory: 'module:function'` names; ValueError naming data.factory."""
+    import importlib
+
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+        raise ValueError(f"data.factory: got {spec!r}; valid: 'package.module:function'")
+    module_name, attr = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # the user's module may raise anything on import
+        raise ValueError(f"data.factory: cannot import {module_name!r} ({type(err).__name__}: {err}); valid: "
+                         f"'package.module:function' importable in the trial's Python environment (its sys.path)"
+                         ) from None
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise ValueError(f"data.factory: module {module_name!r} has no {attr!r}; valid: 'package.module:function' "
+                             f"naming a function of that module")
+    if not callable(fn):
+        raise ValueError(f"data.factory: {spec!r} is a {type(fn).__name__}, not a function; valid: a callable")
+    return fn
+
+
+def _factory_data(spec: str | None, options: dict) -> RawData:
+    fn = import_factory(spec)
+    try:
+        out = fn(**options)
+    except Exception as err:  # the user's code
+        raise ValueError(f"data.factory: {spec}(**data.options) raised {type(err).__name__}: {err}; valid: a "
+                         f"function returning {_FACTORY_RETURNS}") from None
+    if isinstance(out, (tuple, list)):
+        if len(out) not in (2, 4):
+            raise ValueError(f"data.factory: returned a tuple of {len(out)}; valid: {_FACTORY_RETURNS}")
+        out = dict(zip(("x_train", "y_train", "x_test", "y_test"), out))
+    if not isinstance(out, dict):
+        raise ValueError(f"data.factory: returned {type(out).__name__}; valid: {_FACTORY_RETURNS}")
+    if "train" in out:
+        unknown = sorted(set(out) - {"train", "test"})
+        if unknown:
+            raise ValueError(f"data.factory: returned key(s) {', '.join(map(str, unknown))}; valid: train, test")
+        splits = {s: DatasetImages(out[s], f"data.factory: {s}") for s in ("train", "test") if s in out}
+        arrays = {"x_train": splits["train"], "y_train": splits["train"].labels()}
+        if "test" in splits:
+            arrays["x_test"], arrays["y_test"] = splits["test"], splits["test"].labels()
+        return _raw_from_arrays(arrays, "data.factory", "the returned Datasets")
+    arrays = {}
+    for key, value in out.items():
+        if str(key).startswith("x_"):
+            value = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+            arrays[key] = ArrayImages(value, f"data.factory: {key}")
+        else:
+            arrays[key] = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+    return _raw_from_arrays(arrays, "data.factory", "the returned dict")
+
+
+def dataset_name(data_cfg: dict) -> str:
+    """The dataset a `data:` section reads: 'factory' whenever data.factory is set, else data.name."""
+    return "factory" if data_cfg.get("factory") is not None else data_cfg.get("name", "digits")
+
+
+def _own_key(data_cfg: dict) -> tuple:
+    import json
+
+    return (dataset_name(data_cfg), data_cfg.get("root"), data_cfg.get("path"), data_cfg.get("factory"),
+            json.dumps(data_cfg.get("options") or {}, sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=4)
+def _own_cached(key: tuple) -> RawData:
+    name, root, path, factory, options = key
+    import json
+
+    if name == "image_folder":
+        return _image_folder(root)
+    if name == "arrays":
+        return _npz_arrays(path)
+    return _factory_data(factory, json.loads(options))
+
+
+def own_data(data_cfg: dict) -> RawData:
+    """Your own data (image_folder, arrays, factory) with lazily decoded images (LazyImages), opened once per
+    process; ValueError / FileNotFoundError naming data.root, data.path or data.factory."""
+    return _own_cached(_own_key(data_cfg))
+
+
+@functools.lru_cache(maxsize=2)
+def _own_decoded(key: tuple) -> RawData:
+    lazy = _own_cached(key)
+    xs = []
+    for x in (lazy.train_x, lazy.test_x):
+        arr = None if x is None else x.read(np.arange(len(x)))
+        if arr is not None:
+            arr.setflags(write=False)  # shared by every trial of this process: must never change
+        xs.append(arr)
+    return RawData(xs[0], lazy.train_y, xs[1], lazy.test_y, lazy.num_classes, lazy.class_names)
+
+
+def memory_limit(data_cfg: dict, device: Any = "cpu") -> int:
+    """data.memory_limit in bytes; null: 0.25 of this machine's RAM (CPU) or of the GPU's memory (cuda)."""
+    from gce_search.trainables.registry import parse_bytes
+
+    value = data_cfg.get("memory_limit")
+    if value is not None:
+        return parse_bytes(value)
+    if str(device).startswith("cuda"):
+        import torch
+
+        return int(0.25 * torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    return int(0.25 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def decoded_bytes(raw: RawData) -> int:
+    """Bytes of every sample of `raw` as float32, the size it takes on the trial's device."""
+    return sum(x.nbytes_float32 for x in (raw.train_x, raw.test_x) if x is not None)
+
+
+def data_workers(data_cfg: dict) -> int:
+    """DataLoader workers of the streaming path: data.workers, or min(4, the CPUs this process may use)."""
+    workers = data_cfg.get("workers")
+    if workers is not None:
+        return int(workers)
+    return min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class _Rows:
+    """torch Dataset over whole batches: item `positions` (a list) -> the decoded rows, as one tensor."""
+
+    def __init__(self, images: LazyImages, indices: np.ndarray):
+        self.images, self.indices = images, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, positions):
+        import torch
+
+        return torch.from_numpy(self.images.read(self.indices[np.asarray(positions, np.int64)]))
+
+
+class StreamedImages:
+    """A split larger than memory: its rows of a LazyImages, decoded per batch by DataLoader workers and normalised
+    on the device as the in-memory path normalises (x - mean) / std. `shape` as a tensor's: (N, C, H, W)."""
+
+    def __init__(self, images: LazyImages, indices: np.ndarray, shift, scale, device, workers: int):
+        self.images, self.indices, self.workers = images, np.asarray(indices, np.int64), int(workers)
+        self.shift, self.scale, self.device = shift, scale, device
+        self.shape = (len(self.indices), *images.shape[1:])
+
+    def batches(self, positions: list):
+        """Normalised float32 batches on the device for each list of positions (into this split), in order."""
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(_Rows(self.images, self.indices), batch_size=None, sampler=positions,
+                            num_workers=self.workers, pin_memory=self.device.type == "cuda")
+        for x in loader:
+            yield (x.to(self.device, non_blocking=True).float() - self.shift) * self.scale
+
+
+def train_batches(x_all, perm, steps: int, batch_size: int):
+    """The training batches of one epoch in the order of `perm`: indexed out of a tensor on the device, or
+    decoded per batch by a DataLoader for a StreamedImages split."""
+    if isinstance(x_all, StreamedImages):
+        order = perm.cpu().numpy()
+        yield from x_all.batches([order[s * batch_size:(s + 1) * batch_size] for s in range(steps)])
+        return
+    for s in range(steps):
+        yield x_all[perm[s * batch_size:(s + 1) * batch_size]]
+
+
+def eval_batches(x, batch_size: int):
+    """A split in order, `batch_size` rows at a time (the last batch may be smaller)."""
+    n = x.shape[0]
+    if isinstance(x, StreamedImages):
+        yield from x.batches([np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)])
+        return
+    for i in range(0, n, batch_size):
+        yield x[i:i + batch_size]
+
+
 # ---------------------------------------------------------------------------------------------------- decoding cache
 
 
@@ -681,10 +1178,25 @@ def data_labels(name: str, root: str | None = None, subset: str | None = None,
     return reader(root, subset, bool(download), parse_options(name, subset))
 
 
-def data_problems(data_cfg: dict) -> list[str]:
+def data_problems(data_cfg: dict, model_cfg: dict | None = None) -> list[str]:
     """What a trial would find wrong with the data of a resolved `data:` section, found before it starts: the
     files (present, readable headers, sizes that match) and the split sizes they give (the rule load_splits
-    applies, on the real labels where they are cheap to read)."""
+    applies, on the real labels where they are cheap to read). Your own data (image_folder, arrays, factory) is
+    listed, its array headers read and its factory called; with `model_cfg`, a conv model on feature vectors is
+    refused too."""
+    name = dataset_name(data_cfg)
+    if name in DATASETS and DATASETS.get(name).own_data:
+        try:
+            raw = own_data(data_cfg)
+            _check_features(raw, data_cfg)
+            plan_splits(raw.train_y, raw.test_y, raw.num_classes, data_cfg)
+        except (OSError, ValueError) as err:
+            return [str(err)]
+        model = (model_cfg or {}).get("name")
+        if raw.train_x.features and model is not None and model != "mlp":
+            return [f"model.name: {model!r} is a conv net and the data are feature vectors "
+                    f"(N×{raw.train_x.shape[1]}); valid: 'mlp'"]
+        return []
     where = f"data (dataset {data_cfg.get('name')!r}, data.root {data_cfg.get('root')!r})"
     try:
         labels = data_labels(data_cfg["name"], data_cfg.get("root"), data_cfg.get("subset"),
@@ -754,7 +1266,8 @@ def _size(value: float | int | None, total: int, path: str, default: float | Non
 
 @dataclass
 class DataSplits:
-    """Four disjoint splits as tensors on one device: images float32 N×C×H×W (normalised), labels int64."""
+    """Four disjoint splits as tensors on one device: images float32 N×C×H×W (normalised), labels int64. Data above
+    data.memory_limit keeps its images on disk: each `*_x` is then a StreamedImages (see train_batches)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -850,8 +1363,17 @@ def load_splits(data_cfg: dict, device: str | torch.device = "cpu") -> DataSplit
     """
     import torch
 
-    name = data_cfg.get("name", "digits")
-    raw = raw_data(name, data_cfg.get("root"), data_cfg.get("subset"), bool(data_cfg.get("download", False)))
+    name = dataset_name(data_cfg)
+    device = torch.device(device)
+    own = DATASETS.get(name).own_data
+    if own:
+        lazy = own_data(data_cfg)
+        _check_features(lazy, data_cfg)
+        if decoded_bytes(lazy) > memory_limit(data_cfg, device):
+            return _streamed_splits(lazy, name, data_cfg, device)
+        raw = _own_decoded(_own_key(data_cfg))
+    else:
+        raw = raw_data(name, data_cfg.get("root"), data_cfg.get("subset"), bool(data_cfg.get("download", False)))
     seed = int(data_cfg.get("split_seed", 0) or 0)
     plan = plan_splits(raw.train_y, raw.test_y, raw.num_classes, data_cfg)
     pool_x, pool_y, pool_idx, parts = raw.train_x, raw.train_y, plan["pool"], plan["parts"]
@@ -864,7 +1386,6 @@ def load_splits(data_cfg: dict, device: str | torch.device = "cpu") -> DataSplit
     arrays = {s: (pool_x[pool_idx[idx]], pool_y[pool_idx[idx]]) for s, idx in parts.items()}
     arrays["test"] = (test_x, test_y)
 
-    device = torch.device(device)
     # np.require copies the read-only cached arrays (the official test split is not indexed, so not yet a copy).
     tensors = {s: (torch.from_numpy(np.require(x, requirements=["C", "W"])).to(device).float(),
                    torch.from_numpy(np.require(y, requirements=["C", "W"])).to(device))
@@ -893,9 +1414,76 @@ def load_splits(data_cfg: dict, device: str | torch.device = "cpu") -> DataSplit
         "mean": mean.tolist(),
         "std": std.tolist(),
     }
+    if own:
+        info.update(_own_info(own_data(data_cfg), streamed=False))
     return DataSplits(normed["train"][0], normed["train"][1], normed["calib"][0], normed["calib"][1],
                       normed["val"][0], normed["val"][1], normed["test"][0], normed["test"][1],
                       raw.num_classes, int(c), int(h), info)
+
+
+def _check_features(lazy: RawData, data_cfg: dict) -> None:
+    if lazy.train_x.features and bool((data_cfg.get("augment") or {}).get("crop")):
+        raise ValueError("data.augment.crop: the data are feature vectors (N×D), which have no pixels to crop; "
+                         "valid: false")
+
+
+def _own_info(lazy: RawData, streamed: bool) -> dict:
+    return {"streamed": streamed, "features": bool(lazy.train_x.features),
+            "class_names": list(lazy.class_names)}
+
+
+def _streamed_splits(lazy: RawData, name: str, data_cfg: dict, device) -> DataSplits:
+    """load_splits for data above data.memory_limit: the same four splits, with images left on disk (StreamedImages)
+    and the training split's per-channel mean and std computed in one streamed pass."""
+    import torch
+
+    plan = plan_splits(lazy.train_y, lazy.test_y, lazy.num_classes, data_cfg)
+    pool_idx, parts = plan["pool"], plan["parts"]
+    rows = {s: (lazy.train_x, pool_idx[idx]) for s, idx in parts.items()}
+    if lazy.test_x is None:
+        rows["test"] = (lazy.train_x, plan["test"])
+    elif plan["test"] is None:
+        rows["test"] = (lazy.test_x, np.arange(len(lazy.test_x)))
+    else:
+        rows["test"] = (lazy.test_x, plan["test"])
+    labels = {s: (lazy.train_y if images is lazy.train_x else lazy.test_y)[idx] for s, (images, idx) in rows.items()}
+    workers = data_workers(data_cfg)
+    _, c, h, w = lazy.train_x.shape
+    if h != w:
+        raise ValueError(f"dataset {name!r}: images are {h}×{w}; valid: square images")
+    cpu = torch.device("cpu")
+    stats = StreamedImages(lazy.train_x, rows["train"][1], 0.0, 1.0, cpu, workers)
+    n = len(rows["train"][1])
+    s1 = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    for xb in stats.batches([np.arange(i, min(i + 1024, n)) for i in range(0, n, 1024)]):
+        xd = xb.double()
+        s1 += xd.sum(dim=(0, 2, 3))
+        s2 += (xd * xd).sum(dim=(0, 2, 3))
+    mean = s1 / (n * h * w)
+    std = (s2 / (n * h * w) - mean * mean).clamp_min(0.0).sqrt()
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))  # as the in-memory path
+    scale = (1.0 / std).float().view(1, -1, 1, 1).to(device)
+    shift = mean.float().view(1, -1, 1, 1).to(device)
+    xs = {s: StreamedImages(images, idx, shift, scale, device, workers) for s, (images, idx) in rows.items()}
+    ys = {s: torch.from_numpy(np.array(y, np.int64)).to(device) for s, y in labels.items()}
+    seed = int(data_cfg.get("split_seed", 0) or 0)
+    info = {
+        "dataset": name,
+        "num_classes": lazy.num_classes,
+        "in_channels": int(c),
+        "image_size": int(h),
+        "sizes": {s: int(labels[s].size) for s in ("train", "calib", "val", "test")},
+        "class_counts": {s: np.bincount(labels[s], minlength=lazy.num_classes).astype(int).tolist()
+                         for s in ("train", "calib", "val", "test")},
+        "imbalance": data_cfg.get("imbalance"),
+        "split_seed": seed,
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+        **_own_info(lazy, streamed=True),
+    }
+    return DataSplits(xs["train"], ys["train"], xs["calib"], ys["calib"], xs["val"], ys["val"], xs["test"],
+                      ys["test"], lazy.num_classes, int(c), int(h), info)
 
 
 # ------------------------------------------------------------------------------------------------------ augmentation

@@ -19,7 +19,7 @@ def split_logits(state: dict | str, splits: Iterable[str] = ("calib", "val", "te
     """{split: (float32 logits [N, K] on the CPU, int64 labels [N])} for a checkpoint (a state dict as saved by
     trainables.trial, or a path to it / to its directory)."""
     from gce_search.trainables.config import resolve
-    from gce_search.trainables.data import load_splits
+    from gce_search.trainables.data import eval_batches, load_splits
     from gce_search.trainables.models import build_model
 
     if not isinstance(state, dict):
@@ -43,8 +43,7 @@ def split_logits(state: dict | str, splits: Iterable[str] = ("calib", "val", "te
     out = {}
     for split in splits:
         x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
-        chunks = [model(x[i:i + batch].contiguous(memory_format=layout)).float().cpu()
-                  for i in range(0, x.shape[0], batch)]
+        chunks = [model(xb.contiguous(memory_format=layout)).float().cpu() for xb in eval_batches(x, batch)]
         logits = torch.cat(chunks) if chunks else torch.zeros(0, data.num_classes)
         out[split] = (logits, y.cpu())
     return out

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
@@ -25,6 +26,27 @@ from typing import Any, Callable, Iterator, TypeVar
 from gce_search.errors import ConfigError  # noqa: F401  (re-exported: registries raise it)
 
 T = TypeVar("T")
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(value: Any) -> int:
+    """A size in bytes from a count (int >= 0) or a string such as '512MB', '1.5 GiB', '1000'; ValueError else."""
+    if isinstance(value, bool):
+        raise ValueError(f"got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"got {value!r}")
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value >= 0 and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", value)
+        if m and m.group(2).lower() in _BYTE_UNITS:
+            return int(float(m.group(1)) * _BYTE_UNITS[m.group(2).lower()])
+    raise ValueError(f"got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -36,7 +58,7 @@ class Param:
     high: float | None = None
     low_inclusive: bool = True
     high_inclusive: bool = True
-    kind: str = "float"  # float | int | bool | auto_bool (true, false or "auto") | str | list
+    kind: str = "float"  # float | int | bool | auto_bool (true, false or "auto") | str | list | mapping | bytes
     choices: tuple | None = None
     doc: str = ""
 
@@ -48,6 +70,10 @@ class Param:
             return "true or false"
         if self.kind == "auto_bool":
             return "true, false or 'auto'"
+        if self.kind == "mapping":
+            return "a mapping"
+        if self.kind == "bytes":
+            return "a byte count >= 0 or a size such as '512MB', '2GiB'"
         if self.low is None and self.high is None:
             return f"a {self.kind}"
         lo = "(" if not self.low_inclusive else "["
@@ -68,6 +94,14 @@ class Param:
             return None if isinstance(value, str) else f"got {value!r}"
         if self.kind == "list":
             return None if isinstance(value, (list, tuple)) else f"got {value!r}"
+        if self.kind == "mapping":
+            return None if isinstance(value, dict) else f"got {value!r}"
+        if self.kind == "bytes":
+            try:
+                parse_bytes(value)
+            except ValueError:
+                return f"got {value!r}"
+            return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"got {value!r}"
         # A Python int is compared as it is: float() of a 400-digit integer raises OverflowError.

@@ -1,10 +1,8 @@
 """Progress inside a long epoch: steps done, images/s and the epoch's time left, for the search's console.
 
 A Tune result is an epoch (ASHA's time unit), so a report from inside an epoch cannot go through `tune.report`: it
-would count as an epoch. It goes through a side channel instead: a small Ray actor per experiment (the progress
-board) that keeps each trial's latest report, which the driver polls (search.progress). The board is created by
-the first trial that has something to say, so a search whose epochs are short never starts it; the driver kills
-it when the search ends.
+would count as an epoch. It goes to a sink instead, set by whoever runs the trial (`reporting_to`): in a search, a
+small Ray actor per experiment that the driver polls (search.step_board). Without a sink nothing is measured.
 
 An epoch reports only when it is predicted to take longer than `threshold_s()` (20 s, or the environment variable
 GCE_SEARCH_STEP_PROGRESS_S), and then every half of that.
@@ -12,13 +10,12 @@ GCE_SEARCH_STEP_PROGRESS_S), and then every half of that.
 from __future__ import annotations
 
 import os
-import sys
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 THRESHOLD_ENV = "GCE_SEARCH_STEP_PROGRESS_S"
 DEFAULT_THRESHOLD_S = 20.0
-BOARD_NAMESPACE = "gce-search"
 
 Sink = Callable[[dict], None]
 
@@ -31,70 +28,22 @@ def threshold_s() -> float:
     return value if value > 0 else DEFAULT_THRESHOLD_S
 
 
-def board_name(experiment: str) -> str:
-    return f"progress:{experiment}"
+_sink: list[Sink | None] = [None]
 
 
-class ProgressBoard:
-    """The latest intra-epoch report of each trial of one experiment (run as a Ray actor)."""
-
-    def __init__(self):
-        self.latest: dict[str, dict] = {}
-
-    def put(self, trial_id: str, report: dict) -> None:
-        self.latest[trial_id] = report
-
-    def take(self) -> dict[str, dict]:
-        latest, self.latest = self.latest, {}
-        return latest
-
-
-def get_board(experiment: str):
-    """The experiment's board if a trial has created it, else None (never creates one)."""
-    import ray
-
+@contextmanager
+def reporting_to(sink: Sink | None) -> Iterator[None]:
+    """Trials run in this block (in this process) report their progress inside long epochs to `sink`: the search's
+    Ray trainable passes one to the driver's console (search.step_board); elsewhere there is none."""
+    previous, _sink[0] = _sink[0], sink
     try:
-        return ray.get_actor(board_name(experiment), namespace=BOARD_NAMESPACE)
-    except ValueError:
-        return None
+        yield
+    finally:
+        _sink[0] = previous
 
 
-def close_board(experiment: str) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        return  # a local Ray took its actors with it
-    board = get_board(experiment)
-    if board is not None:
-        ray.kill(board)
-
-
-def tune_sink() -> Sink | None:
-    """A sink to the experiment's board when this process runs a Ray Tune trial; None elsewhere."""
-    if "ray" not in sys.modules:  # `gce-search train`, a plain run_trial: no Ray, no board
-        return None
-    try:
-        from ray import tune
-
-        context = tune.get_context()
-        trial_id, experiment = context.get_trial_id(), context.get_experiment_name()
-    except Exception:  # outside a Tune session the context has nothing to give
-        return None
-    if not trial_id or not experiment:
-        return None
-    board = []
-
-    def send(report: dict) -> None:
-        import ray
-
-        if not board:
-            # Detached: a board owned by the first trial's actor would die with it; the driver kills it instead.
-            board.append(ray.remote(ProgressBoard).options(
-                name=board_name(experiment), namespace=BOARD_NAMESPACE, lifetime="detached", get_if_exists=True,
-                num_cpus=0).remote())
-        board[0].put.remote(trial_id, report)  # fire and forget: training never waits for the console
-
-    return send
+def current_sink() -> Sink | None:
+    return _sink[0]
 
 
 class StepProgress:

@@ -29,7 +29,7 @@ from gce_search.trainables.checkpoints import CHECKPOINT_FILE
 from gce_search.trainables.config import resolve, trial_problems
 from gce_search.trainables.ddp import DistContext, run_distributed
 from gce_search.trainables.registry import ConfigError
-from gce_search.trainables.step_progress import StepProgress, tune_sink
+from gce_search.trainables.step_progress import StepProgress, current_sink
 
 Reporter = Callable[[dict, "str | None"], None]
 
@@ -483,7 +483,7 @@ def _run_loop(cfg: dict, reporter: Reporter | None, restore_from: str | None,
         _check_resumable(cfg, state, restore_from)
     trial = _Trial(cfg, dist_ctx, precision=from_checkpoint(state.get("precision")) if state else None)
     metrics: dict = {}
-    sink = tune_sink() if trial.rank == 0 else None
+    sink = current_sink() if trial.rank == 0 else None
     if sink is not None:
         trial.step_progress = StepProgress(sink, cfg["train"]["epochs"], trial.steps_per_epoch, trial.batch_size)
     if state is not None:
