@@ -590,7 +590,7 @@ def summarize(exp_dir: str, grid, started: float) -> int:
 def grid_front(grid) -> list[dict]:
     """The front from Ray's grid, when the trial records could not be read: the trials that count toward a front
     (search.records.counts_toward_front of trial_outcome)."""
-    from gce_search.search.pareto import as_minimization, pareto_front
+    from gce_search.search.pareto import objective_front
     from gce_search.search.records import counts_toward_front, trial_outcome
 
     rows = []
@@ -602,8 +602,7 @@ def grid_front(grid) -> list[dict]:
                          "val/acc": m.get("val/acc"), "val/ece": m.get("val/ece"), "score": m.get("score")})
     if not rows:
         return []
-    idx = pareto_front(as_minimization([(r["val/acc"], r["val/ece"]) for r in rows]))
-    return sorted((rows[i] for i in idx), key=lambda r: r["val/ece"])
+    return sorted((rows[i] for i in objective_front(rows)), key=lambda r: r["val/ece"])
 
 
 def write_spec(exp_dir: str, spec) -> None:

@@ -64,6 +64,13 @@ def to_minimization(values, modes: Sequence[str]) -> np.ndarray:
     return array * signs
 
 
+def objective_front(results) -> list[int]:
+    """Indices of the non-dominated ones among `results`, mappings with a value for each key of OBJECTIVES (a
+    trial's last result, a pareto.csv row), compared in minimisation space."""
+    rows = [[r[k] for k in OBJECTIVES] for r in results]
+    return pareto_front(as_minimization(np.asarray(rows, dtype=float).reshape(-1, len(OBJECTIVES)))) if rows else []
+
+
 def as_minimization(values) -> np.ndarray:
     """`values` with one column per objective of OBJECTIVES ((val/acc, val/ece) rows, or one such pair) in
     minimisation space: to_minimization with MODES."""

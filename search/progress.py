@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from gce_search.search.pareto import OBJECTIVES, as_minimization, pareto_front
+from gce_search.search.pareto import OBJECTIVES, objective_front
 from gce_search.search.records import describe_counts, trial_outcome
 
 
@@ -232,8 +232,7 @@ class ProgressPrinter(Callback):
                           for k in OBJECTIVES)]
         if not scored:
             return []
-        idx = pareto_front(as_minimization([(t.result["val/acc"], t.result["val/ece"]) for t in scored]))
-        return sorted((scored[i] for i in idx), key=lambda t: t.result["val/ece"])
+        return sorted((scored[i] for i in objective_front([t.result for t in scored])), key=lambda t: t.result["val/ece"])
 
     # ---- output
 

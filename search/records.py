@@ -63,9 +63,6 @@ RAY_KEYS = frozenset({
     "date", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
     "iterations_since_restore", "experiment_tag",
 })
-# Top-level sections of a trial config: a space key starting with one of them is a plain dotted config path; any
-# other first part names a loss (`gce.lam`), active only when loss.name equals it (docs/architecture.md).
-CONFIG_SECTIONS = frozenset({"seed", "data", "model", "loss", "train", "calibration", "objective"})
 NOT_APPLICABLE = None
 
 

@@ -5,12 +5,14 @@ what actually happened to each trial.
 subclass would have to reach into). Ray's OptunaSearch tells every trial ASHA stopped as COMPLETE with its partial
 values, and a NaN-diverged trial as COMPLETE too (measured on ray 2.60 / optuna 5.0, see docs/design.md "Ray and
 Optuna facts"): the study's Pareto front then mixes 1-epoch results with full-budget ones, and a diverged trial can
-sit on it with ECE 0. This searcher tells
+sit on it with ECE 0. This searcher tells, from
+the one rule of how a trial ended (search.records.trial_outcome):
 
-- COMPLETE with (val/acc, val/ece) of the last epoch, only when that result says ``final: true`` (full budget);
-- FAIL when the trial errored, reported ``status: diverged``, or its objective values are missing or not finite;
-- PRUNED otherwise (stopped early by the scheduler, or stopped before its first result), and for a full-budget
-  trial at chance level (``degenerate``).
+- COMPLETE with (val/acc, val/ece) of the last epoch for a complete trial: its last result says ``final: true``
+  (full budget), above chance level;
+- FAIL for an error before such a result, ``status: diverged``, or objective values missing or not finite;
+- PRUNED otherwise (stopped early by the scheduler, or before its first result), and for a full-budget trial at
+  chance level (``degenerate``).
 
 Each Optuna trial carries the Ray trial id (user attribute ``ray_trial_id``) and why it ended (``outcome``,
 ``last_epoch``, and the last values it reported), so the two records can be joined. The trial config Ray receives

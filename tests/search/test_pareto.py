@@ -167,3 +167,11 @@ def test_hypervolume_input_errors_name_the_argument():
         pareto.hypervolume_2d([[1.0, 2.0]], (4.0,))
     with pytest.raises(ValueError, match="NaN"):
         pareto.hypervolume_2d([[1.0, np.nan]], (4.0, 4.0))
+
+
+def test_objective_front_reads_the_objectives_by_name_and_direction():
+    rows = [{"val/acc": 0.9, "val/ece": 0.05, "x": 1}, {"val/ece": 0.01, "val/acc": 0.8},
+            {"val/acc": 0.7, "val/ece": 0.06}, {"val/acc": 0.9, "val/ece": 0.05}]
+    # (0.7, 0.06) is dominated by both others; the duplicate of a front member is on the front too
+    assert pareto.objective_front(rows) == [0, 1, 3]
+    assert pareto.objective_front([]) == []
