@@ -20,6 +20,7 @@ from gce_search.trainables.checkpoints import CHECKPOINT_FILE
 from gce_search.trainables.config import resolve, trial_problems
 from gce_search.trainables.data import data_problems
 from gce_search.trainables.trial import PER_RUN_KEYS, load_checkpoint, run_trial
+from gce_search.trainables.user_code import trainable_problems
 from gce_search.yamlio import read_yaml
 
 
@@ -88,7 +89,7 @@ def train(config: str | os.PathLike | dict, out: str | os.PathLike | None = None
         raise UsageError(f"--out {out}: is a file; valid: a new or empty directory (or the directory of an "
                          f"interrupted run of the same config)")
     # missing or truncated files, splits that do not fit, a conv model on feature vectors: before any write
-    problems = data_problems(cfg["data"], cfg.get("model"))
+    problems = data_problems(cfg["data"], cfg.get("model")) + trainable_problems(cfg)  # and a loop that won't load
     if problems:
         raise ConfigError(problems, source)
     if os.path.isfile(os.path.join(out, "metrics.json")):

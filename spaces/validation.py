@@ -25,6 +25,7 @@ from gce_search.trainables.catalog import CALIBRATORS, DATASETS, LOSSES, MODELS
 from gce_search.trainables.config import (NULLABLE, SCHEMA, check_breakpoints, get_path, pin_threads, problems_of,
                                           resolve, set_path, trial_problems, with_defaults)
 from gce_search.trainables.registry import Param
+from gce_search.trainables.user_code import trainable_problems
 
 MAX_CHOICES = 1000  # values of one categorical parameter
 
@@ -190,6 +191,11 @@ def spec_from_dict(raw: Any, overrides: Iterable[str] = (), source: str = "", de
         _check_entry_fixed(ck, section, entry_fixed[section], name_param.choices)
     full = with_defaults(validation_cfg)
     ck.problems.extend(problems_of(full))
+    if "trainable" in space_raw:
+        ck.add("space.trainable: the training loop cannot be searched; valid: a fixed top-level trainable: "
+               "\"module:function\" (one space file per loop)")
+    elif not any(p.startswith(("trainable:", "train.workers:")) for p in ck.problems):
+        ck.problems.extend(trainable_problems(full))  # imports your loop's module: it exists and takes 2 arguments
     if external.is_external(full.get("model")) and "model.name" not in space_raw:
         # torchvision/timm/factory: the name and keywords need the library or the module (the config check reads
         # only their form)

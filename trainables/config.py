@@ -12,6 +12,7 @@ from typing import Any
 from gce_search.trainables import external
 from gce_search.trainables.catalog import CALIBRATORS, DATASETS, LOSSES, LR_SCHEDULES, MODELS, OPTIMIZERS
 from gce_search.trainables.registry import ConfigError, Param
+from gce_search.trainables.user_code import TRAINABLE_FORM, form_problem
 
 _FRACTION_OR_COUNT = "a fraction in (0, 1) or a count >= 1"
 
@@ -92,12 +93,14 @@ SCHEMA: dict[str, Param] = {
     "objective.w_acc": Param(1.0, low=0.0, doc="score = w_acc * val/acc - w_ece * val/ece"),
     "objective.w_ece": Param(1.0, low=0.0),
     "objective.n_bins": Param(15, low=1, high=MAX_BINS, kind="int", doc="ECE bins"),
+    "trainable": Param(None, kind="str", doc='your own training loop, "module:function" taking (config, session) '
+                                             "(trainables.user_loop, docs/byo.md); null: the shipped loop"),
 }
 
 # The sections of a trial config, in order; `model` and `loss` are `{name: <registry key>, **its parameters}`.
 # A model section may instead be `{factory: "module:function", **its keywords}` (trainables.external).
 ENTRY_DEFAULTS = {"model": {"name": "mlp"}, "loss": {"name": "cross_entropy"}}
-SECTIONS = ("seed", "data", "model", "loss", "train", "calibration", "objective")
+SECTIONS = ("seed", "data", "model", "loss", "train", "calibration", "objective", "trainable")
 
 
 def _defaults() -> dict[str, Any]:
@@ -253,6 +256,8 @@ def problems_of(cfg: dict) -> list[str]:
         bp = check_breakpoints(cfg["calibration"].get("breakpoints"))
         if bp is not None:
             problems.append(f"calibration.breakpoints: {bp}; valid: a strictly increasing list inside (0, 1)")
+    if isinstance(cfg.get("trainable"), str) and form_problem(cfg["trainable"]) is not None:
+        problems.append(f"trainable: {form_problem(cfg['trainable'])}; valid: {TRAINABLE_FORM}")
     if isinstance(cfg.get("train"), dict):
         ms = cfg["train"].get("milestones")
         if isinstance(ms, (list, tuple)) and not all(isinstance(m, int) and m >= 1 for m in ms):

@@ -17,7 +17,8 @@ SPLITS = ("train", "calib", "val", "test")
 def split_logits(state: dict | str, splits: Iterable[str] = ("calib", "val", "test"),
                  device: str | torch.device = "cpu") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{split: (float32 logits [N, K] on the CPU, int64 labels [N])} for a checkpoint (a state dict as saved by
-    trainables.trial, or a path to it / to its directory)."""
+    trainables.trial, or a path to it / to its directory). A checkpoint of your own training loop
+    (trainables.user_loop) holds the logits it reported: those are returned (test on the final epoch only)."""
     from gce_search.trainables.config import resolve
     from gce_search.trainables.data import eval_batches, load_splits
     from gce_search.trainables.models import build_model
@@ -30,6 +31,11 @@ def split_logits(state: dict | str, splits: Iterable[str] = ("calib", "val", "te
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f"splits: unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    if "model" not in state and state.get("loop") is not None:
+        # a `trainable:` loop's checkpoint: it holds the epoch's logits, not a model gce-search could rebuild
+        from gce_search.trainables.user_loop import stored_logits
+
+        return stored_logits(state, splits)
     cfg = resolve(state["config"])
     data = load_splits(cfg["data"], device=device)
     model = build_model(cfg["model"], data.in_channels, data.num_classes, data.image_size)

@@ -15,28 +15,29 @@ from __future__ import annotations
 import copy
 import math
 import os
-import random
 import sys
 import tempfile
 import time
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from gce_search.trainables.catalog import LR_SCHEDULES, OPTIMIZERS
 from gce_search.trainables.checkpoints import CHECKPOINT_FILE
 from gce_search.trainables.config import resolve, trial_problems
 from gce_search.trainables.ddp import DistContext, run_distributed
+from gce_search.trainables.loop import CALIBRATED_KEYS, RAW_KEYS  # noqa: F401  (re-exported)
+from gce_search.trainables.loop import diverged_metrics, is_finite, resolve_device, score_epoch, split_metrics
+from gce_search.trainables.loop import plain as _plain
+from gce_search.trainables.loop import rng_state as _rng_state
+from gce_search.trainables.loop import set_rng_state as _set_rng_state
 from gce_search.trainables.registry import ConfigError
 from gce_search.trainables.step_progress import StepProgress, current_sink
 
 Reporter = Callable[[dict, "str | None"], None]
 
 CHECKPOINT_FORMAT = 1
-# Calibrated metrics under the contract names; the uncalibrated ones get a `_raw` suffix.
-CALIBRATED_KEYS = ("acc", "ece", "adaece", "cece", "mce", "nll", "brier")
-RAW_KEYS = ("ece", "adaece", "cece", "mce", "nll", "brier")
+# CALIBRATED_KEYS (contract names) and RAW_KEYS (`_raw` suffix) are in trainables.loop, shared with your own loop.
 # Entries of the final result that describe the whole run, not an epoch (kept out of the per-epoch history).
 PER_RUN_KEYS = ("data/info", "device/info")
 # Sections a checkpoint must agree with: resuming a different model/loss/data would load into the wrong thing.
@@ -44,15 +45,6 @@ _RESUME_MUST_MATCH = ("seed", "data", "model", "loss")
 
 
 # ------------------------------------------------------------------------------------------------ building blocks
-
-
-def resolve_device(name: str) -> torch.device:
-    """`train.device` -> torch.device; auto picks cuda when a GPU is visible."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device: got 'cuda' but no GPU is visible to this process; valid: 'cpu' or 'auto'")
-    return torch.device(name)
 
 
 def build_optimizer(params, train_cfg: dict) -> torch.optim.Optimizer:
@@ -142,29 +134,6 @@ def forward_backward(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.
     scale = float(world_size) / (global_batch if reduction == "mean" else 1.0)
     (local_sum * scale).backward()
     return local_sum.detach()
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
 # ------------------------------------------------------------------------------------------------------ the trial
@@ -355,26 +324,13 @@ class _Trial:
                 dist.broadcast(buf, src=0)
 
     def evaluate(self, split: str, calibrator) -> dict:
-        from gce_search.trainables.metrics import summary
-
         x, y = getattr(self.data, f"{split}_x"), getattr(self.data, f"{split}_y").cpu()
         raw_logits = self.logits(x)
-        return self._metrics(split, raw_logits, y, calibrator, summary)
-
-    def _metrics(self, split: str, raw_logits, labels, calibrator, summary) -> dict:
-        k, bins = self.data.num_classes, self.cfg["objective"]["n_bins"]
-        raw = summary(raw_logits, labels, n_bins=bins, num_classes=k)
-        cal = summary(calibrator.transform(raw_logits), labels, n_bins=bins, num_classes=k)
-        out = {f"{split}/{key}": float(cal[key]) for key in CALIBRATED_KEYS}
-        out.update({f"{split}/{key}_raw": float(raw[key]) for key in RAW_KEYS})
-        out[f"{split}/n"] = int(labels.shape[0])
-        return out
+        return split_metrics(split, raw_logits, y, calibrator, self.data.num_classes, self.cfg["objective"]["n_bins"])
 
     def run_epoch(self) -> dict:
         """Train one epoch and score it; returns the epoch's metrics (status ok or diverged)."""
-        from gce_search.trainables.metrics import summary
-
-        tc, obj = self.train_cfg, self.cfg["objective"]
+        tc = self.train_cfg
         epoch = self.epoch + 1
         train_loss, train_s = self.train_epoch()
         t_eval = time.perf_counter()
@@ -390,24 +346,15 @@ class _Trial:
             "train/bf16": self.precision.bf16,
             "train/channels_last": self.precision.channels_last,
         }
-        finite = (math.isfinite(train_loss) and bool(torch.isfinite(calib_logits).all())
-                  and bool(torch.isfinite(val_logits).all()))
-        if not finite:
-            # A diverged trial must never look like a scored one (docs/design.md: a NaN trial can land on the front
-            # with ECE 0): every val metric and the score are NaN, and the trial stops here.
-            metrics.update({f"val/{key}": math.nan for key in CALIBRATED_KEYS})
-            metrics.update({f"val/{key}_raw": math.nan for key in RAW_KEYS})
-            metrics.update({"score": math.nan, "status": "diverged", "diverged_epoch": epoch, "final": False,
-                            "calibration/temperatures": []})
+        if not is_finite(train_loss, calib_logits, val_logits):
+            metrics.update(diverged_metrics(epoch))  # every val metric and the score NaN; the trial stops here
             self.epoch = epoch
             metrics.update(self._timing(train_s, time.perf_counter() - t_eval))
             return metrics
-        calibrator = self.build_calibrator().fit(calib_logits, self.data.calib_y.cpu())
+        scored, calibrator = score_epoch(self.cfg, (calib_logits, self.data.calib_y.cpu()),
+                                         (val_logits, self.data.val_y.cpu()), self.data.num_classes)
         self.calibrator = calibrator
-        metrics.update(self._metrics("val", val_logits, self.data.val_y.cpu(), calibrator, summary))
-        metrics["score"] = float(obj["w_acc"] * metrics["val/acc"] - obj["w_ece"] * metrics["val/ece"])
-        metrics["calibration/temperatures"] = [float(t) for t in calibrator.temperatures]
-        metrics["status"] = "ok"
+        metrics.update(scored)
         # AdaFocal adapts its gammas to held-out calibration statistics (Ghosh 2022 uses a validation split); we
         # give it the calib split so that nothing about training depends on val, which ranks the trials.
         self.loss_fn.on_epoch_end(calib_logits.to(self.device), self.data.calib_y)
@@ -427,19 +374,6 @@ class _Trial:
         images = self.steps_per_epoch * self.batch_size
         return {"time/train_s": train_s, "time/eval_s": eval_s,
                 "train/images_per_s": images / train_s if train_s > 0 else math.nan}
-
-
-def _plain(obj: Any) -> Any:
-    """Metrics as builtin containers and numbers, so torch.load(weights_only=True) and JSON both take them."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (np.generic,)):
-        return obj.item()
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    return obj
 
 
 def load_checkpoint(path: str) -> dict:
@@ -518,6 +452,10 @@ def run_trial(config: dict, reporter: Reporter | None = None, restore_from: str 
     problems = trial_problems(cfg)
     if problems:
         raise ConfigError(problems)
+    if cfg["trainable"] is not None:  # your own training loop, scored, reported and checkpointed as this one
+        from gce_search.trainables.user_loop import run_user_loop
+
+        return run_user_loop(cfg, reporter, restore_from)
     if cfg["train"]["workers"] > 1:
         return run_distributed(cfg, reporter, restore_from, loop=run_loop)
     return run_loop(cfg, reporter, restore_from)
