@@ -164,8 +164,37 @@ def training_result(checkpoint, metrics: dict):
 
 
 def trainable_storage(trainable):
-    """The trial's StorageContext inside a Ray Trainable (storage_filesystem, trial_fs_path,
-    current_checkpoint_index), or None.
+    """The trial's StorageContext inside a Ray Trainable, or None.
 
-    Checked on ray 2.60: `Trainable._storage`; `current_checkpoint_index` numbers the next checkpoint folder."""
+    Checked on ray 2.60: `Trainable._storage`, a `ray.train._internal.storage.StorageContext`."""
     return getattr(trainable, "_storage", None)
+
+
+def trial_checkpoint_location(trainable) -> tuple[Any, str] | None:
+    """(pyarrow filesystem, the trial's folder on it) inside a Ray Trainable, or None outside a Tune run.
+
+    Checked on ray 2.60: StorageContext.storage_filesystem and .trial_fs_path."""
+    storage = trainable_storage(trainable)
+    return None if storage is None else (storage.storage_filesystem, storage.trial_fs_path)
+
+
+def skip_checkpoint_folders(trainable, index: int) -> None:
+    """Make Ray number the trial's next checkpoint folder after `index` (never write into an existing one).
+
+    Checked on ray 2.60: StorageContext.current_checkpoint_index is the index of the next checkpoint folder."""
+    storage = trainable_storage(trainable)
+    if storage is not None:
+        storage.current_checkpoint_index = max(storage.current_checkpoint_index, index)
+
+
+def experiment_state_folders(trial) -> tuple[str, str] | None:
+    """(the driver's staging folder of the experiment state, the experiment folder) for a local storage, or None
+    for a bucket.
+
+    Checked on ray 2.60: Trial.storage is a StorageContext; its experiment_driver_staging_path is where Ray writes
+    each experiment checkpoint before copying it to experiment_fs_path; storage_filesystem.type_name is "local"
+    for a directory."""
+    storage = trial.storage
+    if getattr(storage.storage_filesystem, "type_name", None) != "local":
+        return None
+    return storage.experiment_driver_staging_path, storage.experiment_fs_path

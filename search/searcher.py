@@ -355,7 +355,7 @@ class CalibratedSearcher(Searcher):
     def __setstate__(self, state: dict) -> None:
         if not isinstance(state, dict) or state.get("format") != self.PICKLE_FORMAT:
             raise ValueError(f"not a pickled {type(self).__name__} of format {self.PICKLE_FORMAT}")
-        self._metric, self._mode = state["metric"], state["mode"]
+        Searcher.__init__(self, metric=state["metric"], mode=state["mode"])
         self._settings(state["space"], state["sampler"], state["study_name"], state["max_concurrent"])
         self._load_state(state["state"])
 

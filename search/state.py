@@ -32,7 +32,7 @@ import uuid
 
 from ray.tune import Callback
 
-from gce_search.search.compat import experiment_state_problem, experiment_state_trials
+from gce_search.search.compat import experiment_state_folders, experiment_state_problem, experiment_state_trials
 from gce_search.search.journal import rebuild_searcher_state, searcher_state_problem
 
 BACKUP_DIR = "state-backup"
@@ -183,11 +183,11 @@ class StateBackup(Callback):
     def _back_up(self, trials) -> None:
         if not trials:
             return
-        storage = trials[0].storage
-        if getattr(storage.storage_filesystem, "type_name", None) != "local":
+        folders = experiment_state_folders(trials[0])
+        if folders is None:
             return  # a bucket: the copy would need the bucket's own atomic writes (see docs/cluster.md)
         try:
-            self._last = back_up(storage.experiment_driver_staging_path, storage.experiment_fs_path, self._last)
+            self._last = back_up(*folders, self._last)
         except OSError as err:  # a full disk must not stop the search; the previous copy stays
             print(f"gce-search: could not back up the experiment state ({err})", flush=True)
 

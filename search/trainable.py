@@ -114,12 +114,12 @@ class Trainable(wrap_function(trainable)):
         from ray import tune
         from ray.tune.result import TIME_TOTAL_S, TRAINING_ITERATION
 
-        from gce_search.search.compat import trainable_storage, training_result
+        from gce_search.search.compat import skip_checkpoint_folders, trial_checkpoint_location, training_result
 
-        storage = trainable_storage(self)
-        if storage is None:
+        location = trial_checkpoint_location(self)
+        if location is None:
             return False
-        fs, trial_path = storage.storage_filesystem, storage.trial_fs_path
+        fs, trial_path = location
         found = newest_checkpoint(fs, trial_path)
         if found is None:
             return False
@@ -130,5 +130,5 @@ class Trainable(wrap_function(trainable)):
         super().restore(training_result(checkpoint, {TRAINING_ITERATION: logged, TIME_TOTAL_S: time_total}))
         self._logged_epoch = logged
         # Ray numbers the next checkpoint folder from the index it last knew; never write into an existing one.
-        storage.current_checkpoint_index = max(storage.current_checkpoint_index, index)
+        skip_checkpoint_folders(self, index)
         return True
