@@ -172,7 +172,13 @@ class Calibrator:
     subclasses say how they pick temperatures (`_fit`) and which temperature each sample gets (`_per_sample`).
     """
 
-    name = ""
+    @property
+    def name(self) -> str:
+        """The calibration.method this class is registered under in CALIBRATORS (its state's "method")."""
+        for name, entry in CALIBRATORS.items():
+            if entry.implemented and entry.impl is type(self):
+                return name
+        return type(self).__name__
 
     def __init__(self) -> None:
         self._fitted = False
@@ -282,8 +288,6 @@ def _plain(value: Any) -> Any:
 class IdentityCalibrator(Calibrator):
     """No calibration (`method: none`): temperatures [1.0]; same interface so the trial code has one path."""
 
-    name = "none"
-
     def _fit(self, shifted, gap) -> None:
         pass
 
@@ -308,8 +312,6 @@ class TemperatureScaling(Calibrator):
     A split without a single misclassified sample has no finite minimum; T is then T_MIN (reported as
     `fit_info["at_bound"]`), the bounded-NLL answer.
     """
-
-    name = "ts"
 
     def __init__(self) -> None:
         super().__init__()
@@ -350,8 +352,6 @@ class PiecewiseTemperatureScaling(Calibrator):
     counts (`piece_counts`), which pieces fell back to the global T (`fallback`), and which pieces had no
     misclassified sample (`all_correct`).
     """
-
-    name = "ats"
 
     def __init__(self, breakpoints=tuple(SCHEMA["calibration.breakpoints"].default),
                  min_samples: int = SCHEMA["calibration.min_samples"].default,

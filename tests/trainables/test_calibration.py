@@ -317,3 +317,19 @@ def test_fit_accepts_numpy_and_low_precision_logits(data):
     half = PiecewiseTemperatureScaling(BREAKPOINTS, min_samples=20).fit(logits.half(), labels)
     out = half.transform(logits.half())
     assert out.dtype == torch.float16 and np.isfinite(out.float().numpy()).all()
+
+
+@pytest.mark.parametrize("method", ["none", "ts", "ats"])
+def test_a_calibrators_state_names_its_registry_key(method):
+    """The name is given once, where the class is registered; the state and calibrator_from_state use it."""
+    from gce_search.trainables.calibration import CALIBRATORS, calibrator_from_state
+    from gce_search.trainables.config import resolve
+
+    cal = build_calibrator(resolve({"calibration": {"method": method}})["calibration"])
+    assert type(cal) is CALIBRATORS.get(method).impl and cal.name == method
+    gen = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(300, 4, generator=gen) * 3, torch.randint(0, 4, (300,), generator=gen)
+    state = json.loads(json.dumps(cal.fit(logits, labels).state_dict()))
+    assert state["method"] == method
+    again = calibrator_from_state(state)
+    assert type(again) is type(cal) and torch.equal(again.transform(logits), cal.transform(logits))
