@@ -1,4 +1,5 @@
-"""Datasets as whole tensors on the trial's device: registry, four disjoint seeded splits, long-tail, augmentation.
+"""Datasets as whole tensors on the trial's device (or streamed, above data.memory_limit): registry, your own data,
+four disjoint seeded splits, long-tail, augmentation.
 
 Small-image datasets fit in device memory, so a trial indexes batches out of one tensor and augments them in batch
 on the device (airbench, Jordan 2024) instead of running a DataLoader with per-sample Python transforms.
@@ -7,6 +8,10 @@ Each dataset's loader decodes its on-disk format into a `RawData` (uint8 or floa
 (`raw_data`, cached); `load_splits` then carves train / calib / val / test from it by the trial config's `data:`
 section, applies the long-tail profile and the training cap to the training split only, and normalises every split
 with the training split's per-channel mean and std.
+
+Your own data (image_folder, arrays, factory; docs/byo.md, "Data") is opened lazily (`own_data`: LazyImages, no
+image decoded); when its float32 size is above data.memory_limit, `load_splits` leaves the images on disk
+(StreamedImages) and a trial reads each batch through a DataLoader (`train_batches`, `eval_batches`).
 """
 from __future__ import annotations
 
