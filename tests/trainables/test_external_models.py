@@ -251,9 +251,9 @@ name: factory_width
 data: {name: synthetic, subset: "classes=3,size=6,channels=1,train=240,test=60,noise=0.5,seed=0"}
 model: {factory: "gce_test_nets:make_net", depth: 1}
 loss: {name: cross_entropy}
-train: {epochs: 2, batch_size: 32, lr: 0.1}
+train: {epochs: 2, batch_size: 32, lr: 0.1, bf16: false, channels_last: false}
 calibration: {method: ts}
-search: {sampler: random, num_samples: 3, seed: 0}
+search: {sampler: random, num_samples: 2, seed: 0}
 scheduler: {name: fifo}
 resources: {cpus_per_trial: 1, gpus_per_trial: 0}
 space:
@@ -293,6 +293,63 @@ def test_a_search_over_a_factory_keyword(ray_seeing_the_factory, tmp_path):
         ckpts = sorted(result.parent.glob("checkpoint_*/checkpoint.pt"))
         state = torch.load(ckpts[-1], weights_only=True)["model"]
         assert state["1.weight"].shape == (model_cfg["width"], 36)
-    assert len(widths) == 3
+    assert len(widths) == 2
     assert all(4 <= w <= 64 and isinstance(w, int) for w in widths.values())
     assert len(set(widths.values())) > 1  # searched, not one fixed value
+
+
+IMAGE_FOLDER_SPACE = """\
+name: library_models
+data: {name: image_folder, root: ROOT, calib: 0.2, val: 0.2}
+loss: {name: cross_entropy}
+train: {epochs: 2, batch_size: 32, lr: 0.05, bf16: false, channels_last: false}
+calibration: {method: ts}
+search: {sampler: random, num_samples: 2, seed: 0}
+scheduler: {name: fifo}
+resources: {cpus_per_trial: 1, gpus_per_trial: 0}
+space:
+  model.name: {choices: [torchvision.resnet18, timm.resnet18]}
+"""
+
+
+def write_image_folder(root, classes: int = 3, per_class: int = 70, size: int = 16) -> None:
+    """<root>/train/<class>/*.png: RGB images of a class colour plus noise, PIL-written."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / "train" / f"class_{c}"
+        folder.mkdir(parents=True)
+        colour = np.zeros(3)
+        colour[c % 3] = 200.0
+        for i in range(per_class):
+            pixels = np.clip(colour + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, "RGB").save(folder / f"{i:03d}.png")
+
+
+@pytest.fixture
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_a_search_over_a_torchvision_and_a_timm_model_on_an_image_folder(local_ray, tmp_path):
+    pytest.importorskip("timm")
+    from gce_search.search.cli import main
+
+    write_image_folder(tmp_path / "images")  # 210 images 3×16×16 in 3 classes
+    space = tmp_path / "library_models.yaml"
+    space.write_text(IMAGE_FOLDER_SPACE.replace("ROOT", str(tmp_path / "images")))
+    storage = tmp_path / "results"
+    assert main(["run", str(space), "--storage", str(storage), "--name", "lib"]) == 0
+    completed = {}
+    for result in sorted((storage / "lib").glob("*/result.json")):
+        last = json.loads([ln for ln in result.read_text().splitlines() if ln.strip()][-1])
+        assert last["final"] is True and last["epoch"] == 2 and last["status"] == "ok"
+        name = last["config"]["trial_config"]["model"]["name"]
+        completed[name] = completed.get(name, 0) + 1
+        assert last["data/info"]["num_classes"] == 3
+    assert set(completed) == {"torchvision.resnet18", "timm.resnet18"}, completed
+    assert sum(completed.values()) == 2
