@@ -167,6 +167,20 @@ def test_unknown_torchvision_and_timm_names_are_named_with_close_matches():
                         "model (did you mean 'resnet18'")
 
 
+def test_validate_and_build_refuse_an_unknown_name_or_keyword(tmp_path, capsys):
+    from gce_search.search.cli import main
+
+    space = tmp_path / "typo.yaml"
+    space.write_text("data: {name: digits}\nmodel: {name: torchvision.resnet81}\ntrain: {epochs: 1}\n"
+                     "space:\n  train.lr: {low: 0.01, high: 0.1}\n")
+    assert main(["validate", str(space), "--skip-data"]) == 2
+    err = capsys.readouterr().err
+    assert "model.name: 'torchvision.resnet81' is not a torchvision classification model (did you mean" in err
+    # a trial config that reaches the build without the space checker gets the same line
+    with pytest.raises(ValueError, match=r"model.depth: not a keyword of model 'torchvision.resnet18'"):
+        build_model({"name": "torchvision.resnet18", "depth": 3}, 3, 4, 32)
+
+
 def test_a_missing_timm_names_the_extra(monkeypatch):
     from gce_search.trainables import external
 
