@@ -18,7 +18,7 @@ from gce_search.search.compat import (asha_brackets, asha_counters, asha_rng, as
                                       local_tuner_configs, result_grid_trials, set_asha_counters)
 from gce_search.search.cluster import (CSVLoggerKeepingLocal, JsonLoggerKeepingLocal, check_storage, job_address,
                             pull_experiment, push_driver_files)
-from gce_search.trainables.registry import ConfigError
+from gce_search.errors import ConfigError
 
 DEFAULT_SPACE = "quickstart"
 DEFAULT_STORAGE = "./gce-search-results"

@@ -24,7 +24,7 @@ import yaml
 from gce_search.spaces.overrides import apply_overrides
 from gce_search.trainables.config import deep_merge
 from gce_search.yamlio import read_yaml
-from gce_search.trainables.registry import ConfigError
+from gce_search.errors import ConfigError
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "spaces" / "studies"
 METRICS = ("acc", "ece", "ece20", "adaece", "cece", "nll", "brier")

@@ -11,7 +11,8 @@ from typing import Any
 
 from gce_search.trainables import external
 from gce_search.trainables.catalog import CALIBRATORS, DATASETS, LOSSES, LR_SCHEDULES, MODELS, OPTIMIZERS
-from gce_search.trainables.registry import ConfigError, Param
+from gce_search.errors import ConfigError
+from gce_search.trainables.registry import Param
 from gce_search.trainables.user_code import TRAINABLE_FORM, form_problem
 
 _FRACTION_OR_COUNT = "a fraction in (0, 1) or a count >= 1"

@@ -1,7 +1,6 @@
 """`gce-search run` end to end on a tiny real search, and the CLI/driver bad inputs (nothing started or overwritten)."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -42,8 +41,11 @@ def trial_folders(exp_dir: Path) -> list[Path]:
 
 
 def last_result(folder: Path) -> dict:
-    lines = [ln for ln in (folder / "result.json").read_text().splitlines() if ln.strip()]
-    return json.loads(lines[-1]) if lines else {}
+    from gce_search.trainables.checkpoints import read_result_lines
+
+    lines, torn = read_result_lines(folder / "result.json")
+    assert torn is None, torn
+    return lines[-1] if lines else {}
 
 
 def ray_outcome(last: dict) -> str:
