@@ -136,7 +136,7 @@ def train(config: str | os.PathLike | dict, out: str | os.PathLike | None = None
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     print(f"gce-search train: {source} -> {out} ({epochs} epochs, {cfg['data']['name']}, "
-          f"{cfg['model']['name']}, {cfg['loss']['name']})", flush=True)
+          f"{cfg['model'].get('name') or cfg['model'].get('factory')}, {cfg['loss']['name']})", flush=True)
     try:
         final = run_trial(cfg, reporter, restore_from=restore_from)
     except ConfigError:
