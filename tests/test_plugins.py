@@ -79,9 +79,7 @@ def load_halves(root, subset, download, options):
     return RawData(train_x, train_y, test_x, test_y, 2, ("top", "left"))
 
 
-class ClippedTemperatureScaling(TemperatureScaling):
-    name = "ts_clipped"
-
+class ClippedTemperatureScaling(TemperatureScaling):  # its name is the key it is registered under
     def _fit(self, shifted, gap):
         super()._fit(shifted, gap)
         self.temperature = float(min(2.0, max(0.5, self.temperature)))
