@@ -19,6 +19,7 @@ from gce_search.spaces.overrides import apply_overrides
 from gce_search.trainables.checkpoints import CHECKPOINT_FILE
 from gce_search.trainables.config import resolve, trial_problems
 from gce_search.trainables.data import data_problems
+from gce_search.trainables.external import config_problems as external_model_problems
 from gce_search.trainables.trial import PER_RUN_KEYS, load_checkpoint, run_trial
 from gce_search.trainables.user_code import trainable_problems
 from gce_search.yamlio import read_yaml
@@ -90,6 +91,7 @@ def train(config: str | os.PathLike | dict, out: str | os.PathLike | None = None
                          f"interrupted run of the same config)")
     # missing or truncated files, splits that do not fit, a conv model on feature vectors: before any write
     problems = data_problems(cfg["data"], cfg.get("model")) + trainable_problems(cfg)  # and a loop that won't load
+    problems += external_model_problems(cfg)  # and a torchvision/timm/factory model that does not exist
     if problems:
         raise ConfigError(problems, source)
     if os.path.isfile(os.path.join(out, "metrics.json")):

@@ -281,6 +281,14 @@ def section_problems(section: dict, path: str = "model") -> list[str]:
     return problems
 
 
+def config_problems(cfg: dict) -> list[str]:
+    """The problems of a resolved trial config's `model:` section when it is built from outside the catalog (its
+    name or factory and keywords, importing what it names); [] for a catalogued model. `gce-search train` checks
+    this before anything is written."""
+    section = cfg.get("model")
+    return section_problems(section) if is_external(section) else []
+
+
 def name_problem(name: str) -> str | None:
     """What is wrong with an external `model.name` (a searched choice, say), or None."""
     try:

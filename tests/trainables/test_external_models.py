@@ -181,6 +181,18 @@ def test_validate_and_build_refuse_an_unknown_name_or_keyword(tmp_path, capsys):
         build_model({"name": "torchvision.resnet18", "depth": 3}, 3, 4, 32)
 
 
+def test_gce_search_train_refuses_a_missing_factory_before_writing(factory_module, tmp_path, capsys):
+    from gce_search.search.cli import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text("data: {name: digits}\nmodel: {factory: \"gce_test_nets:make_nte\"}\ntrain: {epochs: 1}\n")
+    out = tmp_path / "out"
+    assert main(["train", str(config), "--out", str(out)]) == 2
+    assert "model.factory: 'gce_test_nets' has no attribute 'make_nte' (did you mean 'make_net'?)" in \
+        capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_a_missing_timm_names_the_extra(monkeypatch):
     from gce_search.trainables import external
 
