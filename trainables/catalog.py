@@ -121,7 +121,8 @@ DATASETS.add("synthetic", "seeded class prototypes plus Gaussian noise, for test
               "seed": Param(0, low=0, kind="int", doc="seeds prototypes and samples")})
 
 # Your own data (docs/byo.md, "Data"): read by trainables.data from data.root, data.path or data.factory, not from
-# data.subset; decoded into memory when it fits data.memory_limit, streamed through a DataLoader otherwise.
+# data.subset; decoded into memory when it fits data.memory_limit, streamed through a DataLoader otherwise. These
+# entries (trait own_data) are implemented as `opener(data_cfg) -> RawData` of lazily decoded images.
 DATASETS.add("image_folder", "your images in torchvision's ImageFolder layout: <data.root>/train/<class>/*.png|jpg, "
                              "optional val/ and test/ with the same classes; decoded with PIL", own_data=True)
 DATASETS.add("arrays", "your arrays: data.path names an .npz with x_train, y_train and optionally x_test, y_test "

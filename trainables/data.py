@@ -882,16 +882,28 @@ def _own_key(data_cfg: dict) -> tuple:
             json.dumps(data_cfg.get("options") or {}, sort_keys=True, default=str))
 
 
+@DATASETS.implements("image_folder")
+def open_image_folder(data_cfg: dict) -> RawData:
+    return _image_folder(data_cfg.get("root"))
+
+
+@DATASETS.implements("arrays")
+def open_arrays(data_cfg: dict) -> RawData:
+    return _npz_arrays(data_cfg.get("path"))
+
+
+@DATASETS.implements("factory")
+def open_factory(data_cfg: dict) -> RawData:
+    return _factory_data(data_cfg.get("factory"), data_cfg.get("options") or {})
+
+
 @functools.lru_cache(maxsize=4)
 def _own_cached(key: tuple) -> RawData:
-    name, root, path, factory, options = key
     import json
 
-    if name == "image_folder":
-        return _image_folder(root)
-    if name == "arrays":
-        return _npz_arrays(path)
-    return _factory_data(factory, json.loads(options))
+    name, root, path, factory, options = key
+    data_cfg = {"root": root, "path": path, "factory": factory, "options": json.loads(options)}
+    return DATASETS.get(name).impl(data_cfg)
 
 
 def own_data(data_cfg: dict) -> RawData:
