@@ -44,7 +44,6 @@ space:
   gce.lam: {low: 0.0, high: 1.0}
   train.lr: {low: 0.01, high: 0.3, log: true}
 """
-STATE = {"complete": "COMPLETE", "degenerate": "PRUNED", "stopped": "PRUNED", "diverged": "FAIL", "error": "FAIL"}
 
 
 def cli(*args: str) -> list[str]:
@@ -143,8 +142,11 @@ def main() -> int:
 
     trials = ExperimentAnalysis(str(exp)).trials
     from gce_search.search.records import trial_outcome
+    from gce_search.search.searcher import classify
 
     outcome = {t.trial_id: trial_outcome(t.last_result, errored=t.status == "ERROR") for t in trials}
+    # what the study should hold for each trial: the searcher's rule on Ray's record of it
+    expected = {t.trial_id: classify(t.last_result or None, t.status == "ERROR")[0].name for t in trials}
     lost = sorted(tid for tid in seen_final if outcome.get(tid) not in ("complete", "degenerate"))
     twice = sorted(tid for tid, n in finals(exp).items() if n > 1)
     for folder in exp.glob("trial_*"):
@@ -157,8 +159,8 @@ def main() -> int:
     for t in study.get_trials(deepcopy=False):
         if "ray_trial_id" in t.user_attrs:
             records[t.user_attrs["ray_trial_id"]] = t
-    mismatched = sorted(tid for tid, o in outcome.items()
-                        if tid not in records or records[tid].state.name != STATE[o])
+    mismatched = sorted(tid for tid in outcome
+                        if tid not in records or records[tid].state.name != expected[tid])
     running = [t.number for t in study.trials if not t.state.is_finished()]
     not_ended = [t.trial_id for t in trials if t.status != "TERMINATED"]
     print(f"\nkills: {kills}; Ray trials: {len(trials)} ({sum(o == 'complete' for o in outcome.values())} complete); "

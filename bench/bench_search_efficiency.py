@@ -71,10 +71,11 @@ def write_space(dataset: str, arm: str, seed: int, budget_s: float, folder: Path
     """The quickstart space with this dataset's and arm's sections, as a YAML file for `gce-search run`."""
     import yaml
 
+    from gce_search.spaces.loading import locate
     from gce_search.trainables.config import deep_merge
+    from gce_search.yamlio import read_yaml
 
-    quickstart = Path(__file__).resolve().parents[1] / "spaces" / "quickstart.yaml"
-    spec = yaml.safe_load(quickstart.read_text(encoding="utf-8"))
+    spec = read_yaml(locate("quickstart"))
     sampler, scheduler = SCHEDULERS[arm]
     spec["name"] = f"{dataset}-{arm}"
     spec["seed"] = seed

@@ -34,10 +34,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gce_search.trainables.config import resolve  # noqa: E402
-from gce_search.trainables.models import build_model  # noqa: E402
+from gce_search.trainables.config import resolve
+from gce_search.trainables.models import build_model
 
 
 class BareLoop:
