@@ -257,6 +257,7 @@ def test_a_factory_keyword_is_searched_over_the_range_given(factory_module):
         ("model.width", "model.width", "int", 3, 300, None)
     assert spec.base_config["model"] == {"factory": "gce_test_nets:make_net", "depth": 1}
     assert spec.apply({"model.width": 77})["model"] == {"factory": "gce_test_nets:make_net", "depth": 1, "width": 77}
+    assert spec_from_dict(spec.to_dict()) == spec  # what an experiment's spec.yaml holds loads back
 
 
 def test_validate_of_a_shipped_space_still_imports_no_torchvision(tmp_path):
