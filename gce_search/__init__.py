@@ -14,15 +14,13 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.2.0"
-
 # public name -> module that defines it
 _EXPORTS = {
     "run_search": "gce_search.api",
     "load_experiment": "gce_search.api",
     "train": "gce_search.api",
     "Experiment": "gce_search.api",
-    "pareto_front": "gce_search.search.pareto",
+    "objective_front": "gce_search.search.pareto",
     "load_spec": "gce_search.spaces.loading",
     "ConfigError": "gce_search.errors",
     "UsageError": "gce_search.errors",
@@ -32,6 +30,10 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # written once, in pyproject.toml
+        from importlib.metadata import version
+
+        return version("gce-search")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'gce_search' has no attribute {name!r}")

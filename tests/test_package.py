@@ -193,3 +193,13 @@ def test_the_package_has_no_import_cycle():
     """Counting imports inside functions too: a local import that only dodges a cycle is still a cycle."""
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_public_names_resolve_and_the_version_is_the_distributions():
+    from importlib.metadata import version
+
+    for name in gce_search.__all__:
+        assert getattr(gce_search, name) is not None, name
+    assert gce_search.__version__ == version("gce-search")
+    front = gce_search.objective_front([{"val/acc": 0.9, "val/ece": 0.1}, {"val/acc": 0.8, "val/ece": 0.2}])
+    assert front == [0]  # the raw (acc up, ECE down) objectives, not minimisation-space points
