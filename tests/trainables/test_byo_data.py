@@ -303,6 +303,19 @@ def test_validate_reports_a_missing_root(tmp_path, capsys):
     assert main(["validate", write_space(tmp_path, root)]) == 0
 
 
+def test_validate_reads_an_image_folder_and_an_npz_without_torch(tmp_path):
+    import subprocess
+
+    root = write_folder(tmp_path / "imgs")
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((40, 8, 8, 3), np.uint8), y_train=np.arange(40) % 2)
+    code = ("import sys; from gce_search.search.cli import main; "
+            "codes = [main(['validate', sys.argv[1]]), main(['validate', sys.argv[1], '--set', 'data.name=arrays', "
+            "'--set', 'data.path=' + sys.argv[2]])]; print(codes, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, write_space(tmp_path, root), str(tmp_path / "d.npz")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[0, 0] False", out.stdout + out.stderr
+
+
 @pytest.fixture()
 def local_ray():
     import ray
