@@ -146,7 +146,7 @@ class _Trial:
 
     def __init__(self, cfg: dict, dist_ctx: DistContext | None, precision=None):
         from gce_search.trainables.calibration import build_calibrator
-        from gce_search.trainables.data import augment, load_splits
+        from gce_search.trainables.data import augment, eval_batches, load_splits, train_batches
         from gce_search.trainables.losses import build_loss
         from gce_search.trainables.models import build_model
 
@@ -162,6 +162,9 @@ class _Trial:
                              f"valid: a multiple of train.workers (every process gets an equal share)")
 
         self.data = load_splits(cfg["data"], device=self.device)
+        if self.data.info.get("features") and cfg["model"].get("name", "mlp") != "mlp":
+            raise ValueError(f"model.name: {cfg['model']['name']!r} is a conv net and the data are feature vectors "
+                             f"(N×{self.data.in_channels}); valid: 'mlp'")
         n_train = self.data.train_y.shape[0]
         # The last partial batch is dropped: GCE estimates the class marginal on the mini-batch, so a small
         # remainder batch would give a noisy regulariser, and DDP needs equal shares. The order is reshuffled
@@ -201,6 +204,7 @@ class _Trial:
         self.augment_cfg = cfg["data"]["augment"]
         self.augmenting = bool(self.augment_cfg["crop"] or self.augment_cfg["flip"])
         self.augment = augment
+        self.train_batches, self.eval_batches = train_batches, eval_batches  # tensors, or streamed from disk
         self.epoch = 0  # completed epochs
         self.history: list[dict] = []
         self._device_info_reported = False
@@ -276,9 +280,10 @@ class _Trial:
         first_step = self.epoch * self.steps_per_epoch
         on_step = self.step_progress.epoch(self.epoch + 1) if self.step_progress is not None else None
         bs = self.batch_size
+        batches = self.train_batches(x_all, perm, self.steps_per_epoch, bs)
         for s in range(self.steps_per_epoch):
             idx = perm[s * bs:(s + 1) * bs]
-            x, y = x_all[idx], y_all[idx]
+            x, y = next(batches), y_all[idx]
             if self.augmenting:
                 x = self.augment(x, self.augment_cfg, self.generator)
             if self.world_size > 1:
@@ -309,8 +314,8 @@ class _Trial:
         self.model.eval()
         eb = self.train_cfg["eval_batch_size"]
         out = []
-        for i in range(0, x.shape[0], eb):
-            out.append(self.model(x[i:i + eb].contiguous(memory_format=self.memory_format)).float().cpu())
+        for xb in self.eval_batches(x, eb):
+            out.append(self.model(xb.contiguous(memory_format=self.memory_format)).float().cpu())
         self.model.train()
         return torch.cat(out) if out else torch.zeros(0, self.data.num_classes)
 

@@ -117,6 +117,8 @@ def test_arrays_layouts_and_memory_map(tmp_path, layout):
         assert metrics["final"] and metrics["val/acc"] > 0.5  # chance: 0.25
         [line] = data_problems(data, {"name": "small_cnn"})
         assert line == "model.name: 'small_cnn' is a conv net and the data are feature vectors (N×12); valid: 'mlp'"
+        with pytest.raises(ValueError, match=r"model.name: 'resnet18' is a conv net and the data are feature vectors"):
+            run_trial({**cfg, "model": {"name": "resnet18"}})
         [line] = data_problems({**data, "augment": {"crop": True, "pad": 4, "flip": False}})
         assert line.startswith("data.augment.crop: ") and line.endswith("valid: false")
 
