@@ -17,6 +17,8 @@ from gce_search.trainables.trial import run_trial
 
 # A loop on the configured data, model and loss: SGD on shuffled batches (the global torch RNG), then the logits.
 LOOP = '''
+from pathlib import Path
+
 import torch
 
 
@@ -28,6 +30,22 @@ class Note:
 
 
 def train(config, session):
+    _train(config, session, lambda epoch: None)
+
+
+def crash_once(config, session):
+    """As train, but the first run raises after reporting epoch 2 (Ray restarts the trial from its checkpoint)."""
+    marker = Path(__file__).with_name("crashed-once")
+
+    def after(epoch):
+        if epoch == 2 and not marker.exists():
+            marker.write_text("crashed after epoch 2")
+            raise RuntimeError("a crash after epoch 2, once")
+
+    _train(config, session, after)
+
+
+def _train(config, session, after):
     d = session.data
     model = session.build_model()
     opt = torch.optim.SGD(model.parameters(), lr=config["train"]["lr"], momentum=0.9)
@@ -54,6 +72,7 @@ def train(config, session):
                  "my/restored_note": restored["note"].epoch if restored is not None else -1}
         session.report(epoch=epoch, logits=logits, train_loss=total / steps, metrics=extra,
                        state={"model": model.state_dict(), "optimizer": opt.state_dict(), "note": Note(epoch)})
+        after(epoch)
 '''
 
 # Loops that report made-up logits (no training): what report refuses, and a diverging run.
@@ -238,10 +257,10 @@ def test_session_loss_is_the_configured_loss(user_modules):
     assert not torch.equal(got, build_loss({"name": "focal", "gamma": 3.0}, 5)(logits, targets))
 
 
-def test_a_diverged_report_stops_the_loop(user_modules):
+def test_a_diverged_report_stops_the_loop(user_modules, tmp_path):
     import importlib
 
-    keeper = Keeper(Path("/nonexistent"))  # a diverged epoch has no checkpoint to copy
+    keeper = Keeper(tmp_path)
     last = run_trial(tiny(f"{user_modules['reports']}:diverge", epochs=4), keeper)
     assert [r["status"] for r in keeper.results] == ["ok", "diverged"]
     assert last["status"] == "diverged" and last["diverged_epoch"] == 2 and last["final"] is False
@@ -357,3 +376,31 @@ def test_a_search_of_a_user_loop_is_early_stopped_and_recorded(ray_with_user_cod
     methods = [m["val_ece_uncertainty"]["method"] for m in front if "val_ece_uncertainty" in m]
     assert methods and all(m.startswith("bootstrap over val samples") for m in methods), methods
     assert not any("checkpoint unreadable" in n for t in exp.trials for n in t.notes)
+
+
+def test_a_user_loop_trial_restarted_by_ray_goes_on_from_its_checkpoint(ray_with_user_code, tmp_path):
+    """A trial that raises after epoch 2 is restarted by Ray (FailureConfig(max_failures=1)) from its checkpoint:
+    its loop gets start_epoch 2 and the state of that report, and ends as an uninterrupted run of its config."""
+    from gce_search.search.cli import main
+    from gce_search.search.records import load_experiment
+
+    module = ray_with_user_code["loop"]
+    space = tmp_path / "space.yaml"
+    text = SEARCH_SPACE.replace("MODULE:train", f"{module}:crash_once").replace("num_samples: 6", "num_samples: 1")
+    space.write_text(text.replace("{name: asha, grace_period: 1, reduction_factor: 2}", "{name: fifo}"))
+    storage = tmp_path / "results"
+    assert main(["run", str(space), "--storage", str(storage), "--name", "crash"]) == 0
+    assert (tmp_path / "code" / "crashed-once").is_file()  # the first run did crash
+    (trial,) = load_experiment(storage / "crash").trials
+    assert trial.status == "complete"
+    assert [h["epoch"] for h in trial.history] == [1, 2, 3]  # each epoch logged once
+    assert [h["my/start_epoch"] for h in trial.history] == [0, 0, 2]
+    assert [h["my/restored_note"] for h in trial.history] == [-1, -1, 2]
+
+    whole = Keeper(tmp_path / "whole")
+    run_trial({**trial.config, "trainable": f"{module}:train"}, whole)
+
+    def scores(r):
+        return {k: v for k, v in r.items() if k.startswith(("val/", "test/", "calibration/")) or k == "score"}
+
+    assert scores(trial.final) == scores(whole.results[-1])
