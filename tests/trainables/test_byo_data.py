@@ -279,7 +279,7 @@ def test_streaming_trains_and_reports_the_same_metric_keys(tmp_path):
 SPACE = """\
 name: byo
 description: image_folder data, tiny
-data: {name: image_folder, root: ROOT, memory_limit: LIMIT, workers: 0, val: 0.3}
+data: {name: image_folder, root: ROOT, memory_limit: LIMIT, workers: 1, val: 0.3}
 model: {name: mlp, width: 16, depth: 1}
 train: {epochs: 2, batch_size: 32, threads: 1}
 calibration: {method: ts}
