@@ -274,6 +274,19 @@ def test_streaming_trains_and_reports_the_same_metric_keys(tmp_path):
         assert streamed[key] == pytest.approx(memory[key], abs=1e-4), key
 
 
+def test_streaming_under_two_ddp_processes_matches_the_in_memory_run(tmp_path):
+    root = write_folder(tmp_path / "imgs", per_class=30)
+    runs = {}
+    for limit in (None, 1000):
+        cfg = trial_cfg({"name": "image_folder", "root": str(root), "memory_limit": limit, "workers": 0})
+        cfg["train"]["workers"] = 2
+        runs[limit] = run_trial(cfg)
+    assert runs[1000]["data/info"]["streamed"] is True and runs[None]["data/info"]["streamed"] is False
+    assert set(runs[1000]) == set(runs[None])
+    for key in ("val/acc", "val/nll", "train/loss", "test/acc"):
+        assert runs[1000][key] == pytest.approx(runs[None][key], abs=1e-4), key
+
+
 # ------------------------------------------------------------------------------------------------------------- CLI
 
 SPACE = """\
