@@ -17,7 +17,7 @@ import yaml
 from gce_search.errors import ConfigError, UsageError
 from gce_search.spaces.overrides import apply_overrides
 from gce_search.trainables.checkpoints import CHECKPOINT_FILE
-from gce_search.trainables.config import resolve, trial_problems
+from gce_search.trainables.config import anchor_paths, resolve, trial_problems
 from gce_search.trainables.data import data_problems
 from gce_search.trainables.external import config_problems as external_model_problems
 from gce_search.trainables.trial import PER_RUN_KEYS, load_checkpoint, run_trial
@@ -80,6 +80,7 @@ def train(config: str | os.PathLike | dict, out: str | os.PathLike | None = None
     partial, problems = apply_overrides(doc, overrides or [])
     if problems:
         raise UsageError("\n".join(problems))
+    partial = anchor_paths(partial)  # a relative data.root / data.path: from where gce-search runs
     cfg = resolve(partial, source=source)  # ConfigError lists every problem before anything runs
     problems = trial_problems(cfg)
     if problems:

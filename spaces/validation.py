@@ -22,7 +22,7 @@ from gce_search.spaces.records import (BREAKPOINT_DEFAULTS, BREAKPOINT_KEYS, BRE
                                        SpaceParam, entry_params)
 from gce_search.trainables import external
 from gce_search.trainables.catalog import CALIBRATORS, DATASETS, LOSSES, MODELS
-from gce_search.trainables.config import (NULLABLE, SCHEMA, check_breakpoints, get_path, pin_threads, problems_of,
+from gce_search.trainables.config import (NULLABLE, anchor_paths, SCHEMA, check_breakpoints, get_path, pin_threads, problems_of,
                                           resolve, set_path, trial_problems, with_defaults)
 from gce_search.trainables.registry import Param
 from gce_search.trainables.user_code import trainable_problems
@@ -120,6 +120,7 @@ def spec_from_dict(raw: Any, overrides: Iterable[str] = (), source: str = "", de
         raise ConfigError([f"(top level): expected a mapping of sections, got {type(raw).__name__}; valid: a mapping "
                            f"with keys such as {', '.join(TOP_LEVEL_KEYS)}"], source)
     raw, override_problems = apply_overrides(raw, overrides, refused=_REFUSED_OVERRIDES)
+    raw = anchor_paths(raw)  # a relative data.root / data.path: from where gce-search runs, not a trial's folder
     ck = _Checker(raw, source)
     ck.problems.extend(override_problems)
 

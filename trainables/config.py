@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 from typing import Any
 
 from gce_search.trainables import external
@@ -313,3 +314,22 @@ def pin_threads(cfg: dict, cpus_per_trial: float) -> dict:
     if cfg["train"]["threads"] is None:
         cfg["train"]["threads"] = threads_for(cpus_per_trial, cfg["train"]["workers"])
     return cfg
+
+
+PATH_KEYS = ("root", "path")  # data.root, data.path: files the trial reads
+
+
+def anchor_paths(partial: Any, base: str | os.PathLike | None = None) -> Any:
+    """`partial` (a partial trial config or a space file's sections) with a relative data.root / data.path made
+    absolute against `base` (default: the current directory), as a user means it when typing it: a trial runs in
+    a folder of its own (and on another node), where a relative path would name something else. Other values and
+    anything not a string stay as they are; the input is not changed."""
+    if not isinstance(partial, dict) or not isinstance(partial.get("data"), dict):
+        return partial
+    data = dict(partial["data"])
+    for key in PATH_KEYS:
+        value = data.get(key)
+        if isinstance(value, str) and value and "://" not in value and not os.path.isabs(os.path.expanduser(value)):
+            data[key] = os.path.abspath(os.path.join(base if base is not None else os.getcwd(), value))
+    return {**partial, "data": data}
+

@@ -76,3 +76,19 @@ def test_a_float_without_a_dot_is_a_float_in_train_configs_and_study_files(tmp_p
     study.write_text(text)
     spec = load_study(str(study))
     assert spec.base["train"]["lr"] == 0.001 and isinstance(spec.base["train"]["lr"], float)
+
+
+def test_a_relative_data_path_is_taken_from_where_gce_search_runs(tmp_path, monkeypatch):
+    """A trial runs in a folder of its own: the space's relative data.path / data.root are made absolute on reading,
+    against the current directory, and the spec (hence spec.yaml and every export) records the absolute path."""
+    from gce_search.spaces.loading import load_spec
+    from gce_search.trainables.config import anchor_paths
+
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec("quickstart", ["data.root=sub/dir"])
+    assert spec.base_config["data"]["root"] == str(tmp_path / "sub" / "dir")
+    assert spec.to_dict()["data"]["root"] == str(tmp_path / "sub" / "dir")
+    given = {"data": {"path": "x.npz", "root": "/abs"}}
+    assert anchor_paths(given) == {"data": {"path": str(tmp_path / "x.npz"), "root": "/abs"}}
+    assert given == {"data": {"path": "x.npz", "root": "/abs"}}  # the input is not changed
+    assert anchor_paths({"data": {"root": "s3://bucket/d"}}) == {"data": {"root": "s3://bucket/d"}}
