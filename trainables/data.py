@@ -27,6 +27,7 @@ import numpy as np
 
 from gce_search.trainables.catalog import DATASETS
 from gce_search.trainables.registry import Param
+from gce_search.trainables.user_code import import_reference
 from gce_search.yamlio import parse_yaml_value
 
 # torch is imported by the two functions that make tensors (load_splits, augment): the file and split checks
@@ -816,26 +817,8 @@ def _npz_arrays(path_cfg: str | None) -> RawData:
 
 def import_factory(spec: str | None) -> Callable:
     """The function a `data.factory: 'module:function'` names; ValueError naming data.factory."""
-    import importlib
-
-    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
-        raise ValueError(f"data.factory: got {spec!r}; valid: 'package.module:function'")
-    module_name, attr = spec.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as err:  # the user's module may raise anything on import
-        raise ValueError(f"data.factory: cannot import {module_name!r} ({type(err).__name__}: {err}); valid: "
-                         f"'package.module:function' importable in the trial's Python environment (its sys.path)"
-                         ) from None
-    fn = module
-    for part in attr.split("."):
-        fn = getattr(fn, part, None)
-        if fn is None:
-            raise ValueError(f"data.factory: module {module_name!r} has no {attr!r}; valid: 'package.module:function' "
-                             f"naming a function of that module")
-    if not callable(fn):
-        raise ValueError(f"data.factory: {spec!r} is a {type(fn).__name__}, not a function; valid: a callable")
-    return fn
+    return import_reference(spec, "data.factory", "'package.module:function' importable in the trial's Python "
+                            "environment (installed, or on PYTHONPATH)", "a function returning arrays or Datasets")
 
 
 def _factory_data(spec: str | None, options: dict) -> RawData:

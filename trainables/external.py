@@ -10,13 +10,13 @@ that names only catalogued models validates without torch.
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 import typing
 from functools import lru_cache
 from typing import Any, Callable
 
 from gce_search.trainables.registry import Param
+from gce_search.trainables.user_code import import_reference, is_reference
 
 TORCHVISION = "torchvision."
 TIMM = "timm."
@@ -170,40 +170,11 @@ def _library_keywords(name: str) -> tuple[dict[str, Param | None], bool]:
 # ---------------------------------------------------------------------------------------------------------- factory
 
 
-def split_factory(spec: Any) -> tuple[str, str]:
-    """(module, attribute path) of a `model.factory` string; ModelNameError naming model.factory if malformed."""
-    if not isinstance(spec, str) or spec.count(":") != 1:
-        raise ModelNameError(f"model.factory: got {spec!r}; valid: {FACTORY_FORM}")
-    module, _, attr = spec.partition(":")
-    if not module or not attr or not all(part.isidentifier() for part in (*module.split("."), *attr.split("."))):
-        raise ModelNameError(f"model.factory: got {spec!r}; valid: {FACTORY_FORM}")
-    return module, attr
-
-
 def load_factory(spec: Any) -> Callable:
     """The callable `model.factory` names, importing its module; ModelNameError naming model.factory otherwise."""
-    module_name, attr = split_factory(spec)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ModelNameError(f"model.factory: cannot import module {module_name!r} ({type(e).__name__}: {e}); valid: "
-                             f"{FACTORY_FORM} (a module on sys.path: installed, under the working directory, or on "
-                             f"PYTHONPATH)") from None
-    except Exception as e:  # the user's module raised while it was imported
-        raise ModelNameError(f"model.factory: importing module {module_name!r} raised {type(e).__name__}: {e}; "
-                             f"valid: a module that imports without error") from None
-    obj: Any = module
-    for i, part in enumerate(attr.split(".")):
-        if not hasattr(obj, part):
-            where = ".".join([module_name, *attr.split(".")[:i]])
-            names = [n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None))]
-            raise ModelNameError(f"model.factory: {where!r} has no attribute {part!r}{_close(part, names)}; valid: "
-                                 f"one of its callables: {', '.join(names[:20]) or 'none'}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ModelNameError(f"model.factory: {spec!r} is a {type(obj).__name__}, not callable; valid: a function "
-                             f"(in_channels, num_classes, image_size, **params) -> nn.Module")
-    return obj
+    return import_reference(spec, "model.factory", FACTORY_FORM,
+                            "a function (in_channels, num_classes, image_size, **params) -> nn.Module",
+                            error=ModelNameError)
 
 
 def _factory_keywords(spec: str) -> tuple[dict[str, Param | None], bool]:
@@ -241,10 +212,8 @@ def form_problems(section: dict, path: str = "model") -> list[str]:
         return [f"{path}.factory: given together with {path}.name {section['name']!r}; valid: one of them (name: a "
                 f"catalogued, torchvision.<builder> or timm.<model> name; factory: {FACTORY_FORM})"]
     if "factory" in section:
-        try:
-            split_factory(section["factory"])
-        except ModelNameError as e:
-            return [str(e).replace("model.", f"{path}.", 1)]
+        if not is_reference(section["factory"]):
+            return [f"{path}.factory: got {section['factory']!r}; valid: {FACTORY_FORM}"]
         return []
     name = section["name"]
     if not name.partition(".")[2]:

@@ -16,7 +16,6 @@ reported on stderr, naming its distribution, entry point and error, and the othe
 """
 from __future__ import annotations
 
-import importlib
 import math
 import re
 import sys
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
 from gce_search.errors import ConfigError  # noqa: F401  (re-exported: registries raise it)
+from gce_search.trainables.user_code import import_reference
 
 T = TypeVar("T")
 
@@ -169,15 +169,8 @@ class Entry:
 
 def _import_object(reference: str, what: str) -> Any:
     """The object a "package.module:attribute" reference names; LookupError naming `what` when it cannot."""
-    module_name, _, attribute = reference.partition(":")
-    try:
-        obj = importlib.import_module(module_name)
-        for part in filter(None, attribute.split(".")):
-            obj = getattr(obj, part)
-    except Exception as err:
-        raise LookupError(f"{what}: its implementation {reference!r} cannot be imported "
-                          f"({type(err).__name__}: {err})") from err
-    return obj
+    return import_reference(reference, f"{what}: its implementation", "'package.module:attribute'",
+                            "a function or class", error=LookupError)
 
 
 @dataclass(frozen=True)

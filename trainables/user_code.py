@@ -1,5 +1,6 @@
-"""The `trainable:` key: a training loop of your own, named as `"package.module:function"` (docs/byo.md, "Your own
-training loop").
+"""Code of yours named as `"package.module:function"`: the one way a name of that form is imported
+(`import_reference`, for `trainable`, `model.factory`, `data.factory` and plug-in implementations), and the
+`trainable:` key, a training loop of your own (docs/byo.md, "Your own training loop").
 
 The config check (trainables.config) checks the form of the name only (nothing is imported there, so reading
 results never needs your code); `trainable_problems` imports the module and checks that the function takes
@@ -8,6 +9,7 @@ starts. Nothing heavier than your module is imported here (no torch); trainables
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from typing import Any, Callable
@@ -18,39 +20,52 @@ TRAINABLE_FORM = ('"module:function" (e.g. "my_pkg.train:train"), a function tra
 
 def form_problem(value: Any) -> str | None:
     """What is wrong with the form of a `trainable` value (not null), or None."""
+    return None if is_reference(value) else f"got {value!r}"
+
+
+def is_reference(value: Any) -> bool:
+    """Whether `value` has the form "package.module:attribute" (identifiers, one colon)."""
     if not isinstance(value, str) or value.count(":") != 1:
-        return f"got {value!r}"
+        return False
     module, _, attr = value.partition(":")
-    if not module or not attr or not all(p.isidentifier() for p in (*module.split("."), *attr.split("."))):
-        return f"got {value!r}"
-    return None
+    return bool(module and attr) and all(p.isidentifier() for p in (*module.split("."), *attr.split(".")))
+
+
+def import_reference(value: Any, key: str, form: str, callable_as: str, error: type[Exception] = ValueError) -> Any:
+    """The callable a "package.module:attribute" string names, for the config key `key` (`trainable`,
+    `model.factory`, `data.factory`, a plug-in's implementation). Whatever fails raises `error` with one line
+    '<key>: <what>; valid: <what would be>': a malformed name (valid: `form`), a module that does not import or
+    raises while it is imported, a missing attribute (with close matches), an attribute that is not callable
+    (valid: `callable_as`)."""
+    if not is_reference(value):
+        raise error(f"{key}: got {value!r}; valid: {form}")
+    module_name, _, attr = value.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise error(f"{key}: cannot import module {module_name!r} ({type(err).__name__}: {err}); valid: "
+                    f"{form}") from None
+    except Exception as err:  # the module raised while it was imported
+        raise error(f"{key}: importing module {module_name!r} raised {type(err).__name__}: {err}; valid: "
+                    f"a module that imports without error") from None
+    for i, part in enumerate(attr.split(".")):
+        if not hasattr(obj, part):
+            where = ".".join([module_name, *attr.split(".")[:i]])
+            names = sorted(n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None)))
+            close = difflib.get_close_matches(part, names, n=3, cutoff=0.6)
+            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+            raise error(f"{key}: {where!r} has no attribute {part!r}{hint}; valid: one of its callables: "
+                        f"{', '.join(names[:20]) or 'none'}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise error(f"{key}: {value!r} is a {type(obj).__name__}, not callable; valid: {callable_as}")
+    return obj
 
 
 def load_trainable(value: str) -> Callable:
     """The function `trainable: value` names; ValueError (one `trainable: ...; valid: ...` line) when its module
     does not import, it has no such attribute, or the attribute is not callable with (config, session)."""
-    problem = form_problem(value)
-    if problem is not None:
-        raise ValueError(f"trainable: {problem}; valid: {TRAINABLE_FORM}")
-    module_name, _, attr = value.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"trainable: cannot import module {module_name!r} ({type(err).__name__}: {err}); valid: "
-                         f"{TRAINABLE_FORM}") from None
-    except Exception as err:  # the module raised while it was imported
-        raise ValueError(f"trainable: importing module {module_name!r} raised {type(err).__name__}: {err}; valid: "
-                         f"a module that imports without error") from None
-    for i, part in enumerate(attr.split(".")):
-        if not hasattr(obj, part):
-            where = ".".join([module_name, *attr.split(".")[:i]])
-            names = sorted(n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None)))
-            raise ValueError(f"trainable: {where!r} has no attribute {part!r}; valid: one of its callables: "
-                             f"{', '.join(names[:20]) or 'none'}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ValueError(f"trainable: {value!r} is a {type(obj).__name__}, not callable; valid: a function "
-                         f"train(config, session)")
+    obj = import_reference(value, "trainable", TRAINABLE_FORM, "a function train(config, session)")
     try:
         inspect.signature(obj).bind(None, None)
     except TypeError:

@@ -228,11 +228,12 @@ def test_factory_problems_name_data_factory(factory_module):
         return data_problems(resolve({"data": {"factory": spec, **kw}})["data"])
 
     [line] = problems("no_such_module_xyz:load")
-    assert line.startswith("data.factory: cannot import 'no_such_module_xyz' (ModuleNotFoundError")
+    assert line.startswith("data.factory: cannot import module 'no_such_module_xyz' (ModuleNotFoundError")
     assert "valid: 'package.module:function' importable" in line
-    assert problems("just_a_name") == ["data.factory: got 'just_a_name'; valid: 'package.module:function'"]
-    assert problems(f"{factory_module}:nothing")[0].startswith(f"data.factory: module '{factory_module}' has no "
-                                                               f"'nothing'")
+    assert problems("just_a_name") == ["data.factory: got 'just_a_name'; valid: 'package.module:function' importable "
+                                       "in the trial's Python environment (installed, or on PYTHONPATH)"]
+    assert problems(f"{factory_module}:nothing")[0].startswith(f"data.factory: '{factory_module}' has no attribute "
+                                                               f"'nothing'; valid: one of its callables: ")
     assert "raised RuntimeError: no data today" in problems(f"{factory_module}:broken")[0]
     assert "got an unexpected keyword argument" in problems(f"{factory_module}:arrays", options={"bogus": 1})[0]
     with pytest.raises(Exception, match=r"data.name: 'cifar10' with data.factory set; valid: 'factory'"):
