@@ -43,6 +43,19 @@ def fashion_mnist_root() -> str:
     return root
 
 
+@pytest.fixture
+def one_intra_op_thread():
+    """torch on one intra-op thread for the test. Deep nets run hundreds of tiny kernels in the model tests; with
+    more OpenMP threads than free cores (a shared CI runner) every kernel waits on its spinning team, measured ~100×
+    slower for DenseNet-121 at batch 2."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _temporary_files_under_pytest(tmp_path_factory):
     """Checkpoint folders that in-process trials hand to their reporters (tempfile.mkdtemp) go under pytest's own

@@ -569,6 +569,17 @@ def _to_nchw(shape: tuple[int, ...], where: str) -> tuple[str, tuple[int, int, i
                      f"valid: {_ARRAYS_LAYOUT}")
 
 
+def _batch_as_nchw(x: np.ndarray, layout: str) -> np.ndarray:
+    """A batch read in its stored layout (_to_nchw's `layout`) as contiguous N×C×H×W, uint8 or float32."""
+    if layout == "features":
+        x = x[:, :, None, None]
+    elif layout == "nhw":
+        x = x[:, None]
+    elif layout == "nhwc":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x if x.dtype == np.uint8 else x.astype(np.float32))
+
+
 class ArrayImages(LazyImages):
     """Images in an array (memory-mapped from an uncompressed .npz member, or in memory), indexed lazily."""
 
@@ -597,14 +608,7 @@ class ArrayImages(LazyImages):
         return state
 
     def read(self, indices: np.ndarray) -> np.ndarray:
-        x = self.array()[np.asarray(indices, np.int64)]
-        if self.layout == "features":
-            x = x[:, :, None, None]
-        elif self.layout == "nhw":
-            x = x[:, None]
-        elif self.layout == "nhwc":
-            x = x.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(x if x.dtype == np.uint8 else x.astype(np.float32))
+        return _batch_as_nchw(self.array()[np.asarray(indices, np.int64)], self.layout)
 
 
 class DatasetImages(LazyImages):
@@ -640,14 +644,7 @@ class DatasetImages(LazyImages):
         images = [self._image(int(i)) for i in indices]
         if not images:
             return np.zeros((0, *self.shape[1:]), self.dtype)
-        x = np.stack(images)
-        if self.layout == "features":
-            x = x[:, :, None, None]
-        elif self.layout == "nhw":
-            x = x[:, None]
-        elif self.layout == "nhwc":
-            x = x.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(x if x.dtype == np.uint8 else x.astype(np.float32))
+        return _batch_as_nchw(np.stack(images), self.layout)
 
 
 def _class_folders(folder: Path) -> dict[str, list[Path]]:

@@ -10,14 +10,7 @@ from gce_search.trainables.models import MODELS, build_model
 from gce_search.trainables.registry import Param
 
 
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    # Deep nets run hundreds of tiny kernels here; with more OpenMP threads than free cores (a shared CI runner)
-    # every kernel waits on its spinning team, measured ~100× slower for DenseNet-121 at batch 2.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("name", MODELS.names())
