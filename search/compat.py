@@ -19,7 +19,10 @@ The Optuna side uses Optuna's public API only (search.searcher).
 """
 from __future__ import annotations
 
+import copy
+import functools
 import json
+import os
 from typing import Any, Iterator
 
 CHECKED_RAY = "2.60"
@@ -198,3 +201,69 @@ def experiment_state_folders(trial) -> tuple[str, str] | None:
     if getattr(storage.storage_filesystem, "type_name", None) != "local":
         return None
     return storage.experiment_driver_staging_path, storage.experiment_fs_path
+
+
+# ------------------------------------------------------------------------------------------------- search generator
+
+
+@functools.lru_cache(maxsize=None)
+def _relocatable_class() -> type:
+    from ray.tune.search import SearchGenerator
+
+    class RelocatableSearchGenerator(SearchGenerator):
+        """Ray's SearchGenerator whose new trials go where the experiment is now (relocatable_search_generator)."""
+
+        _relocate_to: str | None = None
+
+        def relocate(self, exp_dir: str) -> None:
+            self._relocate_to = os.path.abspath(exp_dir)
+
+        def set_state(self, state: dict) -> None:
+            super().set_state(state)
+            target = self._relocate_to
+            spec = getattr(self._experiment, "spec", None)
+            storage = spec.get("storage") if isinstance(spec, dict) else None
+            if target is None or storage is None or getattr(storage.storage_filesystem, "type_name", "") != "local":
+                return
+            if os.path.abspath(storage.experiment_fs_path) == target:
+                return
+            import pyarrow.fs
+
+            moved = copy.copy(storage)
+            moved.storage_filesystem = pyarrow.fs.LocalFileSystem()
+            moved.storage_fs_path = os.path.dirname(target)
+            moved.experiment_dir_name = os.path.basename(target)
+            spec["storage"] = moved
+
+    # pickled by reference (Ray's tuner.pkl): found again through this module's __getattr__
+    RelocatableSearchGenerator.__module__ = __name__
+    RelocatableSearchGenerator.__qualname__ = "RelocatableSearchGenerator"
+    return RelocatableSearchGenerator
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RelocatableSearchGenerator":  # Ray imported only when the class is first needed
+        return _relocatable_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def relocatable_search_generator(searcher):
+    """Ray's SearchGenerator around `searcher`, whose new trials go where the experiment is *now*.
+
+    Checked on ray 2.60: the SearchGenerator pickles the Experiment it was given (with its StorageContext) into
+    search_gen_state-*.json, and `Tuner.restore` gives it back through `set_state`; new trials are created from
+    that spec's `storage`, so after a copy or a move the new trials of a resumed experiment were written to the
+    experiment's first location. Ray re-points restored trials itself (TuneController._restore_trials: a copy of
+    the trial's StorageContext with the controller's filesystem, storage_fs_path and experiment_dir_name); this does
+    the same for the spec, with the location `relocate` was given before `fit()` (local storage; a bucket keeps its
+    URI)."""
+    return _relocatable_class()(searcher)
+
+
+def relocate_search(search_alg, exp_dir: str) -> bool:
+    """Tell a restored search generator (relocatable_search_generator) where the experiment is now; False for a
+    search algorithm without that (an experiment written before it)."""
+    if hasattr(search_alg, "relocate"):
+        search_alg.relocate(exp_dir)
+        return True
+    return False

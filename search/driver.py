@@ -15,7 +15,8 @@ from ray.tune import Callback
 
 from gce_search.errors import UsageError
 from gce_search.search.compat import (asha_brackets, asha_counters, asha_rng, asha_trial_brackets, bracket_rungs,
-                                      local_tuner_configs, result_grid_trials, set_asha_counters)
+                                      local_tuner_configs, relocatable_search_generator, relocate_search,
+                                      result_grid_trials, set_asha_counters)
 from gce_search.search.cluster import (CSVLoggerKeepingLocal, JsonLoggerKeepingLocal, check_storage, job_address,
                             pull_experiment, push_driver_files)
 from gce_search.errors import ConfigError
@@ -443,7 +444,8 @@ def build_tuner(spec, storage: str, name: str, exp_dir: str, progress, slots: in
     # limit then sets the pending count: without it, trial actors start one after another and a cold start
     # (importing torch, ~5-10 s) idles every other slot. So the limiter is always there, at the slot count.
     max_concurrent = int(spec.search.get("max_concurrent") or slots)
-    search_alg = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+    # in a generator whose new trials follow the experiment when it is copied or moved (search.compat)
+    search_alg = relocatable_search_generator(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))
     scheduler = build_scheduler(dict(spec.scheduler), max_t=max_epochs(spec),
                                 objective=spec.base_config["objective"])
     tune_config = tune.TuneConfig(
@@ -765,6 +767,7 @@ def cmd_resume(args) -> int:
             raise UsageError(f"{os.path.join(exp_dir, 'tuner.pkl')}: its searcher is {type(searcher).__name__}, "
                              f"not gce-search's; valid: an experiment written by `gce-search run`")
         searcher.attach_journal(journal)
+        relocate_search(tune_config.search_alg, exp_dir)  # new trials go here, not where the experiment was first
         for callback in run_config.callbacks or []:  # the state goes into the scheduler this Tuner runs
             if isinstance(callback, SchedulerState):
                 callback.scheduler = tune_config.scheduler

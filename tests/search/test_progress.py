@@ -46,9 +46,10 @@ RESTORE_HINT = "Tuner.restore("
 FETCH_WARNING = "Failed to fetch metrics"
 
 
-def write_space(folder: Path, num_samples: int, epochs: int) -> str:
+def write_space(folder: Path, num_samples: int, epochs: int, width: int = 256) -> str:
     path = folder / "console.yaml"
-    path.write_text(SPACE.replace("NUM_SAMPLES", str(num_samples)).replace("EPOCHS", str(epochs)))
+    path.write_text(SPACE.replace("NUM_SAMPLES", str(num_samples)).replace("EPOCHS", str(epochs))
+                    .replace("width: 256", f"width: {width}"))
     return str(path)
 
 
@@ -120,8 +121,12 @@ def test_off_a_terminal_one_line_per_trial_event_with_a_counter_and_an_estimate(
     counter; the estimate after the first epoch; with a tiny step-progress threshold (0.5 ms: an epoch here can take
     under 50 ms), lines from inside epochs; none of Ray's notices on the console, and the token notice in the experiment's log file."""
     storage = tmp_path / "results"
-    proc = run_to_end(cli("run", write_space(tmp_path, num_samples=4, epochs=3), "--storage", str(storage),
-                          "--name", "pipe"), env=environment(GCE_SEARCH_STEP_PROGRESS_S="0.0005"), watch=[storage])
+    # width 2048: epochs of about a second on an idle machine. A report from inside an epoch reaches the console
+    # one poll of Tune's loop after it was put on the board, and is dropped once the epoch's own result is in: with
+    # epochs of a tenth of a second every report could be overtaken.
+    proc = run_to_end(cli("run", write_space(tmp_path, num_samples=4, epochs=3, width=2048), "--storage",
+                          str(storage), "--name", "pipe"), env=environment(GCE_SEARCH_STEP_PROGRESS_S="0.0005"),
+                      watch=[storage])
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     lines = out.splitlines()
