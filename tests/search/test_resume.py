@@ -47,19 +47,20 @@ def completed_trials(exp: Path) -> dict[str, int]:
 
 
 def outcomes_and_ray_records(exp: Path, trials) -> dict[str, str]:
-    """How each trial ended by the tool's own records (search.records: result.json, what pareto, export and the
-    console use), after checking that Ray's record of each trial agrees with them where it can: Ray's saved last
-    result is never past the trial's result.json, and a full budget in Ray's record is a full budget there too.
+    """How each trial ended by the tool's own records (search.records: result.json, or Ray's saved result where a
+    cut last line made that newer; what pareto, export and the console use), after checking that Ray's record of
+    each trial agrees with them where it can: Ray's saved last result is never past the records' last epoch, and a
+    full budget in Ray's record is one there too.
 
     Ray's record may lag by one epoch: a driver killed after a trial's final result was logged but before Ray saved
     its experiment state restores the trial one epoch back, the trial goes on from its final checkpoint with nothing
     left to report (the epoch is logged already), and Ray keeps the older result as the trial's last."""
     from gce_search.search.records import load_experiment
 
-    outcomes = {t.trial_id: t.status for t in load_experiment(exp).trials}
+    records = {t.trial_id: t for t in load_experiment(exp).trials}
+    outcomes = {tid: t.status for tid, t in records.items()}
     for t in trials:
-        logged = result_lines(exp / f"trial_{t.trial_id}")
-        last_epoch = logged[-1]["epoch"] if logged else 0
+        last_epoch = records[t.trial_id].final.get("epoch", 0) if t.trial_id in records else 0
         assert (t.last_result or {}).get("epoch", 0) <= last_epoch, (t.trial_id, t.last_result, last_epoch)
         if ray_outcome(t.last_result) in ("complete", "degenerate"):
             assert outcomes[t.trial_id] == ray_outcome(t.last_result), (t.trial_id, outcomes[t.trial_id])
