@@ -12,7 +12,9 @@ from gce_search.trainables.registry import Param, Registry
 
 # ------------------------------------------------------------------------------------------------------------ losses
 
-LOSSES = Registry("loss")
+# Traits every loss has: `stateful` (the implementation is a Loss class with per-epoch state, not a function) and
+# `batch_coupled` (each value depends on the whole batch, so the function takes a DDP `process_group`).
+LOSSES = Registry("loss", stateful=False, batch_coupled=False)
 
 # AdaFocal constants from Ghosh et al. 2022 and their official code: the switch point between focal and
 # inverse-focal and the clip range of gamma.
@@ -49,16 +51,11 @@ LOSSES.add("adafocal", "focal with per-confidence-bin gamma adapted each epoch o
             "bin_by": Param("target_prob", choices=("target_prob", "confidence"),
                             doc="which probability of a training sample picks its bin")},
            stateful=True)
-# Traits every loss has: `stateful` (the implementation is a Loss class with per-epoch state, not a function) and
-# `batch_coupled` (each value depends on the whole batch, so the function takes a DDP `process_group`).
-for _entry in LOSSES.items():
-    _entry[1].traits.setdefault("stateful", False)
-    _entry[1].traits.setdefault("batch_coupled", False)
-del _entry
 
 # ------------------------------------------------------------------------------------------------------------ models
 
-MODELS = Registry("model")
+# `min_image_size`: the smallest input height/width the network's downsampling can take.
+MODELS = Registry("model", min_image_size=1)
 
 _RESNET_WIDTH = {"width": Param(64, low=1, kind="int", doc="planes of the first stage; later stages double it")}
 
@@ -89,16 +86,12 @@ MODELS.add("wrn_26_10", "Wide ResNet 26-10 as in the calibration papers' code (M
 MODELS.add("densenet121", "DenseNet-121 for small images: dense blocks [6, 12, 24, 16], growth 32, "
                           "compression 0.5", {"growth_rate": Param(32, low=1, kind="int", doc="channels per layer")},
            min_image_size=8)
-# `min_image_size`: the smallest input height/width the network's downsampling can take.
-for _entry in MODELS.items():
-    _entry[1].traits.setdefault("min_image_size", 1)
-del _entry
 
 # ---------------------------------------------------------------------------------------------------------- datasets
 
 # A dataset's params are its own options, given in the trial config as `data.subset: "key=value,key=value"` (only
 # `synthetic` declares any); the implementation is `loader(root, subset, download, options) -> RawData`.
-DATASETS = Registry("dataset")
+DATASETS = Registry("dataset", own_data=False)
 
 DATASETS.add("digits", "scikit-learn's bundled handwritten digits: 1,797 images, 1×8×8, 10 classes, no test split")
 DATASETS.add("fashion_mnist", "Fashion-MNIST (Xiao et al. 2017): 60k + 10k images, 1×28×28, 10 classes; idx files")
@@ -129,9 +122,6 @@ DATASETS.add("arrays", "your arrays: data.path names an .npz with x_train, y_tra
                        "(images NCHW or NHWC, uint8 or float, or feature vectors N×D for mlp)", own_data=True)
 DATASETS.add("factory", "your function: data.factory 'module:function', called with data.options as keyword "
                         "arguments, returns arrays (as for arrays) or torch Datasets", own_data=True)
-for _entry in DATASETS.items():
-    _entry[1].traits.setdefault("own_data", False)
-del _entry
 
 # ------------------------------------------------------------------------------------------------------- calibrators
 
@@ -164,9 +154,8 @@ LR_SCHEDULES.add("onecycle", "torch's OneCycleLR per step: cosine warm-up over 3
 # ------------------------------------------------------------------------------------------------------------ plug-ins
 
 # Installed distributions add losses, models, datasets and calibrators through these entry-point groups (docs/byo.md,
-# "Plug-ins"); each registry loads its group the first time it is read by name. The keywords are the traits every
-# shipped entry of the kind has, given to a plug-in entry that does not declare them.
-LOSSES.enable_plugins("gce_search.losses", stateful=False, batch_coupled=False)
-MODELS.enable_plugins("gce_search.models", min_image_size=1)
-DATASETS.enable_plugins("gce_search.datasets", own_data=False)
+# "Plug-ins"); each registry loads its group the first time it is read by name.
+LOSSES.enable_plugins("gce_search.losses")
+MODELS.enable_plugins("gce_search.models")
+DATASETS.enable_plugins("gce_search.datasets")
 CALIBRATORS.enable_plugins("gce_search.calibrators")

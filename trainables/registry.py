@@ -193,23 +193,22 @@ class Registry:
     nothing heavy), `implements` attaches its implementation (a decorator, in the module that holds the code), and
     `register` does both at once. `get` raises an error that lists the valid names."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, **trait_defaults: Any):
+        """`trait_defaults`: the traits every entry of the kind has, for an entry (shipped or a plug-in's) that
+        does not declare them."""
         self.kind = kind
         self._entries: dict[str, Entry] = {}
         self.plugin_group: str | None = None
-        self._trait_defaults: dict[str, Any] = {}
+        self._trait_defaults: dict[str, Any] = dict(trait_defaults)
         self._plugins_loaded = True  # until enable_plugins names a group
         self._shipped: set[str] = set()
         self.plugin_failures: list[PluginFailure] = []
 
     # ---------------------------------------------------------------------------------------------------- plug-ins
 
-    def enable_plugins(self, group: str, **trait_defaults: Any) -> None:
-        """Load the entry points of `group` when the registry is first read by name; `trait_defaults` are set on
-        every entry added from now on (the plug-ins') that does not declare them: the traits every shipped entry
-        of the kind has."""
+    def enable_plugins(self, group: str) -> None:
+        """Load the entry points of `group` when the registry is first read by name."""
         self.plugin_group = group
-        self._trait_defaults = dict(trait_defaults)
         self._shipped = set(self._entries)
         self._plugins_loaded = False
 
@@ -267,8 +266,7 @@ class Registry:
         imported on first use of `entry.impl`."""
         if name in self._entries:
             raise KeyError(f"{self.kind} {name!r} is already registered")
-        if self.plugin_group is not None:
-            traits = {**self._trait_defaults, **traits}
+        traits = {**self._trait_defaults, **traits}
         entry = Entry(self.kind, name, description, params, traits)
         entry._impl = impl
         self._entries[name] = entry
