@@ -9,6 +9,7 @@ trial's result reaches a rung it has not been recorded at, bookkeeping on comple
 - `NonDominatedRanking`: non-dominated sorting on (val/acc ↑, val/ece ↓), ties inside a front broken by the
   exclusive hypervolume contribution (see its docstring for why not crowding distance).
 - `ScalarizedRanking(weights)`: plain ASHA on w_acc·acc − w_ece·ece, bit-for-bit Ray's percentile cutoff.
+- `EpsilonNetRanking`: non-dominated sorting with the ε-net order of Syne Tune's MOASHA inside a front.
 
 Objective directions are normalised once, on arrival (`search.pareto.to_minimization`); strategies see points in
 minimisation space only.
@@ -27,6 +28,7 @@ __all__ = [
     "RankingStrategy",
     "NonDominatedRanking",
     "ScalarizedRanking",
+    "EpsilonNetRanking",
     "RANKINGS",
     "MultiObjectiveASHA",
 ]
@@ -108,6 +110,55 @@ class NonDominatedRanking(RankingStrategy):
         return f"NonDominatedRanking(reference_point={self.reference_point})"
 
 
+class EpsilonNetRanking(NonDominatedRanking):
+    """Non-dominated sorting with an ε-net order inside each front (Salinas et al. 2021, the rule of Syne Tune's
+    MOASHA): the front's first member is its best on the first objective (the highest val/acc), each next one the
+    member farthest (Euclidean, raw objective units) from those already picked. A candidate's rank is the number of
+    points in better fronts plus its position in its front's order; it continues iff that rank < ceil(N / η).
+
+    Syne Tune 0.16 ranks by the *order* array where it means each point's *position* in it
+    (`ranks = searchsorted(sorted(order), order)`), so its decision depends on which point is ordered last, not on
+    the candidate's own rank: a candidate that dominates three recorded points is stopped at η = 3. This class
+    applies the rule as the paper describes it.
+    """
+
+    name = "epsnet"
+
+    def __init__(self):
+        super().__init__(None)
+
+    def rank_of_candidate(self, candidate, recorded) -> int:
+        points = np.vstack([np.asarray(recorded, dtype=float).reshape(-1, len(candidate)),
+                            np.asarray(candidate, dtype=float)[None, :]])
+        candidate_index = points.shape[0] - 1
+        ahead = 0
+        for front in pareto.non_dominated_sort(points):
+            if candidate_index not in front:
+                ahead += len(front)
+                continue
+            return ahead + epsilon_net_order(points[front]).index(front.index(candidate_index))
+        raise AssertionError("candidate missing from every front")
+
+    def __repr__(self) -> str:
+        return "EpsilonNetRanking()"
+
+
+def epsilon_net_order(points: np.ndarray) -> list[int]:
+    """Indices of `points` (minimisation space) in ε-net order: first the best on objective 0 (lowest index on
+    ties), then repeatedly the point farthest from those chosen (lowest index on ties)."""
+    n = points.shape[0]
+    first = int(np.argmin(points[:, 0]))
+    order = [first]
+    dist = np.linalg.norm(points - points[first], axis=1)
+    dist[first] = -1.0
+    for _ in range(n - 1):
+        nxt = int(np.argmax(dist))
+        order.append(nxt)
+        dist = np.minimum(dist, np.linalg.norm(points - points[nxt], axis=1))
+        dist[order] = -1.0
+    return order
+
+
 class ScalarizedRanking(RankingStrategy):
     """Plain ASHA on the weighted score Σ_i w_i·(±metric_i), '+' for a 'max' objective, '−' for a 'min' one.
 
@@ -144,7 +195,8 @@ class ScalarizedRanking(RankingStrategy):
         return f"ScalarizedRanking(weights={self.weights})"
 
 
-RANKINGS = {"nondominated": NonDominatedRanking, "scalarized": ScalarizedRanking}
+RANKINGS = {"nondominated": NonDominatedRanking, "scalarized": ScalarizedRanking,
+            "epsnet": EpsilonNetRanking}
 
 
 class _Bracket:
@@ -196,7 +248,7 @@ class MultiObjectiveASHA(FIFOScheduler):
         brackets: number of brackets; a new trial joins one at random with softmax weights on the bracket sizes,
             as in Ray (drawn from this scheduler's own generator, seeded by `seed`, so a restored scheduler
             continues the same sequence).
-        ranking: "nondominated", "scalarized", or a `RankingStrategy` instance.
+        ranking: "nondominated", "scalarized", "epsnet", or a `RankingStrategy` instance.
         metrics / modes: the objectives and their directions; default ("val/acc", "val/ece"), ("max", "min").
         reference_point: hypervolume reference in the raw metric space, for the non-dominated tie-break; None
             uses `search.pareto.REFERENCE_POINT` for the default objectives and crowding distance otherwise.
@@ -270,6 +322,8 @@ class MultiObjectiveASHA(FIFOScheduler):
             raise ValueError(f"ranking: {ranking!r} is not valid; valid: {sorted(RANKINGS)} or a RankingStrategy")
         if ranking == "scalarized":
             return ScalarizedRanking(weights if weights is not None else (1.0,) * len(self._metrics))
+        if ranking == "epsnet":
+            return EpsilonNetRanking()
         if reference_point is None and self._metrics == pareto.OBJECTIVES and self._modes == pareto.MODES:
             reference_point = pareto.REFERENCE_POINT
         if reference_point is not None:

@@ -418,3 +418,33 @@ def test_callbacks_pickle_explicit_state():
     assert budget.__getstate__() == {"timeout_s": 60.0, "remaining": budget.remaining}
     restored = pickle.loads(pickle.dumps(budget))
     assert restored.remaining == budget.remaining and restored._last is None  # counting restarts at its first step
+
+
+# --- the ε-net ranking (Syne Tune's rule inside a front) -------------------------------------------------------------
+
+def test_epsilon_net_order_by_hand():
+    from gce_search.search.moasha import EpsilonNetRanking, epsilon_net_order
+
+    # one front in minimisation space (-acc, ece): 0.9/0.09, 0.8/0.05, 0.7/0.03, 0.6/0.01
+    front = np.array([[-0.9, 0.09], [-0.8, 0.05], [-0.7, 0.03], [-0.6, 0.01]])
+    # first the best accuracy; then the farthest from it (0.6/0.01, distance 0.310); then 0.8/0.05 (0.108 from
+    # the chosen, against 0.102 for 0.7/0.03); last 0.7/0.03
+    assert epsilon_net_order(front) == [0, 3, 1, 2]
+    ranking = EpsilonNetRanking()
+    assert ranking.rank_of_candidate(front[2], front[[0, 1, 3]]) == 3
+    assert not ranking.promote(front[2], front[[0, 1, 3]], 3)  # rank 3 >= ceil(4 / 3)
+    assert ranking.promote(front[3], front[:3], 3)             # rank 1 < 2
+    # a candidate that dominates every recorded point is first, whatever the order of the others
+    assert ranking.rank_of_candidate([-0.95, 0.005], front[:3]) == 0
+    assert ranking.promote([-0.95, 0.005], front[:3], 3)
+    # a point behind a front counts the whole front ahead of it
+    assert ranking.rank_of_candidate([-0.5, 0.2], front) == 4
+
+
+def test_epsnet_is_a_scheduler_option():
+    from gce_search.search.moasha import EpsilonNetRanking
+    from gce_search.search.schedulers import build_scheduler
+
+    scheduler = build_scheduler({"name": "moasha", "ranking": "epsnet", "grace_period": 1, "reduction_factor": 3},
+                                max_t=9)
+    assert isinstance(scheduler.ranking, EpsilonNetRanking)
