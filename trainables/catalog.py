@@ -69,6 +69,10 @@ MODELS.add("small_cnn", "two conv blocks (2× conv3×3-BN-ReLU, max-pool) and a 
             "hidden": Param(128, low=1, kind="int", doc="units of the hidden linear layer"),
             "dropout": Param(0.0, low=0.0, high=1.0, high_inclusive=False, doc="dropout before the classifier")},
            min_image_size=4)
+MODELS.add("gap_cnn", "three conv3×3-BN-ReLU blocks (w, 2w, 4w channels; max-pool after the first two), global "
+                      "average pool and a linear classifier; w = 32: 94k parameters on Fashion-MNIST",
+           {"width": Param(32, low=1, kind="int", doc="channels of the first block; then 2w and 4w")},
+           min_image_size=4)
 MODELS.add("fast_cnn", "airbench-style conv net for 32×32 (Jordan 2024): widths (w, 4w, 4w), GELU, max-pool",
            {"width": Param(64, low=1, kind="int", doc="channels of the first group (airbench94: 64)"),
             "logit_scale": Param(1 / 9, low=0.0, low_inclusive=False, doc="multiplies the logits (airbench: 1/9)")})

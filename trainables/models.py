@@ -165,6 +165,22 @@ def small_cnn(in_channels: int, num_classes: int, image_size: int, width: int = 
     )
 
 
+# --------------------------------------------------------------------------------------------------------- gap_cnn
+
+
+@MODELS.implements("gap_cnn")
+def gap_cnn(in_channels: int, num_classes: int, image_size: int, width: int = 32) -> nn.Module:
+    """conv3×3(w)-BN-ReLU-maxpool, conv3×3(2w)-BN-ReLU-maxpool, conv3×3(4w)-BN-ReLU, global average pool, linear;
+    bias-free convolutions with padding 1. w = 32 on 1×28×28 and 10 classes: 94,186 parameters."""
+    w = int(width)
+    return nn.Sequential(
+        *_conv_bn_relu(in_channels, w), nn.MaxPool2d(2),
+        *_conv_bn_relu(w, 2 * w), nn.MaxPool2d(2),
+        *_conv_bn_relu(2 * w, 4 * w),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, num_classes),
+    )
+
+
 # -------------------------------------------------------------------------------------------------------- fast_cnn
 
 

@@ -90,6 +90,17 @@ def test_wrn_26_10_layout():
     assert small.head.in_features == 64
 
 
+def test_gap_cnn_layout_and_parameter_count():
+    model = build_model({"name": "gap_cnn"}, 1, 10, 28)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 32), (32, 64), (64, 128)]
+    assert all(c.bias is None and c.padding == (1, 1) and c.kernel_size == (3, 3) for c in convs)
+    # by hand: convs 288 + 18,432 + 73,728; BN 2 x (32 + 64 + 128); linear 128 x 10 + 10
+    assert sum(p.numel() for p in model.parameters()) == 288 + 18432 + 73728 + 2 * 224 + 1290 == 94186
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 2
+    assert isinstance(model[-3], nn.AdaptiveAvgPool2d)
+
+
 def test_fast_cnn_logit_scale_multiplies_logits():
     torch.manual_seed(0)
     a = build_model({"name": "fast_cnn", "width": 8, "logit_scale": 1.0}, 3, 10, 32).eval()
