@@ -152,6 +152,7 @@ LR_SCHEDULES = Registry("LR schedule")
 
 LR_SCHEDULES.add("constant", "train.lr throughout")
 LR_SCHEDULES.add("cosine", "cosine annealing from train.lr to 0 over train.epochs, stepped per epoch")
+LR_SCHEDULES.add("cosine_step", "cosine annealing from train.lr to 0 over all optimiser steps, stepped per step")
 LR_SCHEDULES.add("multistep", "train.lr times train.gamma at each of train.milestones (epochs)")
 LR_SCHEDULES.add("onecycle", "torch's OneCycleLR per step: cosine warm-up over 30% to train.lr, then annealing")
 

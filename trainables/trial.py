@@ -71,7 +71,8 @@ def learning_rate(train_cfg: dict, step: int, steps_per_epoch: int) -> float:
 
     constant, cosine and multistep change once per epoch, exactly as torch's ConstantLR-free base rate,
     CosineAnnealingLR(T_max=epochs) and MultiStepLR(milestones, gamma) stepped after every epoch (milestone m:
-    epochs with 0-based index >= m are scaled). onecycle changes every step, as torch's OneCycleLR (cosine
+    epochs with 0-based index >= m are scaled). cosine_step is CosineAnnealingLR(T_max=epochs × steps per epoch)
+    stepped after every optimiser step. onecycle changes every step, as torch's OneCycleLR (cosine
     annealing, pct_start 0.3, div_factor 25, final_div_factor 1e4); momentum is not cycled.
     """
     return LR_SCHEDULES.get(train_cfg["schedule"]).impl(train_cfg, step, steps_per_epoch)
@@ -86,6 +87,12 @@ def _constant(train_cfg: dict, step: int, steps_per_epoch: int) -> float:
 def _cosine(train_cfg: dict, step: int, steps_per_epoch: int) -> float:
     epoch = step // steps_per_epoch
     return float(train_cfg["lr"]) * (1.0 + math.cos(math.pi * epoch / int(train_cfg["epochs"]))) / 2.0
+
+
+@LR_SCHEDULES.implements("cosine_step")
+def _cosine_step(train_cfg: dict, step: int, steps_per_epoch: int) -> float:
+    total = int(train_cfg["epochs"]) * steps_per_epoch
+    return float(train_cfg["lr"]) * (1.0 + math.cos(math.pi * step / total)) / 2.0
 
 
 @LR_SCHEDULES.implements("multistep")

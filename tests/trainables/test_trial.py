@@ -104,6 +104,20 @@ def test_cosine_and_multistep_hand_values():
     assert [learning_rate(cfg, e, 1) for e in range(4)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
 
 
+def test_cosine_step_matches_torch_per_step():
+    epochs, steps = 4, 6
+    cfg = {"lr": 0.05, "epochs": epochs, "schedule": "cosine_step", "milestones": [], "gamma": 0.1}
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
+    for step in range(epochs * steps):
+        assert learning_rate(cfg, step, steps) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12)
+        opt.step()
+        sched.step()
+    # by hand: half-way through the run the rate is lr / 2; at the last step lr (1 + cos(pi 23/24)) / 2
+    assert learning_rate(cfg, 12, steps) == pytest.approx(0.025)
+    assert learning_rate(cfg, 23, steps) == pytest.approx(0.05 * (1 + math.cos(math.pi * 23 / 24)) / 2)
+
+
 def test_onecycle_matches_torch_per_step():
     epochs, steps = 5, 8
     cfg = {"lr": 0.4, "epochs": epochs, "schedule": "onecycle", "milestones": [], "gamma": 0.1}
