@@ -157,19 +157,28 @@ class CalibratedSearcher(Searcher):
     def __init__(
         self,
         space: Callable[[optuna.Trial], dict | None],
-        journal_path: str,
+        journal_path: str | None,
         sampler: optuna.samplers.BaseSampler | None = None,
         study_name: str = "gce-search",
         metric: list[str] | str | None = None,
         mode: list[str] | str | None = None,
+        storage: optuna.storages.BaseStorage | None = None,
     ):
+        """`journal_path`: the Optuna journal the study lives in (what a search uses: it survives the driver).
+        `storage` instead: any Optuna storage, e.g. `optuna.storages.InMemoryStorage()` where nothing has to
+        survive the process (bench/simulate_search.py); such a searcher cannot be restored."""
         if not callable(space):
             raise TypeError(f"space: {type(space).__name__}; valid: a define-by-run function of an optuna.Trial")
+        if (journal_path is None) == (storage is None):
+            raise TypeError("CalibratedSearcher: give journal_path (a search's Optuna journal) or storage, not both")
         super().__init__(metric=metric or list(OBJECTIVES), mode=mode or list(MODES))
         self._settings(space, sampler, study_name, None)
         self._load_state({"trials": {}, "completed": [], "outcomes": {}})
-        self._journal_path = os.path.abspath(journal_path)
-        self._storage = open_journal(self._journal_path)
+        if storage is None:
+            self._journal_path = os.path.abspath(journal_path)
+            self._storage = open_journal(self._journal_path)
+        else:
+            self._storage = storage
         directions = ["minimize" if m == "min" else "maximize" for m in self._modes()]
         self._study = optuna.create_study(
             storage=self._storage, sampler=self._sampler or optuna.samplers.TPESampler(),

@@ -270,3 +270,19 @@ def test_define_by_run_config_has_the_shape_ray_optuna_search_gives(tmp_path, sp
         assert mine == reference
         assert isinstance(mine["trial_config"], dict) and set(mine) - {"trial_config"}  # parameters beside it
         assert set(optuna_records(ours.study)[f"t{i}"].params) == set(mine) - {"trial_config"}
+
+
+def test_a_searcher_on_an_in_memory_storage(tmp_path):
+    with pytest.raises(TypeError, match="journal_path .* or storage"):
+        CalibratedSearcher(synthetic_space, None)
+    with pytest.raises(TypeError, match="not both"):
+        CalibratedSearcher(synthetic_space, str(tmp_path / "j"), storage=optuna.storages.InMemoryStorage())
+    searcher = CalibratedSearcher(synthetic_space, None, sampler=optuna.samplers.RandomSampler(seed=0),
+                                  storage=optuna.storages.InMemoryStorage())
+    config = searcher.suggest("t1")
+    x = config["x"]
+    searcher.on_trial_complete("t1", {"epoch": EPOCHS, "val/acc": x, "val/ece": 0.01, "final": True,
+                                      "status": "ok"})
+    (told,) = searcher.study.get_trials()
+    assert told.state == TrialState.COMPLETE and told.values == [x, 0.01]
+    assert not (tmp_path / "j").exists()
