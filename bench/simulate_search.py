@@ -26,9 +26,7 @@ import heapq
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -49,9 +47,11 @@ ARMS: dict[str, dict] = {
     "tpe_asha": {"kind": "tool", "sampler": "tpe", "scheduler": "asha"},
     "random_moasha": {"kind": "tool", "sampler": "random", "scheduler": "moasha"},
     "tpe_moasha": {"kind": "tool", "sampler": "tpe", "scheduler": "moasha"},
+    "tpe_moasha_epsnet": {"kind": "tool", "sampler": "tpe", "scheduler": "moasha", "ranking": "epsnet"},
     "optuna_median": {"kind": "optuna"},
     "st_random": {"kind": "syne"},
     "st_moasha": {"kind": "syne"},
+    "st_moasha_ranked": {"kind": "syne"},
 }
 BASELINE = "random_fifo"
 REFERENCE_ARM = "tpe_moasha"
@@ -143,10 +143,10 @@ def _schedule(table: curves.Table, clock: Clock, now: float, number: int, i: int
 
 def simulate_tool(table: curves.Table, arm: str, seed: int, workers: int, budget_s: float, *, grace_period: int = 1,
                   reduction_factor: int = 3, brackets: int = 1, ranking: str = "nondominated",
-                  startup_s: float = 0.0, max_trials: int | None = None, journal_dir: str | None = None,
-                  journal_path: str | None = None) -> Run:
+                  startup_s: float = 0.0, max_trials: int | None = None, journal_path: str | None = None) -> Run:
     """A search of the tool: CalibratedSearcher + FIFO / ASHA / MO-ASHA, called as Ray Tune's controller calls them
-    (with the flattened results Ray passes). `journal_path`: keep the study's journal there (else a temporary one)."""
+    (with the flattened results Ray passes). The study is in Optuna's in-memory storage, or in a journal file at
+    `journal_path` (as a search keeps it; the same proposals and decisions, several times slower)."""
     from ray.tune.schedulers import TrialScheduler
     from ray.tune.utils import flatten_dict
 
@@ -163,81 +163,73 @@ def simulate_tool(table: curves.Table, arm: str, seed: int, workers: int, budget
     np.random.seed(seed)  # Ray's ASHAScheduler draws brackets from numpy's global generator
     sampler = make_sampler({"sampler": spec_arm["sampler"], "seed": seed,
                             "num_samples": max_trials or spec.search.num_samples})
-    # The study's journal lives in memory-backed /dev/shm where there is one: the journal's fsync per record is
-    # most of a simulated search's time on a disk.
-    if journal_dir is None and os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
-        journal_dir = "/dev/shm"
-    tmp = tempfile.mkdtemp(prefix="gce-sim-", dir=journal_dir)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            searcher = CalibratedSearcher(define_by_run(spec), sampler=sampler,
-                                          journal_path=journal_path or os.path.join(tmp, "optuna.journal"))
-        settings = {"name": spec_arm["scheduler"]}
-        if spec_arm["scheduler"] in ("asha", "moasha"):
-            settings.update(grace_period=grace_period, reduction_factor=reduction_factor, brackets=brackets)
-        if spec_arm["scheduler"] == "moasha":
-            settings["ranking"] = ranking
-        objective = spec.apply(lookup.flat(0, 0))["objective"]
-        scheduler = build_scheduler(settings, max_t=table.epochs, objective=objective)
-        scheduler.set_search_properties("score", "max")  # TuneConfig(metric="score", mode="max"), as the driver
-        run = Run(arm, seed)
-        clock = Clock()
-        trials: dict[int, tuple[SimTrial, int, int]] = {}
-        started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        searcher = CalibratedSearcher(define_by_run(spec), sampler=sampler, journal_path=journal_path,
+                                      storage=None if journal_path else optuna.storages.InMemoryStorage())
+    settings = {"name": spec_arm["scheduler"]}
+    if spec_arm["scheduler"] in ("asha", "moasha"):
+        settings.update(grace_period=grace_period, reduction_factor=reduction_factor, brackets=brackets)
+    if spec_arm["scheduler"] == "moasha":
+        settings["ranking"] = spec_arm.get("ranking", ranking)
+    objective = spec.apply(lookup.flat(0, 0))["objective"]
+    scheduler = build_scheduler(settings, max_t=table.epochs, objective=objective)
+    scheduler.set_search_properties("score", "max")  # TuneConfig(metric="score", mode="max"), as the driver
+    run = Run(arm, seed)
+    clock = Clock()
+    trials: dict[int, tuple[SimTrial, int, int]] = {}
+    started = time.perf_counter()
 
-        def start(now: float) -> bool:
-            if max_trials is not None and run.trials >= max_trials:
-                return False
-            number = run.trials
-            trial = SimTrial(f"sim{number:05d}")
-            config = searcher.suggest(trial.trial_id)
-            if config is None:
-                return False
-            trial.config = config
-            i, k = lookup.of_searcher_config(config)
-            scheduler.on_trial_add(None, trial)
-            trials[number] = (trial, i, k)
-            run.trials += 1
-            _schedule(table, clock, now, number, i, startup_s)
-            return True
+    def start(now: float) -> bool:
+        if max_trials is not None and run.trials >= max_trials:
+            return False
+        number = run.trials
+        trial = SimTrial(f"sim{number:05d}")
+        config = searcher.suggest(trial.trial_id)
+        if config is None:
+            return False
+        trial.config = config
+        i, k = lookup.of_searcher_config(config)
+        scheduler.on_trial_add(None, trial)
+        trials[number] = (trial, i, k)
+        run.trials += 1
+        _schedule(table, clock, now, number, i, startup_s)
+        return True
 
-        def complete(trial: SimTrial, result: dict) -> None:
-            scheduler.on_trial_complete(None, trial, result)
-            searcher.on_trial_complete(trial.trial_id, result=result)
-            trial.status = "TERMINATED"
+    def complete(trial: SimTrial, result: dict) -> None:
+        scheduler.on_trial_complete(None, trial, result)
+        searcher.on_trial_complete(trial.trial_id, result=result)
+        trial.status = "TERMINATED"
 
-        for _ in range(workers):
-            start(0.0)
-        while len(clock):
-            now, (number, epoch) = clock.pop()
-            if now > budget_s:
-                break
-            trial, i, k = trials[number]
-            result = flatten_dict({**table.result(i, k, epoch), "trial_id": trial.trial_id})
-            decision = scheduler.on_trial_result(None, trial, result)
-            trial.last_result = result
-            run.epochs += 1
-            returned = epoch >= table.last_epoch(i)  # the trainable's loop ends: full budget or diverged
-            run.results.append((now, number, i, k, epoch, decision))
-            ended = True
-            if decision == TrialScheduler.STOP:
+    for _ in range(workers):
+        start(0.0)
+    while len(clock):
+        now, (number, epoch) = clock.pop()
+        if now > budget_s:
+            break
+        trial, i, k = trials[number]
+        result = flatten_dict({**table.result(i, k, epoch), "trial_id": trial.trial_id})
+        decision = scheduler.on_trial_result(None, trial, result)
+        trial.last_result = result
+        run.epochs += 1
+        returned = epoch >= table.last_epoch(i)  # the trainable's loop ends: full budget or diverged
+        run.results.append((now, number, i, k, epoch, decision))
+        ended = True
+        if decision == TrialScheduler.STOP:
+            complete(trial, result)
+        else:
+            searcher.on_trial_result(trial.trial_id, result)
+            if returned:
                 complete(trial, result)
             else:
-                searcher.on_trial_result(trial.trial_id, result)
-                if returned:
-                    complete(trial, result)
-                else:
-                    ended = False
-                    clock.push(now + table.epoch_seconds(i)[epoch], (number, epoch + 1))
-            if ended:
-                if result.get("final") and result.get("status") == "ok":
-                    run.completions.append((now, i, k))
-                start(now)
-        run.wall_s = time.perf_counter() - started
-        return run
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                ended = False
+                clock.push(now + table.epoch_seconds(i)[epoch], (number, epoch + 1))
+        if ended:
+            if result.get("final") and result.get("status") == "ok":
+                run.completions.append((now, i, k))
+            start(now)
+    run.wall_s = time.perf_counter() - started
+    return run
 
 
 def simulate_optuna(table: curves.Table, arm: str, seed: int, workers: int, budget_s: float, *,
