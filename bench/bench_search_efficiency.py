@@ -1,4 +1,4 @@
-"""Search efficiency: hypervolume of the accuracy-vs-ECE front against wall-clock, per search strategy (issue 7).
+"""Search efficiency: hypervolume of the accuracy-vs-ECE front against wall-clock, per search strategy, on real searches.
 
 Arms, each given the same wall-clock budget and run for several seeds:
   random_fifo    random sampler, no early stopping (the baseline)
@@ -18,7 +18,7 @@ before that is reported apart, as a fixed cost that would swamp short budgets; T
   (acc 0, ece 1)); early-stopped trials' partial metrics never enter a front;
 - final hypervolume at the budget; time and epochs until the arm first reaches the random baseline's final
   hypervolume (mean over its seeds); epochs consumed in total.
-Goals reported against (issue 7): ASHA or MO-ASHA reach the random search's final hypervolume with <= 1/3 of the
+Goals reported against: ASHA or MO-ASHA reach the random search's final hypervolume with <= 1/3 of the
 random search's epochs; MO-ASHA's hypervolume >= scalar ASHA's at equal budget. A benchmark measures; it does not
 pass or fail.
 
