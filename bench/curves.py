@@ -369,6 +369,8 @@ class Table:
     def result(self, i: int, k: int, epoch: int) -> dict:
         """The result the trial loop reports after `epoch` (1-based) for (i, k): the metric keys of a Tune result,
         `final` at the full budget (test metrics only then, as the loop reports them)."""
+        if not 1 <= epoch <= self.last_epoch(i):
+            raise ValueError(f"configuration {i} reports epochs 1..{self.last_epoch(i)}; got {epoch}")
         row = self.values[i, epoch - 1, k]
         out = {"epoch": epoch, "training_iteration": epoch,
                "train/loss": float(self.per_epoch[i, epoch - 1, 0])}

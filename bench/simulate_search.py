@@ -291,13 +291,14 @@ def simulate_optuna(table: curves.Table, arm: str, seed: int, workers: int, budg
 
 
 def simulate_syne(table: curves.Table, arm: str, seed: int, workers: int, budget_s: float, *,
-                  grace_period: int = 1, reduction_factor: int = 3, **_) -> Run:
-    """Syne Tune's own MOASHA / random search on its simulator backend (bench/syne_arms.py)."""
+                  grace_period: int = 1, reduction_factor: int = 3, startup_s: float = 0.0, **_) -> Run:
+    """Syne Tune's own MOASHA / random search on its simulator backend (bench/syne_arms.py), with the same start-up
+    time per trial (added to the trial's elapsed time before its first epoch)."""
     import syne_arms
 
     started = time.perf_counter()
     events = syne_arms.run_syne(table, arm, seed, workers, budget_s, grace_period=grace_period,
-                                reduction_factor=reduction_factor)
+                                reduction_factor=reduction_factor, startup_s=startup_s)
     run = Run(arm, seed)
     numbers: dict = {}
     for ev in events:
@@ -380,6 +381,69 @@ def time_to(curve: np.ndarray, grid: np.ndarray, target: float) -> float:
     return float(grid[hit[0]]) if len(hit) else math.inf
 
 
+def rung_fidelity(table: curves.Table) -> dict:
+    """How well a rung's results predict the full-budget ones, over every (configuration, calibrator) of the table
+    that does not diverge: Spearman correlation of val/acc, val/ece and the score at each rung with the same at the
+    full budget, and the share of the full-budget Pareto front (val) that a top-1/3 cut at the rung would keep,
+    by score (ASHA) and by non-dominated rank (MO-ASHA's first criterion)."""
+    from scipy import stats
+
+    from gce_search.search.pareto import as_minimization, non_dominated_sort, objective_front
+
+    e_full = table.epochs
+    ia, ie, isc = table.metric("val/acc"), table.metric("val/ece"), table.metric("score")
+    rows = [(i, k) for i in range(len(table.configs)) if table.last_epoch(i) == e_full
+            for k in range(len(table.options))]
+    final = np.array([table.values[i, e_full - 1, k] for i, k in rows])
+    front = set(objective_front([{"val/acc": r[ia], "val/ece": r[ie]} for r in final]))
+    out = {"configurations": len(rows), "full_budget_front": len(front), "rungs": {}}
+    for rung in table.meta["rungs"][:-1]:
+        at = np.array([table.values[i, rung - 1, k] for i, k in rows])
+        keep = int(math.ceil(len(rows) / 3))
+        by_score = set(np.argsort(-at[:, isc], kind="stable")[:keep].tolist())
+        ranks = np.empty(len(rows))
+        for r, members in enumerate(non_dominated_sort(as_minimization(at[:, [ia, ie]]))):
+            ranks[members] = r
+        by_front = set(np.argsort(ranks, kind="stable")[:keep].tolist())
+        out["rungs"][str(rung)] = {
+            "spearman_acc": float(stats.spearmanr(at[:, ia], final[:, ia]).statistic),
+            "spearman_ece": float(stats.spearmanr(at[:, ie], final[:, ie]).statistic),
+            "spearman_score": float(stats.spearmanr(at[:, isc], final[:, isc]).statistic),
+            "front_kept_by_score_top_third": len(front & by_score) / max(1, len(front)),
+            "front_kept_by_pareto_rank_top_third": len(front & by_front) / max(1, len(front)),
+        }
+    return out
+
+
+def saturation(table: curves.Table, sizes=(4, 8, 16, 32, 64, 128, 256), draws: int = 300, seed: int = 0) -> dict:
+    """What any search could get: the val and test hypervolume of the val front of n configurations drawn at
+    random from the complete ones (mean and std over `draws`), and of all of them (the table's oracle), against the
+    best test hypervolume (the test front of the whole table)."""
+    from gce_search.search.pareto import hypervolume_acc_ece, objective_front
+    from gce_search.search.records import trial_outcome
+
+    e = table.epochs
+    rows = [(i, k) for i in range(len(table.configs)) if table.last_epoch(i) == e
+            for k in range(len(table.options)) if trial_outcome(table.result(i, k, e)) == "complete"]
+    val = np.array([(table.result(i, k, e)["val/acc"], table.result(i, k, e)["val/ece"]) for i, k in rows])
+    test = np.array([(table.result(i, k, e)["test/acc"], table.result(i, k, e)["test/ece"]) for i, k in rows])
+
+    def of(idx):
+        front = objective_front([{"val/acc": a, "val/ece": b} for a, b in val[idx]])
+        return hypervolume_acc_ece(val[idx][front]), hypervolume_acc_ece(test[idx][front])
+
+    rng = np.random.default_rng(seed)
+    out = {"complete": len(rows), "oracle": dict(zip(("hv_val", "hv_test"), of(np.arange(len(rows))))),
+           "best_test_front_hv": hypervolume_acc_ece(test), "random": {}}
+    for n in sizes:
+        if n > len(rows):
+            break
+        hv = np.array([of(rng.choice(len(rows), n, replace=False)) for _ in range(draws)])
+        out["random"][str(n)] = {"hv_val_mean": float(hv[:, 0].mean()), "hv_test_mean": float(hv[:, 1].mean()),
+                                 "hv_test_std": float(hv[:, 1].std())}
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------- driver
 
 
@@ -407,14 +471,14 @@ def summarise(runs: list[dict], grid: np.ndarray, arms: list[str], budget_s: flo
         mv, hvv = mean_ci(val[a][:, -1])
         ttt = np.array([time_to(c, grid, target) for c in test[a]])
         reached = np.isfinite(ttt)
+        median_ttt = float(np.median(ttt))
+        median_ttt = median_ttt if math.isfinite(median_ttt) else None  # fewer than half the seeds reach it
         entry = {
             "seeds": len(by_arm[a]),
             "hv_test_mean": float(m), "hv_test_ci": float(h),
             "hv_val_mean": float(mv), "hv_val_ci": float(hvv),
-            "time_to_target": {"median_s": float(np.median(ttt)) if reached.mean() >= 0.5 else None,
-                               "fraction_reached": float(reached.mean()),
-                               "median_fraction_of_budget": (float(np.median(ttt)) / budget_s
-                                                             if reached.mean() >= 0.5 else None)},
+            "time_to_target": {"median_s": median_ttt, "fraction_reached": float(reached.mean()),
+                               "median_fraction_of_budget": None if median_ttt is None else median_ttt / budget_s},
             "hv_test_at": {f"{f:.2f}": float(test[a][:, int(round(f * (len(grid) - 1)))].mean())
                            for f in (1 / 3, 2 / 3, 1.0)},
             "trials_mean": float(np.mean([r["trials"] for r in by_arm[a]])),
@@ -475,6 +539,25 @@ def plot(summary: dict, curves_by_arm: dict, grid: np.ndarray, out: Path, title:
     return files
 
 
+def markdown(summary: dict) -> str:
+    """The summary as a Markdown table (DIR/summary.md)."""
+    lines = ["| arm | test HV (mean ± 95% CI) | val HV | time to random FIFO's final test HV (median; seeds reaching) "
+             "| test HV at 1/3 of the budget | MO-ASHA − arm, final test HV (95% CI; MO-ASHA ahead in) "
+             "| trials started | complete |",
+             "|---|---|---|---|---|---|---|---|"]
+    for arm, e in summary["arms"].items():
+        ttt = e["time_to_target"]
+        t = "—" if ttt["median_s"] is None else (f"{ttt['median_s']:.0f} s "
+                                                  f"({ttt['median_fraction_of_budget']:.2f} of the budget)")
+        vs = e.get(f"vs_{REFERENCE_ARM}")
+        d = "—" if vs is None else (f"{vs['at_1.00']['mean']:+.4f} ± {vs['at_1.00']['ci']:.4f} "
+                                    f"({vs['at_1.00']['ref_ahead']:.0%})")
+        lines.append(f"| {arm} | {e['hv_test_mean']:.4f} ± {e['hv_test_ci']:.4f} | {e['hv_val_mean']:.4f} "
+                     f"| {t}; {ttt['fraction_reached']:.0%} | {e['hv_test_at']['0.33']:.4f} | {d} "
+                     f"| {e['trials_mean']:.0f} | {e['complete_mean']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bench/simulate_search.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--table", required=True)
@@ -509,6 +592,8 @@ def main(argv=None) -> int:
         runs = [_one(j) for j in jobs]
     elapsed = time.time() - started
     summary = summarise(runs, grid, args.arms, args.budget_s)
+    summary["rung_fidelity"] = rung_fidelity(table)
+    summary["saturation"] = saturation(table)
     summary.update({"table": os.path.basename(args.table), "workers": args.workers, "settings": kw,
                     "elapsed_s": elapsed, "procs": args.procs,
                     "command": "python bench/simulate_search.py " + " ".join(sys.argv[1:] if argv is None else argv)})
@@ -519,6 +604,7 @@ def main(argv=None) -> int:
     summary["plots"] = plot(summary, by_arm, grid, out, f"{table.meta['space']['name']}: {args.seeds} seeds, "
                                                          f"{args.workers} workers")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.md").write_text(markdown(summary))
     print(f"{len(jobs)} simulated searches in {elapsed:.0f} s ({args.procs} processes); target (random FIFO final "
           f"test HV) {summary['target']['hv_test']:.4f}")
     print(f"{'arm':15s} {'test HV (95% CI)':>22s} {'val HV':>8s} {'t->target':>14s} {'trials':>7s} {'complete':>8s}")
