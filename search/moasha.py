@@ -96,11 +96,13 @@ class NonDominatedRanking(RankingStrategy):
             if candidate_index not in front:
                 ahead += len(front)
                 continue
-            values = self.tie_break_values(points[front])
-            mine = values[front.index(candidate_index)]
-            ahead += int(np.sum(values > mine))
-            return ahead
+            return ahead + self.ahead_in_front(points[front], front.index(candidate_index))
         raise AssertionError("candidate missing from every front")
+
+    def ahead_in_front(self, front_points: np.ndarray, position: int) -> int:
+        """How many members of the candidate's front (the candidate at `position`) are ranked ahead of it."""
+        values = self.tie_break_values(front_points)
+        return int(np.sum(values > values[position]))
 
     def promote(self, candidate, recorded, reduction_factor) -> bool:
         total = len(recorded) + 1
@@ -127,17 +129,8 @@ class EpsilonNetRanking(NonDominatedRanking):
     def __init__(self):
         super().__init__(None)
 
-    def rank_of_candidate(self, candidate, recorded) -> int:
-        points = np.vstack([np.asarray(recorded, dtype=float).reshape(-1, len(candidate)),
-                            np.asarray(candidate, dtype=float)[None, :]])
-        candidate_index = points.shape[0] - 1
-        ahead = 0
-        for front in pareto.non_dominated_sort(points):
-            if candidate_index not in front:
-                ahead += len(front)
-                continue
-            return ahead + epsilon_net_order(points[front]).index(front.index(candidate_index))
-        raise AssertionError("candidate missing from every front")
+    def ahead_in_front(self, front_points: np.ndarray, position: int) -> int:
+        return epsilon_net_order(front_points).index(position)
 
     def __repr__(self) -> str:
         return "EpsilonNetRanking()"
