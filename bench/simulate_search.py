@@ -48,6 +48,7 @@ ARMS: dict[str, dict] = {
     "random_moasha": {"kind": "tool", "sampler": "random", "scheduler": "moasha"},
     "tpe_moasha": {"kind": "tool", "sampler": "tpe", "scheduler": "moasha"},
     "tpe_moasha_epsnet": {"kind": "tool", "sampler": "tpe", "scheduler": "moasha", "ranking": "epsnet"},
+    "tpe_moasha_crowding": {"kind": "tool", "sampler": "tpe", "scheduler": "moasha", "ranking": "crowding"},
     "optuna_median": {"kind": "optuna"},
     "st_random": {"kind": "syne"},
     "st_moasha": {"kind": "syne"},
@@ -172,6 +173,10 @@ def simulate_tool(table: curves.Table, arm: str, seed: int, workers: int, budget
         settings.update(grace_period=grace_period, reduction_factor=reduction_factor, brackets=brackets)
     if spec_arm["scheduler"] == "moasha":
         settings["ranking"] = spec_arm.get("ranking", ranking)
+        if settings["ranking"] == "crowding":  # NSGA-II's tie-break inside a front instead of hypervolume
+            from gce_search.search.moasha import NonDominatedRanking
+
+            settings["ranking"] = NonDominatedRanking(reference_point=None)
     objective = spec.apply(lookup.flat(0, 0))["objective"]
     scheduler = build_scheduler(settings, max_t=table.epochs, objective=objective)
     scheduler.set_search_properties("score", "max")  # TuneConfig(metric="score", mode="max"), as the driver
