@@ -393,9 +393,6 @@ class Table:
 
         return spec_from_dict(self.meta["space"])
 
-    def lookup_key(self, flat: dict) -> tuple:
-        return _key(flat, self.training_keys())
-
     def training_keys(self) -> list[str]:
         keys = []
         for c in self.configs:
@@ -511,6 +508,51 @@ def _subset_space(space: dict, keep: dict, options: list, epochs: int) -> dict:
     return space
 
 
+def bootstrap_ece_std(confidence: np.ndarray, correct: np.ndarray, n_bins: int, resamples: int,
+                      rng: np.random.Generator) -> tuple[float, float]:
+    """(ECE, bootstrap standard deviation of the ECE) of top-label confidences and correctness, with the tool's
+    equal-width binning (trainables.metrics.equal_width_bins); resampling as multinomial counts per sample."""
+    from gce_search.trainables.metrics import equal_width_bins
+
+    n = len(confidence)
+    bins = equal_width_bins(confidence, n_bins)
+    gap = correct.astype(np.float64) - confidence.astype(np.float64)  # per-sample (correct - confidence)
+
+    def ece_of(weights: np.ndarray) -> np.ndarray:  # weights [R, N] -> ECE [R]
+        sums = np.zeros((weights.shape[0], n_bins))
+        for b in range(n_bins):
+            members = bins == b
+            if members.any():
+                sums[:, b] = weights[:, members] @ gap[members]
+        return np.abs(sums).sum(axis=1) / n
+
+    point = float(ece_of(np.ones((1, n)))[0])
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+    return point, float(ece_of(counts).std())
+
+
+def cmd_noise(args) -> int:
+    """The sampling noise of a val ECE: bootstrap standard deviation at the full budget, from the recorded
+    per-sample calibrated confidences (the samples files `record` writes beside the table)."""
+    table = load_table(args.table)
+    rng = np.random.default_rng(args.seed)
+    n_val = int(table.meta["data_info"]["sizes"]["val"])
+    full = [i for i in range(len(table.configs)) if table.last_epoch(i) == table.epochs]
+    stds, gaps = [], []
+    for i in rng.choice(full, min(args.configs, len(full)), replace=False):
+        z = np.load(Path(args.samples) / f"{table.meta['grid_index'][i]}.npz")
+        correct = np.unpackbits(z["val_correct"][-1])[:n_val]
+        k = int(rng.integers(len(table.options)))
+        point, std = bootstrap_ece_std(z["val_conf_cal"][-1, k].astype(np.float64), correct, args.bins,
+                                       args.resamples, rng)
+        stds.append(std)
+        gaps.append(abs(point - table.values[i, -1, k, table.metric("val/ece")]))
+    print(f"val ECE ({n_val} samples, {args.bins} bins), bootstrap std over {args.resamples} resamples, "
+          f"{len(stds)} configurations: median {np.median(stds):.4f}, range {min(stds):.4f}-{max(stds):.4f} "
+          f"(ECE from the float16 confidences within {max(gaps):.1e} of the table's)")
+    return 0
+
+
 def cmd_info(args) -> int:
     table = load_table(args.table)
     n, e, k, _ = table.values.shape
@@ -555,6 +597,14 @@ def main(argv=None) -> int:
     p.add_argument("--options", type=int, nargs="*", default=None, help="calibrator indices to keep")
     p.add_argument("--epochs", type=int, default=None)
     p.set_defaults(run=cmd_subset)
+    p = sub.add_parser("noise", help="bootstrap standard deviation of val ECEs from the recorded samples")
+    p.add_argument("--table", required=True)
+    p.add_argument("--samples", required=True, help="the samples/ folder `record` wrote beside the table")
+    p.add_argument("--configs", type=int, default=12)
+    p.add_argument("--resamples", type=int, default=200)
+    p.add_argument("--bins", type=int, default=15)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_noise)
     p = sub.add_parser("info", help="summarise a table")
     p.add_argument("--table", required=True)
     p.set_defaults(run=cmd_info)

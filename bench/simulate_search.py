@@ -438,7 +438,11 @@ def saturation(table: curves.Table, sizes=(4, 8, 16, 32, 64, 128, 256), draws: i
         return hypervolume_acc_ece(val[idx][front]), hypervolume_acc_ece(test[idx][front])
 
     rng = np.random.default_rng(seed)
+    front = objective_front([{"val/acc": a, "val/ece": b} for a, b in val])
+    members = [{"config": table.configs[rows[j][0]], "breakpoints": table.options[rows[j][1]],
+                "val": [float(v) for v in val[j]], "test": [float(v) for v in test[j]]} for j in front]
     out = {"complete": len(rows), "oracle": dict(zip(("hv_val", "hv_test"), of(np.arange(len(rows))))),
+           "oracle_front (acc, ece)": members,
            "best_test_front_hv": hypervolume_acc_ece(test), "random": {}}
     for n in sizes:
         if n > len(rows):
@@ -458,7 +462,8 @@ def _one(job) -> dict:
     run = simulate(table, arm, seed, workers, budget_s, **kw)
     hv_val, hv_test = hv_curves(table, run, np.asarray(grid))
     return {"arm": arm, "seed": seed, "hv_val": hv_val.tolist(), "hv_test": hv_test.tolist(),
-            "trials": run.trials, "epochs": run.epochs, "complete": len(run.completions), "wall_s": run.wall_s}
+            "trials": run.trials, "epochs": run.epochs, "complete": len(run.completions),
+            "complete_distinct": len({(i, k) for _t, i, k in run.completions}), "wall_s": run.wall_s}
 
 
 _TABLES: dict = {}
@@ -488,6 +493,8 @@ def summarise(runs: list[dict], grid: np.ndarray, arms: list[str], budget_s: flo
                            for f in (1 / 3, 2 / 3, 1.0)},
             "trials_mean": float(np.mean([r["trials"] for r in by_arm[a]])),
             "complete_mean": float(np.mean([r["complete"] for r in by_arm[a]])),
+            # a configuration completed again is the same training run (its seed is fixed)
+            "complete_distinct_mean": float(np.mean([r["complete_distinct"] for r in by_arm[a]])),
             "epochs_mean": float(np.mean([r["epochs"] for r in by_arm[a]])),
             "sim_wall_s_mean": float(np.mean([r["wall_s"] for r in by_arm[a]])),
         }
