@@ -536,8 +536,10 @@ def plot(summary: dict, curves_by_arm: dict, grid: np.ndarray, out: Path, title:
             ax.plot(grid, m, style, label=arm, lw=2 if arm == REFERENCE_ARM else 1.2)
             ax.fill_between(grid, m - h, m + h, alpha=0.15)
         ax.axhline(summary["target"]["hv_test"], color="k", lw=0.8, ls=":", label="random FIFO final (test)")
-        lo = min(float(np.mean(c[split], axis=0)[len(grid) // 10]) for c in curves_by_arm.values())
-        ax.set_ylim(lo, None)
+        # zoomed on where the arms differ: from the lowest mean after the first quarter of the budget up
+        means = [np.mean(c[split], axis=0)[len(grid) // 4:] for c in curves_by_arm.values()]
+        lo, hi = min(float(m.min()) for m in means), max(float(m.max()) for m in means)
+        ax.set_ylim(lo - 0.25 * (hi - lo), hi + 0.25 * (hi - lo))
         ax.set_xlabel("simulated time (s)")
         ax.set_ylabel(f"hypervolume on {split} of the val front")
         ax.set_title(title)
