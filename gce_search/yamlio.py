@@ -4,7 +4,8 @@ experiment's spec, and the values of `--set key=value` and of dataset options.
 `read_yaml` refuses duplicate keys (PyYAML silently keeps the last), reads `1e-3` as a float (YAML 1.1 demands
 `1.0e-3`, so plain PyYAML returns the string '1e-3' for a learning rate), and bounds a document's size, alias
 expansion and depth; every problem is a ConfigError naming the file and the line. `parse_yaml_value` reads one value
-the same way. Writing stays with `yaml.safe_dump`.
+the same way. `dump_yaml` writes what `read_yaml` reads back unchanged: it quotes a string such as the trial id
+`12e45678`, which plain `yaml.safe_dump` leaves bare and this reader would read as a float.
 """
 from __future__ import annotations
 
@@ -42,6 +43,18 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _FLOAT_RE = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789"))
+
+
+class _Dumper(yaml.SafeDumper):
+    """safe_dump that knows the reader's extra float form, so it quotes the strings that have it."""
+
+
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789"))
+
+
+def dump_yaml(data: Any, stream: Any = None, **kwargs: Any) -> Any:
+    """`yaml.safe_dump` whose output `read_yaml` reads back as the same values (see the module docstring)."""
+    return yaml.dump(data, stream, Dumper=_Dumper, **kwargs)
 
 
 # Bounds on what a YAML file may expand to. A space file holds a few hundred values; PyYAML shares an aliased node

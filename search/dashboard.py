@@ -63,7 +63,7 @@ def _study(exp):
 def publish_front_artifacts(exp, study=None) -> list[str]:
     """Attach `<trial id> reliability.png` and `<trial id>.yaml` (its export document) of every front member to
     the study; returns the file names added (those already attached are skipped)."""
-    import yaml
+    from gce_search.yamlio import dump_yaml
     from optuna.artifacts import get_all_artifact_meta, upload_artifact
 
     if study is None:
@@ -83,7 +83,7 @@ def publish_front_artifacts(exp, study=None) -> list[str]:
             doc = export_document(exp, trial, "pareto", rank)
             files[f"{trial.trial_id}.yaml"] = (
                 f"# gce-search export of trial {trial.trial_id} (pareto, member {rank}); retrain with:\n"
-                f"#   gce-search train {trial.trial_id}.yaml\n" + yaml.safe_dump(doc, sort_keys=False)
+                f"#   gce-search train {trial.trial_id}.yaml\n" + dump_yaml(doc, sort_keys=False)
             ).encode("utf-8")
             for name, data in files.items():
                 if name in present:

@@ -608,10 +608,10 @@ def grid_front(grid) -> list[dict]:
 
 
 def write_spec(exp_dir: str, spec) -> None:
-    import yaml
+    from gce_search.yamlio import dump_yaml
 
     with open(os.path.join(exp_dir, SPEC_FILE), "x") as f:
-        yaml.safe_dump(spec.to_dict(), f, sort_keys=False)
+        dump_yaml(spec.to_dict(), f, sort_keys=False)
 
 
 # --------------------------------------------------------------------------------------------------------------

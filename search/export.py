@@ -14,9 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from gce_search.errors import UsageError
+from gce_search.yamlio import dump_yaml
 from gce_search.search.records import (RESULT_FILE, chosen_metrics, load_experiment, rank_by_score, require_complete,
                                        warn)
 from gce_search.search.uncertainty import latest_checkpoint
@@ -71,7 +70,7 @@ def _calibrator_state(trial) -> dict | None:
 
 
 def _plain(obj: Any) -> Any:
-    """Builtin types only, so yaml.safe_dump takes it."""
+    """Builtin types only, so dump_yaml takes it."""
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -138,7 +137,7 @@ def write_exports(exp_dir: str | os.PathLike, selector: str = "pareto", out: str
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(f"# gce-search export of trial {doc['source']['trial']} ({selector}); retrain with:\n"
                      f"#   gce-search train {path.name}\n")
-            yaml.safe_dump(doc, fh, sort_keys=False)
+            dump_yaml(doc, fh, sort_keys=False)
         # exclusive: refuse a file that appeared since the check instead of overwriting it
         try:
             os.link(tmp, path)

@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from gce_search.spaces.overrides import apply_overrides
 from gce_search.trainables.config import deep_merge
-from gce_search.yamlio import read_yaml
+from gce_search.yamlio import dump_yaml, read_yaml
 from gce_search.errors import ConfigError
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "spaces" / "studies"
@@ -360,7 +359,7 @@ def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
     from gce_search.search.step_board import close_board
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "study.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    (out / "study.yaml").write_text(dump_yaml(spec.to_dict(), sort_keys=False))
     grid = [{"method": m, "seed": s, "trial_config": spec.run_config(m, s), "posthoc": spec.posthoc}
             for m in spec.methods for s in spec.seeds]
     notices = quiet_ray_notices(str(out))

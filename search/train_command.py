@@ -12,7 +12,6 @@ import sys
 import time
 from typing import Any, Iterable
 
-import yaml
 
 from gce_search.errors import ConfigError, UsageError
 from gce_search.spaces.overrides import apply_overrides
@@ -22,7 +21,7 @@ from gce_search.trainables.data import data_problems
 from gce_search.trainables.external import config_problems as external_model_problems
 from gce_search.trainables.trial import PER_RUN_KEYS, load_checkpoint, run_trial
 from gce_search.trainables.user_code import trainable_problems
-from gce_search.yamlio import read_yaml
+from gce_search.yamlio import dump_yaml, read_yaml
 
 
 def read_config_file(path: str) -> dict:
@@ -123,7 +122,7 @@ def train(config: str | os.PathLike | dict, out: str | os.PathLike | None = None
         print(f"gce-search train: resuming {out} after epoch {state['epoch']}", flush=True)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.yaml"), "w") as fh:
-        yaml.safe_dump(cfg, fh, sort_keys=False)
+        dump_yaml(cfg, fh, sort_keys=False)
 
     epochs = cfg["train"]["epochs"]
     started = time.perf_counter()

@@ -315,3 +315,22 @@ def test_validate_does_not_import_ray_or_optuna_with_the_data_check():
             "print(rc, 'ray' in sys.modules, 'optuna' in sys.modules)")
     out = run_to_end([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.stdout.split()[-3:] == ["0", "False", "False"], out.stdout + out.stderr
+
+
+def test_written_yaml_reads_back_unchanged(tmp_path):
+    """What gce-search writes (exports, spec.yaml, config.yaml) reads back as the same values. Ray's trial ids are 8
+    hex digits, and one such as `12e45678` is a float to the reader (it reads `1e-3` as a float), so the writer
+    quotes it; plain yaml.safe_dump leaves it bare."""
+    import random
+
+    from gce_search.yamlio import dump_yaml, read_yaml
+
+    rng = random.Random(0)
+    ids = ["12e45678", "0e000000", "1E5", "12345678", "1e-3", "1.5e+3", "abc", "1_0e2"]
+    ids += [f"{rng.getrandbits(32):08x}" for _ in range(2000)]
+    doc = {"source": {"trial": ids}, "train": {"lr": 1e-3, "epochs": 2}, "ids": {i: i for i in ids[:8]}}
+    path = tmp_path / "d.yaml"
+    path.write_text(dump_yaml(doc, sort_keys=False))
+    assert read_yaml(path) == doc
+    path.write_text(yaml.safe_dump({"t": "12e45678"}))
+    assert read_yaml(path) == {"t": float("inf")}  # why the writer is not plain safe_dump
