@@ -273,9 +273,12 @@ def build_searcher(spec, exp_dir: str, study_name: str):
     from gce_search.search.searcher import CalibratedSearcher
     from gce_search.search.space import define_by_run, make_sampler
 
+    from gce_search.search.pareto import objectives_for
+
     return CalibratedSearcher(
         space=define_by_run(spec), journal_path=os.path.join(exp_dir, JOURNAL_FILE),
-        sampler=make_sampler(spec.search), study_name=study_name)
+        sampler=make_sampler(spec.search), study_name=study_name,
+        metric=list(objectives_for(spec.base_config.get("objective"))))
 
 
 def build_trainable(spec):
@@ -580,7 +583,9 @@ def summarize(exp_dir: str, grid, started: float) -> int:
         try:
             write_results(exp_dir, experiment=exp)
             front = [{"trial_id": t.trial_id, "loss": t.loss, "val/acc": t.metric("val/acc"),
-                      "val/ece": t.metric("val/ece"), "score": t.metric("score")} for t in exp.front()]
+                      "val/ece": t.metric("val/ece"), "val/ece_lo": t.metric("val/ece_lo"),
+                      "val/ece_hi": t.metric("val/ece_hi"), exp.ece_key: t.metric(exp.ece_key),
+                      "score": t.metric("score")} for t in exp.front()]
         except Exception as err:  # the search itself succeeded; say why the files are missing instead of failing
             print(f"(results files not written: {type(err).__name__}: {err}; run `gce-search pareto {exp_dir}`)")
     if front is None:
@@ -592,19 +597,26 @@ def summarize(exp_dir: str, grid, started: float) -> int:
 def grid_front(grid) -> list[dict]:
     """The front from Ray's grid, when the trial records could not be read: the trials that count toward a front
     (search.records.counts_toward_front of trial_outcome)."""
-    from gce_search.search.pareto import objective_front
+    from gce_search.search.pareto import OBJECTIVES, objective_front, objectives_for
     from gce_search.search.records import counts_toward_front, trial_outcome
 
     rows = []
+    objectives = OBJECTIVES
     for result in grid:
         m = result.metrics or {}
-        if counts_toward_front(trial_outcome(m, errored=result.error is not None), m):
-            rows.append({"trial_id": m.get("trial_id"),
-                         "loss": ((result.config or {}).get("trial_config") or {}).get("loss", {}).get("name"),
-                         "val/acc": m.get("val/acc"), "val/ece": m.get("val/ece"), "score": m.get("score")})
+        trial_config = (result.config or {}).get("trial_config") or {}
+        try:  # one objective section for the whole search (it cannot be searched)
+            objectives = objectives_for(trial_config.get("objective"))
+        except KeyError:
+            pass
+        key = objectives[1]
+        if counts_toward_front(trial_outcome(m, errored=result.error is not None), m, objectives):
+            rows.append({"trial_id": m.get("trial_id"), "loss": trial_config.get("loss", {}).get("name"),
+                         "val/acc": m.get("val/acc"), "val/ece": m.get("val/ece"), "val/ece_lo": m.get("val/ece_lo"),
+                         "val/ece_hi": m.get("val/ece_hi"), key: m.get(key), "score": m.get("score")})
     if not rows:
         return []
-    return sorted((rows[i] for i in objective_front(rows)), key=lambda r: r["val/ece"])
+    return sorted((rows[i] for i in objective_front(rows, objectives)), key=lambda r: r[objectives[1]])
 
 
 def write_spec(exp_dir: str, spec) -> None:

@@ -40,25 +40,27 @@ def pareto_figure(exp: Experiment, losses: Iterable[str] | None = None):
 
     fig = Figure(figsize=(7.0, 5.0), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
-    plotted = [t for t in exp.trials if _finite(t.final.get("val/acc")) and _finite(t.final.get("val/ece"))]
+    key = exp.ece_key  # val/ece unless the search minimises another calibration error (objective.ece_metric)
+    plotted = [t for t in exp.trials if _finite(t.final.get("val/acc")) and _finite(t.final.get(key))]
     colours = _loss_colours(list(losses) if losses is not None else [t.loss for t in exp.trials])
     for loss, colour in colours.items():
         for status, marker, alpha in (("complete", "o", 0.9), ("stopped", "x", 0.45), ("degenerate", "v", 0.45)):
             pts = [t for t in plotted if t.loss == loss and t.status == status]
             if pts:
-                ax.scatter([t.metric("val/ece") for t in pts], [t.metric("val/acc") for t in pts], c=[colour],
+                ax.scatter([t.metric(key) for t in pts], [t.metric("val/acc") for t in pts], c=[colour],
                            marker=marker, alpha=alpha, s=30, label=f"{loss} ({status})")
     front = exp.front()
     if front:
-        xs = [t.metric("val/ece") for t in front]
+        xs = [t.metric(key) for t in front]
         ys = [t.metric("val/acc") for t in front]
-        errs = [ece_uncertainty(t)["std"] for t in front]
+        # the bootstrap std of val/ece; for another ECE axis, no error bars rather than the wrong ones
+        errs = [ece_uncertainty(t)["std"] if key == "val/ece" else math.nan for t in front]
         ax.step(xs, ys, where="post", color="black", linewidth=1.2, label="Pareto front (complete trials)")
         ax.errorbar(xs, ys, xerr=[e if math.isfinite(e) else 0.0 for e in errs], fmt="none", ecolor="black",
                     elinewidth=0.8, capsize=2)
         ax.scatter(xs, ys, s=110, facecolors="none", edgecolors="black", linewidths=1.5)
     n_div = exp.counts()["diverged"]
-    ax.set_xlabel("val/ece (after calibration, lower is better)")
+    ax.set_xlabel(f"{key} (after calibration, lower is better)")
     ax.set_ylabel("val/acc (higher is better)")
     ax.set_title(f"{exp.path.name}: hypervolume {exp.hypervolume():.4f} vs reference "
                  f"(acc {REFERENCE_POINT[0]:g}, ece {REFERENCE_POINT[1]:g})"

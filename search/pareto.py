@@ -31,6 +31,7 @@ __all__ = [
     "hypervolume_2d",
     "hypervolume_contributions_2d",
     "hypervolume_acc_ece",
+    "objectives_for",
 ]
 
 # The search's objectives and their directions: Optuna's study, the scheduler, the front and every report use these.
@@ -38,6 +39,15 @@ OBJECTIVES: tuple[str, str] = ("val/acc", "val/ece")
 MODES: tuple[str, str] = ("max", "min")
 # In the raw metric space, aligned with OBJECTIVES: the worst accuracy (0) and the worst ECE (1).
 REFERENCE_POINT: tuple[float, float] = (0.0, 1.0)
+
+
+def objectives_for(objective: dict | None) -> tuple[str, str]:
+    """The objectives of a search whose trial config has this `objective` section: val/acc and the key of its
+    `ece_metric` (OBJECTIVES by default). Every calibration error it names lies in [0, 1], so REFERENCE_POINT
+    and MODES hold for each."""
+    from gce_search.trainables.config import objective_ece_key
+
+    return ("val/acc", objective_ece_key(objective))
 
 
 def _as_points(points, name: str = "points") -> np.ndarray:
@@ -64,11 +74,11 @@ def to_minimization(values, modes: Sequence[str]) -> np.ndarray:
     return array * signs
 
 
-def objective_front(results) -> list[int]:
-    """Indices of the non-dominated ones among `results`, mappings with a value for each key of OBJECTIVES (a
+def objective_front(results, objectives: tuple[str, str] = OBJECTIVES) -> list[int]:
+    """Indices of the non-dominated ones among `results`, mappings with a value for each key of `objectives` (a
     trial's last result, a pareto.csv row), compared in minimisation space."""
-    rows = [[r[k] for k in OBJECTIVES] for r in results]
-    return pareto_front(as_minimization(np.asarray(rows, dtype=float).reshape(-1, len(OBJECTIVES)))) if rows else []
+    rows = [[r[k] for k in objectives] for r in results]
+    return pareto_front(as_minimization(np.asarray(rows, dtype=float).reshape(-1, len(objectives)))) if rows else []
 
 
 def as_minimization(values) -> np.ndarray:

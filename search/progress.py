@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from gce_search.search.pareto import OBJECTIVES, objective_front
+from gce_search.search.pareto import OBJECTIVES, objective_front, objectives_for
 from gce_search.search.records import describe_counts, trial_outcome
 
 
@@ -26,6 +26,15 @@ def _num(value: Any, fmt: str = ".4f") -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "-"
     return "nan" if not math.isfinite(value) else format(value, fmt)
+
+
+def _ece_text(row: dict) -> str:
+    """'0.0312 [0.0268, 0.0371]': val/ece with its bootstrap 95% interval when the result carries one."""
+    text = _num(row.get("val/ece"))
+    lo, hi = row.get("val/ece_lo"), row.get("val/ece_hi")
+    if text not in ("-", "nan") and _num(lo) not in ("-", "nan") and _num(hi) not in ("-", "nan"):
+        text += f" [{_num(lo)}, {_num(hi)}]"
+    return text
 
 
 def describe_loss(trial_config: dict) -> str:
@@ -125,8 +134,10 @@ class ProgressPrinter(Callback):
 
     def __init__(self, max_t: int | None = None, stream: TextIO | None = None, total: int | None = None,
                  slots: int = 1, expected: float | None = None, timeout_s: float | None = None,
-                 experiment: str | None = None, live: bool | None = None):
+                 experiment: str | None = None, live: bool | None = None,
+                 objectives: tuple[str, str] | list[str] = OBJECTIVES):
         self.max_t = max_t
+        self.objectives = tuple(objectives)  # the front's axes (search.pareto.objectives_for)
         self._stream = stream
         self.total = total
         self.slots = max(1, int(slots))
@@ -143,7 +154,8 @@ class ProgressPrinter(Callback):
         concurrent = min(int(spec.search.get("max_concurrent") or slots), slots)
         return cls(max_t=max_t, stream=stream, total=int(spec.search.get("num_samples") or 0) or None,
                    slots=concurrent, expected=expected_epochs(dict(spec.scheduler), max_t),
-                   timeout_s=spec.search.get("timeout_s"), experiment=experiment)
+                   timeout_s=spec.search.get("timeout_s"), experiment=experiment,
+                   objectives=objectives_for(spec.base_config.get("objective")))
 
     def _reset_run_state(self) -> None:
         """What belongs to one process's fit(): timings, the live view, the board handle (not pickled)."""
@@ -160,7 +172,8 @@ class ProgressPrinter(Callback):
         # Pickled into Ray's tuner.pkl for resume: the settings and the counts as plain data. The stream stays out
         # (the new driver has its own stdout), and so does everything of one process's fit().
         return {"settings": {"max_t": self.max_t, "total": self.total, "slots": self.slots, "expected": self.expected,
-                             "timeout_s": self.timeout_s, "experiment": self.experiment, "live": self.live},
+                             "timeout_s": self.timeout_s, "experiment": self.experiment, "live": self.live,
+                             "objectives": list(self.objectives)},
                 **self.get_state()}
 
     def __setstate__(self, state: dict) -> None:
@@ -229,10 +242,12 @@ class ProgressPrinter(Callback):
         scored = [t for t in self.trials.values()
                   if t.result and t.outcome not in ("error", "diverged", "degenerate")
                   and all(isinstance(t.result.get(k), (int, float)) and math.isfinite(t.result[k])
-                          for k in OBJECTIVES)]
+                          for k in self.objectives)]
         if not scored:
             return []
-        return sorted((scored[i] for i in objective_front([t.result for t in scored])), key=lambda t: t.result["val/ece"])
+        key = self.objectives[1]
+        return sorted((scored[i] for i in objective_front([t.result for t in scored], self.objectives)),
+                      key=lambda t: t.result[key])
 
     # ---- output
 
@@ -259,7 +274,7 @@ class ProgressPrinter(Callback):
             epoch = result.get("epoch")
             budget = f"/{self.max_t}" if self.max_t else ""
             fields += [f"epoch {epoch if epoch is not None else '-'}{budget}",
-                       f"val/acc {_num(result.get('val/acc'))}", f"val/ece {_num(result.get('val/ece'))}",
+                       f"val/acc {_num(result.get('val/acc'))}", f"val/ece {_ece_text(result)}",
                        f"score {_num(result.get('score'))}"]
             if "train/loss" in result:
                 fields.append(f"train/loss {_num(result.get('train/loss'))}")
@@ -480,13 +495,14 @@ class LiveView:
         front = p.front()
         if front:
             table = Table(box=None, padding=(0, 1), pad_edge=False, title_justify="left",
-                          title="best front so far (val/acc max, val/ece min)", title_style="bold")
-            for column in ("trial", "loss", "epoch", "val/acc", "val/ece"):
+                          title=f"best front so far (val/acc max, {p.objectives[1]} min)", title_style="bold")
+            extra = (p.objectives[1],) if p.objectives[1] != "val/ece" else ()
+            for column in ("trial", "loss", "epoch", "val/acc", "val/ece", *extra):
                 table.add_column(column, justify="left" if column in ("trial", "loss") else "right")
             for trial in front[:_FRONT_ROWS]:
                 r = trial.result or {}
                 table.add_row(trial.trial_id, trial.loss, f"{trial.epoch}/{p.max_t or '?'}", _num(r.get("val/acc")),
-                              _num(r.get("val/ece")))
+                              _ece_text(r), *(_num(r.get(k)) for k in extra))
             if len(front) > _FRONT_ROWS:
                 table.caption = f"(+{len(front) - _FRONT_ROWS} more)"
             parts.append(table)
@@ -584,11 +600,15 @@ def print_summary(exp_dir: str, outcomes: dict[str, int], front: list[dict] | No
               f"to rank or export" + (f"; {hints}" if hints else ""), file=stream or sys.stderr, flush=True)
         return False
     if front:
-        print("Pareto front (val/acc max, val/ece min; full-budget trials):", file=out)
+        axis = next((k for k in ("val/smece", "val/debiased_ece") if any(k in r for r in front)), "val/ece")
+        print(f"Pareto front (val/acc max, {axis} min; full-budget trials; [val/ece's bootstrap 95% interval]):",
+              file=out)
         for row in front:
             label = row.get("trial_id", "?")
             loss = row.get("loss") or ""
-            print(f"  {label}  {loss}  val/acc {_num(row.get('val/acc'))}  val/ece {_num(row.get('val/ece'))}"
+            other = "".join(f"  {k} {_num(v)}" for k, v in row.items()
+                            if k in ("val/smece", "val/debiased_ece"))  # the axis of objective.ece_metric
+            print(f"  {label}  {loss}  val/acc {_num(row.get('val/acc'))}  val/ece {_ece_text(row)}{other}"
                   f"  score {_num(row.get('score'))}", file=out)
     elif front is not None:
         print("Pareto front: empty (no trial reached the full budget).", file=out)

@@ -24,7 +24,7 @@ import numpy as np
 
 from gce_search.errors import ConfigError, UsageError
 from gce_search.search.compat import experiment_state_trials
-from gce_search.search.pareto import OBJECTIVES, as_minimization, hypervolume_acc_ece, pareto_front
+from gce_search.search.pareto import OBJECTIVES, as_minimization, hypervolume_acc_ece, objectives_for, pareto_front
 from gce_search.spaces.records import SpaceParam
 from gce_search.spaces.validation import spec_from_dict
 from gce_search.trainables.checkpoints import RESULT_FILE, read_result_lines
@@ -138,9 +138,26 @@ class Experiment:
     def by_status(self, status: str) -> list[TrialRecord]:
         return [t for t in self.trials if t.status == status]
 
+    @property
+    def objectives(self) -> tuple[str, str]:
+        """(val/acc, the key of the search's objective.ece_metric): the axes of its front (OBJECTIVES unless the
+        space sets objective.ece_metric)."""
+        base = getattr(self.search_spec, "base_config", None)
+        if base is None:  # spec.yaml did not validate: read its `objective` section as written
+            base = self.spec if isinstance(self.spec, dict) else None
+        objective = (base or {}).get("objective") if isinstance(base, dict) else None
+        try:
+            return objectives_for(objective if isinstance(objective, dict) else None)
+        except KeyError:  # an unknown ece_metric in a hand-edited spec.yaml: the contract front
+            return OBJECTIVES
+
+    @property
+    def ece_key(self) -> str:
+        return self.objectives[1]
+
     def complete(self) -> list[TrialRecord]:
-        """Full-budget trials with a finite (val/acc, val/ece): the only ones a front or a ranking may use."""
-        return [t for t in self.trials if counts_toward_front(t.status, t.final)]
+        """Full-budget trials with finite objectives: the only ones a front or a ranking may use."""
+        return [t for t in self.trials if counts_toward_front(t.status, t.final, self.objectives)]
 
     def counts(self) -> dict[str, int]:
         counts = {s: 0 for s in STATUSES}
@@ -150,10 +167,11 @@ class Experiment:
         return counts
 
     def front(self) -> list[TrialRecord]:
-        """Pareto-optimal complete trials over (val/acc max, val/ece min), ordered by val/ece ascending."""
-        complete = self.complete()
-        members = [complete[i] for i in front_indices([(t.metric("val/acc"), t.metric("val/ece")) for t in complete])]
-        return sorted(members, key=lambda t: (t.metric("val/ece"), -t.metric("val/acc"), t.trial_id))
+        """Pareto-optimal complete trials over (val/acc max, val/ece min), ordered by val/ece ascending (the
+        ECE axis is `ece_key`: val/ece unless the space sets objective.ece_metric)."""
+        complete, key = self.complete(), self.ece_key
+        members = [complete[i] for i in front_indices([(t.metric("val/acc"), t.metric(key)) for t in complete])]
+        return sorted(members, key=lambda t: (t.metric(key), -t.metric("val/acc"), t.trial_id))
 
     def best(self) -> TrialRecord | None:
         """The complete trial with the highest score: the top of `gce-search export --select best`'s ranking
@@ -163,7 +181,7 @@ class Experiment:
 
     def hypervolume(self) -> float:
         """The hypervolume of the complete trials' (val/acc, val/ece) front (search.pareto.hypervolume_acc_ece)."""
-        return hypervolume_acc_ece([(t.metric("val/acc"), t.metric("val/ece")) for t in self.complete()])
+        return hypervolume_acc_ece([(t.metric("val/acc"), t.metric(self.ece_key)) for t in self.complete()])
 
     def start_time(self) -> float:
         starts = [t.started_at for t in self.trials if math.isfinite(t.started_at)]
@@ -176,7 +194,7 @@ class Experiment:
         done = sorted(self.complete(), key=lambda t: (t.finished_at, t.trial_id))
         rows = []
         for k in range(1, len(done) + 1):
-            hv = hypervolume_acc_ece([(t.metric("val/acc"), t.metric("val/ece")) for t in done[:k]])
+            hv = hypervolume_acc_ece([(t.metric("val/acc"), t.metric(self.ece_key)) for t in done[:k]])
             rows.append((float(done[k - 1].finished_at - t0), hv))
         return rows
 
@@ -339,11 +357,11 @@ def trial_outcome(last_result: dict | None, errored: bool = False) -> str:
     return "stopped"
 
 
-def counts_toward_front(status: str, last_result: dict | None) -> bool:
-    """A complete trial (trial_outcome) whose last result has finite objectives (search.pareto.OBJECTIVES): the
-    only kind of trial a front, a ranking or an export may use."""
+def counts_toward_front(status: str, last_result: dict | None, objectives: tuple[str, ...] = OBJECTIVES) -> bool:
+    """A complete trial (trial_outcome) whose last result has finite objectives (search.pareto.OBJECTIVES, or the
+    search's own): the only kind of trial a front, a ranking or an export may use."""
     last = last_result or {}
-    return status == "complete" and all(_finite(last.get(k)) for k in OBJECTIVES)
+    return status == "complete" and all(_finite(last.get(k)) for k in objectives)
 
 
 def _load_trial(folder: Path, spec: Any, ray_states: dict[str, dict], ray_state_path: Path | None

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gce_search.search.figures import pareto_figure
-from gce_search.search.pareto import MODES, OBJECTIVES, REFERENCE_POINT
+from gce_search.search.pareto import MODES, REFERENCE_POINT
 from gce_search.search.records import (STATUSES, Experiment, TrialRecord, _finite, chance_accuracy_bound, chosen_metrics,
                                        describe_counts, load_experiment, require_complete)
 from gce_search.search.tensorboard import write_tensorboard_summary
@@ -25,6 +25,9 @@ CSV_COLUMNS = (
     "calibration/temperatures", "epoch", "score",
     "val/acc", "val/ece", "val/ece_std", "val/ece_raw", "val/adaece", "val/nll", "val/n",
     "test/acc", "test/ece", "test/adaece", "test/nll", "test/n", "node",
+    # bootstrap 95% intervals and the further calibration and selective-prediction measures (docs/calibration.md)
+    "val/ece_lo", "val/ece_hi", "val/smece", "val/debiased_ece", "val/aurc", "val/augrc",
+    "test/ece_lo", "test/ece_hi", "test/smece", "test/debiased_ece", "test/aurc", "test/augrc",
 )
 
 
@@ -51,7 +54,7 @@ def pareto_row(trial: TrialRecord) -> dict:
         "node": trial.node or "",
     }
     for key in ("score", "val/acc", "val/ece", "val/ece_raw", "val/adaece", "val/nll", "test/acc", "test/ece",
-                "test/adaece", "test/nll"):
+                "test/adaece", "test/nll", *CSV_COLUMNS[CSV_COLUMNS.index("val/ece_lo"):]):
         row[key] = trial.metric(key)
     for key in ("val/n", "test/n"):
         v = trial.final.get(key)
@@ -104,8 +107,8 @@ def summary_dict(exp: Experiment) -> dict:
         })
     return _json_safe({
         "experiment": str(exp.path.resolve()),
-        "objectives": {k: m for k, m in zip(OBJECTIVES, MODES)},
-        "reference_point": dict(zip(OBJECTIVES, REFERENCE_POINT)),
+        "objectives": {k: m for k, m in zip(exp.objectives, MODES)},
+        "reference_point": dict(zip(exp.objectives, REFERENCE_POINT)),
         "hypervolume": exp.hypervolume(),
         "hypervolume_over_time": [{"seconds": s, "hypervolume": hv} for s, hv in exp.hypervolume_over_time()],
         "counts": exp.counts(),
@@ -114,8 +117,9 @@ def summary_dict(exp: Experiment) -> dict:
                         "chance_bound": chance_accuracy_bound(t.final)} for t in exp.by_status("degenerate")],
         "val_n": val_n[0] if len(val_n) == 1 else val_n,
         "ece_uncertainty_note": (
-            "val/ece of a front member carries the std in val_ece_uncertainty; two trials scored on the same split "
-            "differ meaningfully only when their ECE gap exceeds about 2.5 std (docs/design.md: ECE is noisy at small n)"),
+            "val/ece of a front member carries the std in val_ece_uncertainty and the bootstrap 95% interval "
+            "[val/ece_lo, val/ece_hi] in its metrics; two trials scored on the same split differ meaningfully only "
+            "when their ECE gap exceeds about 2.5 std (docs/design.md: ECE is noisy at small n)"),
         "front": members,
         # every problem met reading any trial (cut result lines, unreadable checkpoints), also warned on the console
         "warnings": [f"trial {t.trial_id}: {note}" for t in exp.trials for note in t.notes],

@@ -38,5 +38,10 @@ def build_scheduler(settings: dict, max_t: int, objective: dict | None = None):
     kwargs = {k: v for k, v in settings.items() if k != "name"}
     if name == "moasha" and kwargs.get("ranking") == "scalarized" and objective is not None:
         kwargs["weights"] = (float(objective["w_acc"]), float(objective["w_ece"]))
+    if name == "moasha" and objective is not None:
+        from gce_search.search.pareto import REFERENCE_POINT, objectives_for
+
+        kwargs["metrics"] = objectives_for(objective)  # objective.ece_metric's key is the ECE axis
+        kwargs["reference_point"] = REFERENCE_POINT
     return info.impl(kwargs, max_t)
 

@@ -433,7 +433,7 @@ def pareto_ranks(exp) -> dict[str, int]:
     complete = exp.complete()
     if not complete:
         return {}
-    points = as_minimization([(t.metric("val/acc"), t.metric("val/ece")) for t in complete])
+    points = as_minimization([(t.metric("val/acc"), t.metric(exp.ece_key)) for t in complete])
     return {complete[i].trial_id: rank for rank, front in enumerate(non_dominated_sort(points)) for i in front}
 
 
@@ -459,8 +459,8 @@ def _pareto_frame_png(sub, exp, finished: int) -> bytes:
     fig = pareto_figure(sub, losses=[t.loss for t in exp.trials])
     fig.set_size_inches(10.0, 7.0)
     ax = fig.axes[0]
-    points = [(t.metric("val/ece"), t.metric("val/acc")) for t in exp.trials
-              if math.isfinite(t.metric("val/ece")) and math.isfinite(t.metric("val/acc"))]
+    points = [(t.metric(exp.ece_key), t.metric("val/acc")) for t in exp.trials
+              if math.isfinite(t.metric(exp.ece_key)) and math.isfinite(t.metric("val/acc"))]
     if points:
         xs, ys = zip(*points)
         pad_x, pad_y = max(1e-3, (max(xs) - min(xs)) * 0.08), max(1e-3, (max(ys) - min(ys)) * 0.08)

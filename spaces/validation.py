@@ -290,8 +290,8 @@ def _resolve_key(ck: _Checker, key: Any, fixed: dict) -> tuple[str, tuple[str, s
         return None
     head, _, rest = key.partition(".")
     if head == "objective":
-        ck.add(f"{where}: the objective cannot be searched: every trial's score (w_acc * val/acc - w_ece * val/ece "
-               f"on n_bins bins), the early-stopping ranks and the best-trial choice must use one definition; valid: "
+        ck.add(f"{where}: the objective cannot be searched: every trial's score (w_acc * val/acc - w_ece * val/ece, or "
+               f"the key of objective.ece_metric, on n_bins bins), the early-stopping ranks and the best-trial choice must use one definition; valid: "
                f"set it once in the file's 'objective' section, e.g. objective: {{w_ece: 2.0}}")
         return None
     if head in TRIAL_SECTIONS:

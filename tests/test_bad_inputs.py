@@ -334,3 +334,22 @@ def test_written_yaml_reads_back_unchanged(tmp_path):
     assert read_yaml(path) == doc
     path.write_text(yaml.safe_dump({"t": "12e45678"}))
     assert read_yaml(path) == {"t": float("inf")}  # why the writer is not plain safe_dump
+
+
+def test_objective_ece_metric_is_checked_and_drives_the_score():
+    import torch
+
+    from gce_search.trainables.config import resolve
+    from gce_search.trainables.loop import score_epoch
+    from gce_search.trainables.registry import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        resolve({"objective": {"ece_metric": "smooth"}})
+    assert "objective.ece_metric" in str(err.value) and "smece" in str(err.value)
+    g = torch.Generator().manual_seed(0)
+    calib = (torch.randn(400, 4, generator=g) * 2, torch.randint(0, 4, (400,), generator=g))
+    val = (torch.randn(300, 4, generator=g) * 2, torch.randint(0, 4, (300,), generator=g))
+    for name, key in (("ece", "val/ece"), ("smece", "val/smece"), ("debiased", "val/debiased_ece")):
+        cfg = resolve({"objective": {"ece_metric": name, "w_ece": 3.0}, "calibration": {"method": "ts"}})
+        metrics, _ = score_epoch(cfg, calib, val, 4)
+        assert metrics["score"] == pytest.approx(metrics["val/acc"] - 3.0 * metrics[key])

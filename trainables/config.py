@@ -92,9 +92,13 @@ SCHEMA: dict[str, Param] = {
                                      doc="ATS: pieces with fewer calibration samples use the global temperature"),
     "calibration.prior_samples": Param(10.0, low=0.0, doc="ATS: each piece's 1/T is shrunk toward the global 1/T "
                                                           "with this many samples' weight"),
-    "objective.w_acc": Param(1.0, low=0.0, doc="score = w_acc * val/acc - w_ece * val/ece"),
+    "objective.w_acc": Param(1.0, low=0.0,
+                             doc="score = w_acc * val/acc - w_ece * <the objective.ece_metric key, val/ece>"),
     "objective.w_ece": Param(1.0, low=0.0),
     "objective.n_bins": Param(15, low=1, high=MAX_BINS, kind="int", doc="ECE bins"),
+    "objective.ece_metric": Param("ece", choices=("ece", "smece", "debiased"),
+                                  doc="the calibration error the search minimises (score and front): ece (15-bin, "
+                                      "val/ece), smece (smooth ECE, val/smece) or debiased (val/debiased_ece)"),
     "trainable": Param(None, kind="str", doc='your own training loop, "module:function" taking (config, session) '
                                              "(trainables.user_loop, docs/byo.md); null: the shipped loop"),
 }
@@ -103,6 +107,15 @@ SCHEMA: dict[str, Param] = {
 # A model section may instead be `{factory: "module:function", **its keywords}` (trainables.external).
 ENTRY_DEFAULTS = {"model": {"name": "mlp"}, "loss": {"name": "cross_entropy"}}
 SECTIONS = ("seed", "data", "model", "loss", "train", "calibration", "objective", "trainable")
+
+
+# objective.ece_metric -> the result key the search minimises (the score's ECE term and the front's second axis).
+ECE_METRIC_KEYS = {"ece": "val/ece", "smece": "val/smece", "debiased": "val/debiased_ece"}
+
+
+def objective_ece_key(objective: dict | None) -> str:
+    """The validation key of `objective.ece_metric` (val/ece by default and for a config from before the option)."""
+    return ECE_METRIC_KEYS[(objective or {}).get("ece_metric") or "ece"]
 
 
 def _defaults() -> dict[str, Any]:

@@ -16,8 +16,11 @@ import numpy as np
 import torch
 
 # Calibrated metrics under the contract names; the uncalibrated ones get a `_raw` suffix.
-CALIBRATED_KEYS = ("acc", "ece", "adaece", "cece", "mce", "nll", "brier")
-RAW_KEYS = ("ece", "adaece", "cece", "mce", "nll", "brier")
+CALIBRATED_KEYS = ("acc", "ece", "adaece", "cece", "mce", "nll", "brier", "smece", "debiased_ece", "aurc", "augrc")
+RAW_KEYS = ("ece", "adaece", "cece", "mce", "nll", "brier", "smece", "debiased_ece", "aurc", "augrc")
+# Bootstrap 95% intervals (trainables.metrics.bootstrap_intervals): `<split>/ece_lo`, `<split>/ece_hi`, ... for the
+# calibrated predictions and `<split>/ece_raw_lo`, `<split>/ece_raw_hi`, ... for the raw ones.
+INTERVAL_KEYS = ("ece", "debiased_ece")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -32,13 +35,18 @@ def resolve_device(name: str) -> torch.device:
 def split_metrics(split: str, raw_logits: torch.Tensor, labels: torch.Tensor, calibrator, num_classes: int,
                   n_bins: int) -> dict:
     """`<split>/<key>` for the calibrated metrics (CALIBRATED_KEYS), `<split>/<key>_raw` for the uncalibrated ones
-    (RAW_KEYS) and `<split>/n`, from CPU float32 logits [N, K] and int64 labels [N]."""
+    (RAW_KEYS), the bootstrap 95% intervals of INTERVAL_KEYS (`<split>/ece_lo`, `<split>/ece_raw_hi`, ...) and
+    `<split>/n`, from CPU float32 logits [N, K] and int64 labels [N]."""
     from gce_search.trainables.metrics import summary
 
-    raw = summary(raw_logits, labels, n_bins=n_bins, num_classes=num_classes)
-    cal = summary(calibrator.transform(raw_logits), labels, n_bins=n_bins, num_classes=num_classes)
+    raw = summary(raw_logits, labels, n_bins=n_bins, num_classes=num_classes, intervals=True)
+    cal = summary(calibrator.transform(raw_logits), labels, n_bins=n_bins, num_classes=num_classes, intervals=True)
     out = {f"{split}/{key}": float(cal[key]) for key in CALIBRATED_KEYS}
     out.update({f"{split}/{key}_raw": float(raw[key]) for key in RAW_KEYS})
+    for key in INTERVAL_KEYS:
+        for end in ("lo", "hi"):
+            out[f"{split}/{key}_{end}"] = float(cal[f"{key}_{end}"])
+            out[f"{split}/{key}_raw_{end}"] = float(raw[f"{key}_{end}"])
     out[f"{split}/n"] = int(labels.shape[0])
     return out
 
@@ -48,6 +56,8 @@ def diverged_metrics(epoch: int) -> dict:
     trial can land on the front with ECE 0): every val metric and the score are NaN, and the trial stops."""
     metrics: dict[str, Any] = {f"val/{key}": math.nan for key in CALIBRATED_KEYS}
     metrics.update({f"val/{key}_raw": math.nan for key in RAW_KEYS})
+    metrics.update({f"val/{key}{raw}_{end}": math.nan for key in INTERVAL_KEYS for raw in ("", "_raw")
+                    for end in ("lo", "hi")})
     metrics.update({"score": math.nan, "status": "diverged", "diverged_epoch": epoch, "final": False,
                     "calibration/temperatures": []})
     return metrics
@@ -60,14 +70,17 @@ def is_finite(train_loss: float, *logits: torch.Tensor) -> bool:
 
 def score_epoch(cfg: dict, calib: tuple, val: tuple, num_classes: int) -> tuple[dict, Any]:
     """(metrics, calibrator) of a finite epoch: the calibrator of `cfg["calibration"]` fitted on `calib`
-    (logits, labels), the val metrics through it, `score` by `cfg["objective"]`, `calibration/temperatures` and
+    (logits, labels), the val metrics through it, `score` by `cfg["objective"]` (w_acc * val/acc - w_ece * the
+    key of objective.ece_metric), `calibration/temperatures` and
     `status: ok`. Logits are CPU float32 [N, K], labels int64 [N]."""
     from gce_search.trainables.calibration import build_calibrator
 
     obj = cfg["objective"]
     calibrator = build_calibrator(cfg["calibration"]).fit(calib[0], calib[1])
     metrics = split_metrics("val", val[0], val[1], calibrator, num_classes, obj["n_bins"])
-    metrics["score"] = float(obj["w_acc"] * metrics["val/acc"] - obj["w_ece"] * metrics["val/ece"])
+    from gce_search.trainables.config import objective_ece_key
+
+    metrics["score"] = float(obj["w_acc"] * metrics["val/acc"] - obj["w_ece"] * metrics[objective_ece_key(obj)])
     metrics["calibration/temperatures"] = [float(t) for t in calibrator.temperatures]
     metrics["status"] = "ok"
     return metrics, calibrator

@@ -1,4 +1,6 @@
-"""Accuracy and calibration metrics: ECE (equal-width and equal-mass bins), classwise ECE, MCE, NLL, Brier.
+"""Accuracy and calibration metrics: ECE (equal-width and equal-mass bins), classwise ECE, MCE, NLL, Brier, the
+smooth ECE (smECE), the debiased L2 calibration error, the selective-prediction areas AURC and AUGRC, and bootstrap
+intervals of the binned errors.
 
 Conventions (docs/design.md, "Metric conventions"):
 
@@ -28,10 +30,17 @@ __all__ = [
     "mce",
     "nll",
     "brier",
+    "smooth_ece",
+    "debiased_ece",
+    "aurc",
+    "augrc",
+    "bootstrap_intervals",
+    "BOOTSTRAP_RESAMPLES",
     "reliability_bins",
     "reliability_diagram",
     "equal_width_bins",
     "equal_width_edges",
+    "equal_mass_edges",
     "summary",
 ]
 
@@ -154,6 +163,116 @@ def _brier(p: torch.Tensor, y: torch.Tensor) -> float:
     return float((squared.sum(dim=1) - 2 * p_true + 1).mean().item())
 
 
+def _grid_smooth(f: np.ndarray, weights: np.ndarray, sigma: float, x_eval: np.ndarray) -> np.ndarray:
+    """Kernel smoothing of `weights` at positions `f` in [0, 1] with a Gaussian reflected at 0 and 1, evaluated at
+    `x_eval`: the values are split linearly onto a grid, convolved, and read back by linear interpolation (relplot's
+    discretisation, so smooth_ece equals relplot.smECE)."""
+    points = max(2000, round(20 / sigma)) // 2 + 1
+    cell = (f * (points - 1)).astype(int).clip(0, points - 2)
+    frac = f * (points - 1) - cell
+    grid = (np.bincount(cell, weights=(1 - frac) * weights, minlength=points)
+            + np.bincount(cell + 1, weights=frac * weights, minlength=points))
+    t = np.linspace(0, 1, points)
+    kernel = np.exp(-(t - 0.5) * (t - 0.5) / (2 * sigma ** 2)) / (np.sqrt(2 * np.pi) * sigma)
+    extended = np.concatenate([np.flip(grid)[:-1], grid, np.flip(grid)[1:]])
+    smoothed = np.convolve(extended, kernel, "valid")[points // 2: points // 2 + points]
+    index = (x_eval * (points - 1)).astype(int).clip(0, points - 2)
+    residual = (x_eval - index / (points - 1)) * (points - 1)
+    return smoothed[index] * (1 - residual) + smoothed[index + 1] * residual
+
+
+def _smooth_ece_at(f: np.ndarray, residual: np.ndarray, sigma: float) -> float:
+    """smECE at bandwidth sigma: the density-weighted mean |smoothed (f - y)| over an even mesh of [0, 1]."""
+    x_eval = np.linspace(0, 1, max(round(10 / sigma), 200))
+    smoothed = _grid_smooth(f, residual, sigma, x_eval)
+    density = _grid_smooth(f, np.ones_like(f), sigma, x_eval) + 1e-4
+    return float(np.sum(np.abs(smoothed / density) * density) / np.sum(density))
+
+
+def _smooth_ece(confidence: torch.Tensor, correct: torch.Tensor) -> float:
+    """smECE with the bandwidth sigma* at which smECE_sigma = sigma (found by 10 bisection steps from 1, as
+    relplot.smECE finds it)."""
+    f = confidence.numpy()
+    residual = f - correct.numpy()
+
+    def small_enough(sigma: float) -> bool:
+        return sigma < 1e-3 or sigma < _smooth_ece_at(f, residual, sigma)
+
+    sigma = 1.0
+    if not small_enough(sigma):
+        upper, lower = 1.0, 0.0
+        for _ in range(10):
+            mid = (upper + lower) / 2
+            if small_enough(mid):
+                lower = mid
+            else:
+                upper = mid
+        sigma = upper
+    return _smooth_ece_at(f, residual, sigma)
+
+
+def equal_mass_edges(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    """Upper edges of equal-mass bins as Kumar et al. (2019) cut them: the sorted confidences split into `n_bins`
+    groups (sizes differ by at most one, the first N mod M larger), each edge the midpoint between the last value of
+    a group and the first of the next, the last edge 1; equal edges (ties) merge. A confidence equal to an edge
+    belongs to the bin below it."""
+    ordered = np.sort(confidence)
+    groups = np.array_split(ordered, min(n_bins, ordered.shape[0]))
+    edges = [(a[-1] + b[0]) / 2.0 for a, b in zip(groups[:-1], groups[1:])] + [1.0]
+    return np.unique(np.asarray(edges, dtype=np.float64))
+
+
+def _debiased_from_sums(count, conf_sum, correct_sum, n: int):
+    """Debiased squared-error sum over bins (arrays [..., M]); bins with fewer than two samples count 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = conf_sum / count
+        mean_acc = correct_sum / count
+        per_bin = (mean_conf - mean_acc) ** 2 - mean_acc * (1.0 - mean_acc) / (count - 1.0)
+    per_bin = np.where(count >= 2, per_bin, 0.0)
+    return np.sqrt(np.maximum((count / n * per_bin).sum(axis=-1), 0.0))
+
+
+def _debiased_ece(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int) -> float:
+    conf = confidence.numpy()
+    edges = equal_mass_edges(conf, n_bins)
+    bins = np.searchsorted(edges, conf, side="left")
+    m = edges.shape[0]
+    count = np.bincount(bins, minlength=m).astype(np.float64)
+    return float(_debiased_from_sums(count, np.bincount(bins, weights=conf, minlength=m),
+                                     np.bincount(bins, weights=correct.numpy(), minlength=m), conf.shape[0]))
+
+
+def _cumulative_errors(confidence: torch.Tensor, correct: torch.Tensor) -> np.ndarray:
+    """E_i, the number of errors among the i most confident samples (i = 1..N); within a group of tied confidences
+    E grows linearly, which is its mean over every order of the tied samples."""
+    conf = confidence.numpy()
+    order = np.argsort(-conf, kind="stable")
+    errors = 1.0 - correct.numpy()[order]
+    cum = np.cumsum(errors)
+    sorted_conf = conf[order]
+    n = conf.shape[0]
+    last = np.r_[sorted_conf[1:] != sorted_conf[:-1], True]  # the last position of each tie group
+    ends = np.flatnonzero(last)
+    starts = np.r_[0, ends[:-1] + 1]
+    if ends.shape[0] == n:  # no ties
+        return cum
+    before = np.where(starts > 0, cum[np.maximum(starts - 1, 0)], 0.0)
+    size = (ends - starts + 1).astype(np.float64)
+    group = np.repeat(np.arange(ends.shape[0]), (ends - starts + 1))
+    step = (np.arange(n) - starts[group] + 1).astype(np.float64)
+    return before[group] + step * (cum[ends] - before)[group] / size[group]
+
+
+def _aurc(confidence: torch.Tensor, correct: torch.Tensor) -> float:
+    e = _cumulative_errors(confidence, correct)
+    return float(np.mean(e / np.arange(1, e.shape[0] + 1)))
+
+
+def _augrc(confidence: torch.Tensor, correct: torch.Tensor) -> float:
+    e = _cumulative_errors(confidence, correct)
+    return float(np.mean(e) / e.shape[0])
+
+
 def _check_num_classes(num_classes: Any, k: int, name: str) -> None:
     if num_classes is None:
         return
@@ -217,6 +336,82 @@ def nll(probs: Any, labels: Any) -> float:
 def brier(probs: Any, labels: Any) -> float:
     """Mean over samples of sum_k (p_k - onehot_k)^2 (summed over classes, not divided by K; range [0, 2])."""
     return _brier(*_prepare(probs, labels))
+
+
+def smooth_ece(probs: Any, labels: Any) -> float:
+    """Smooth ECE (smECE, Błasiok & Nakkiran, ICLR 2024) of the top-label confidence: the calibration error of the
+    residual f - y smoothed by a Gaussian kernel reflected at 0 and 1, at the bandwidth sigma* where it equals
+    sigma*. It has no bins to choose and is consistent. Computed as the `relplot` package computes it (same
+    discretisation, equal to relplot.smECE), in NumPy alone, so a trial does not import relplot's plotting stack."""
+    return _smooth_ece(*_top1(*_prepare(probs, labels)))
+
+
+def debiased_ece(probs: Any, labels: Any, n_bins: int = 15) -> float:
+    """Debiased top-label L2 calibration error (Kumar, Liang & Ma, NeurIPS 2019) over equal-mass bins:
+    sqrt(max(0, sum_b |B_b|/N * [(conf_b - acc_b)^2 - acc_b (1 - acc_b) / (|B_b| - 1)])), bins with fewer than two
+    samples counting 0 (the `uncertainty-calibration` package's estimator). Subtracting each bin's sampling
+    variance removes the upward bias that makes a plug-in ECE of a calibrated model positive at small n."""
+    n_bins = _check_n_bins(n_bins)
+    return _debiased_ece(*_top1(*_prepare(probs, labels)), n_bins)
+
+
+def aurc(probs: Any, labels: Any) -> float:
+    """Area under the risk-coverage curve: (1/N) sum_i E_i / i, E_i the errors among the i most confident samples
+    (Geifman et al. 2019). Lower is better; ties in confidence count as every order of them on average."""
+    return _aurc(*_top1(*_prepare(probs, labels)))
+
+
+def augrc(probs: Any, labels: Any) -> float:
+    """Area under the generalized risk-coverage curve: (1/N) sum_i E_i / N, the joint rate of accepted errors
+    (Traub et al., NeurIPS 2024). Equals (1 - AUROC) acc (1 - acc) + (1 - acc)^2 / 2 + (1 - acc) / (2N), AUROC that
+    of confidence separating correct from wrong predictions."""
+    return _augrc(*_top1(*_prepare(probs, labels)))
+
+
+BOOTSTRAP_RESAMPLES = 200
+
+
+def bootstrap_intervals(confidence: Any, correct: Any, n_bins: int = 15, resamples: int = BOOTSTRAP_RESAMPLES,
+                        seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Bootstrap 95% intervals of the 15-bin `ece` and of `debiased_ece` from one split's top-label (confidence,
+    correct) pairs: `resamples` resamples of the N samples with replacement (seeded), the bins of the full sample
+    kept, all resamples at once. Returns {"ece": (lo, hi), "debiased_ece": (lo, hi)}.
+
+    The intervals are the basic (pivotal) bootstrap, [2 e - q_hi, 2 e - q_lo] with e the full sample's value and
+    q the resamples' quantiles, clipped at 0, as the `uncertainty-calibration` package computes them: a plug-in
+    ECE is biased upwards and each resample adds that bias once more, so the plain percentile interval would sit
+    above the value it is for."""
+    n_bins = _check_n_bins(n_bins)
+    conf = np.asarray(confidence, dtype=np.float64)
+    corr = np.asarray(correct, dtype=np.float64)
+    n = conf.shape[0]
+    width_bins = equal_width_bins(conf, n_bins)
+    mass_edges = equal_mass_edges(conf, n_bins)
+    mass_bins = np.searchsorted(mass_edges, conf, side="left")
+    m_mass = mass_edges.shape[0]
+    rng = np.random.default_rng(seed)
+    eces, debiased = [], []
+    chunk = max(1, min(resamples, 2_000_000 // max(n, 1)))  # bounded memory: about 2M drawn indices at a time
+    for start in range(0, resamples, chunk):
+        r = min(chunk, resamples - start)
+        idx = rng.integers(0, n, size=(r, n))
+        rows = np.repeat(np.arange(r), n)
+        c, k = conf[idx].ravel(), corr[idx].ravel()
+        flat = rows * n_bins + width_bins[idx].ravel()
+        gap = (np.bincount(flat, weights=k, minlength=r * n_bins)
+               - np.bincount(flat, weights=c, minlength=r * n_bins)).reshape(r, n_bins)
+        eces.append(np.abs(gap).sum(axis=1) / n)
+        flat = rows * m_mass + mass_bins[idx].ravel()
+        sums = [np.bincount(flat, weights=w, minlength=r * m_mass).reshape(r, m_mass) for w in (None, c, k)]
+        debiased.append(_debiased_from_sums(sums[0], sums[1], sums[2], n))
+    tail = (1.0 - level) / 2 * 100
+    c, k = torch.from_numpy(conf), torch.from_numpy(corr)
+    point = {"ece": _ece(c, k, n_bins), "debiased_ece": _debiased_ece(c, k, n_bins)}
+    out = {}
+    for name, vals in (("ece", eces), ("debiased_ece", debiased)):
+        q_lo, q_hi = np.percentile(np.concatenate(vals), [tail, 100 - tail])
+        out[name] = (float(max(2 * point[name] - q_hi, 0.0)), float(max(2 * point[name] - q_lo, 0.0)))
+    return out
 
 
 def reliability_bins(probs: Any, labels: Any, n_bins: int = 15) -> dict[str, np.ndarray]:
@@ -289,8 +484,11 @@ def reliability_diagram(probs: Any, labels: Any, n_bins: int = 15, calibrated_pr
     return fig
 
 
-def summary(logits: Any, labels: Any, n_bins: int = 15, num_classes: int | None = None) -> dict[str, float]:
-    """Every metric of one split from logits: acc, ece, adaece, cece, mce, nll, brier (floats) and n (int).
+def summary(logits: Any, labels: Any, n_bins: int = 15, num_classes: int | None = None,
+            intervals: bool = False, seed: int = 0) -> dict[str, float]:
+    """Every metric of one split from logits: acc, ece, adaece, cece, mce, nll, brier, smece, debiased_ece, aurc,
+    augrc (floats) and n (int); with `intervals`, also the bootstrap 95% intervals ece_lo, ece_hi, debiased_ece_lo
+    and debiased_ece_hi (`bootstrap_intervals`, seeded by `seed`).
 
     The softmax is taken in float64; NLL comes from log-softmax so that confident mistakes stay exact.
     """
@@ -301,7 +499,7 @@ def summary(logits: Any, labels: Any, n_bins: int = 15, num_classes: int | None 
     log_p = torch.log_softmax(z, dim=1)
     p = log_p.exp()
     confidence, correct = _top1(p, y)
-    return {
+    out = {
         "acc": float(correct.mean().item()),
         "ece": _ece(confidence, correct, n_bins),
         "adaece": _adaptive_ece(confidence, correct, n_bins),
@@ -309,5 +507,13 @@ def summary(logits: Any, labels: Any, n_bins: int = 15, num_classes: int | None 
         "mce": _mce(confidence, correct, n_bins),
         "nll": float(-log_p.gather(1, y.unsqueeze(1)).mean().item()),
         "brier": _brier(p, y),
+        "smece": _smooth_ece(confidence, correct),
+        "debiased_ece": _debiased_ece(confidence, correct, n_bins),
+        "aurc": _aurc(confidence, correct),
+        "augrc": _augrc(confidence, correct),
         "n": int(z.shape[0]),
     }
+    if intervals:
+        for name, (lo, hi) in bootstrap_intervals(confidence.numpy(), correct.numpy(), n_bins, seed=seed).items():
+            out[f"{name}_lo"], out[f"{name}_hi"] = lo, hi
+    return out

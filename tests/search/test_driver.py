@@ -1,6 +1,7 @@
 """`gce-search run` end to end on a tiny real search, and the CLI/driver bad inputs (nothing started or overwritten)."""
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -250,6 +251,55 @@ def test_tiny_search_end_to_end(local_ray, tmp_path, capsys):
     assert snapshot(exp) == before
 
 
+
+
+def test_ece_metric_smece_is_what_the_search_minimises(local_ray, tmp_path, capsys):
+    """objective.ece_metric: smece under MO-ASHA: the score, Optuna's objective values, MO-ASHA's objectives, the
+    front in summary.json and pareto.csv all use val/smece; val/ece is still reported, with its interval."""
+    import csv
+    import json
+
+    from gce_search.search.records import load_experiment
+    from gce_search.spaces.loading import load_spec
+
+    space = Path(write_tiny_space(tmp_path, num_samples=5))
+    space.write_text(space.read_text().replace("{name: asha, grace_period: 1, reduction_factor: 2}",
+                                               "{name: moasha, grace_period: 1, reduction_factor: 2}")
+                     + "objective: {ece_metric: smece, w_ece: 2.0}\n")
+    storage = tmp_path / "results"
+    assert main(["run", str(space), "--storage", str(storage), "--name", "sm"]) == 0
+    out = capsys.readouterr().out
+    exp_dir = storage / "sm"
+    assert load_spec(str(exp_dir / "spec.yaml")).base_config["objective"]["ece_metric"] == "smece"
+    study = optuna.load_study(study_name="sm", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna.journal"))))
+    assert study.metric_names == ["val/acc", "val/smece"]
+    records = optuna_records(study)
+    exp = load_experiment(exp_dir)
+    assert exp.objectives == ("val/acc", "val/smece")
+    assert exp.complete()
+    for trial in exp.trials:
+        last = trial.final
+        if not math.isfinite(last.get("score", math.nan)):
+            continue
+        assert last["score"] == pytest.approx(last["val/acc"] - 2.0 * last["val/smece"])
+        # an interval for the true error: it can sit below the plug-in value, which is biased upwards
+        assert 0 <= last["val/ece_lo"] <= last["val/ece_hi"] and last["val/ece_lo"] <= last["val/ece"]
+        if trial.status == "complete":
+            assert records[trial.trial_id].values == pytest.approx([last["val/acc"], last["val/smece"]])
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    assert summary["objectives"] == {"val/acc": "max", "val/smece": "min"}
+    front_ids = [m["trial"] for m in summary["front"]]
+    assert front_ids == [t.trial_id for t in exp.front()]
+    from gce_search.search.records import front_indices
+
+    complete = exp.complete()
+    by_smece = {complete[i].trial_id for i in front_indices([(t.metric("val/acc"), t.metric("val/smece"))
+                                                             for t in complete])}
+    assert set(front_ids) == by_smece
+    rows = list(csv.DictReader((exp_dir / "pareto.csv").open()))
+    assert [r["trial"] for r in rows] == front_ids and all(r["val/smece"] and r["val/ece_lo"] for r in rows)
+    assert "val/smece min" in out
 
 
 def test_resume_of_a_search_its_time_budget_ended(local_ray, tmp_path, capsys):

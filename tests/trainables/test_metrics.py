@@ -196,8 +196,10 @@ def test_summary_from_logits_matches_the_functions():
     labels = torch.randint(0, 7, (300,), generator=g)
     s = metrics.summary(logits, labels, n_bins=20, num_classes=7)
     p = torch.softmax(logits.double(), dim=1)
-    assert set(s) == {"acc", "ece", "adaece", "cece", "mce", "nll", "brier", "n"}
+    assert set(s) == {"acc", "ece", "adaece", "cece", "mce", "nll", "brier", "smece", "debiased_ece", "aurc", "augrc",
+                      "n"}
     assert s["n"] == 300
+    assert s["debiased_ece"] == pytest.approx(metrics.debiased_ece(p, labels, 20), abs=1e-12)
     assert s["acc"] == pytest.approx((logits.argmax(1) == labels).double().mean().item())
     assert s["ece"] == pytest.approx(metrics.ece(p, labels, 20), abs=1e-12)
     assert s["adaece"] == pytest.approx(metrics.adaptive_ece(p, labels, 20), abs=1e-12)
@@ -253,3 +255,168 @@ def test_importing_metrics_does_not_import_matplotlib():
     code = "import sys, trainables.metrics; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# smECE, debiased ECE, AURC/AUGRC and the bootstrap intervals, against their reference packages and by hand.
+
+def _random_probs(seed, n, k=10, sharpness=3.0, calibrated=False):
+    """Softmax outputs and labels; with `calibrated`, labels drawn from the probabilities themselves."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, k)) * sharpness
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    if calibrated:
+        labels = np.array([rng.choice(k, p=row) for row in p])
+    else:
+        labels = np.where(rng.uniform(size=n) < 0.6, p.argmax(axis=1), rng.integers(0, k, n))
+    return p, labels
+
+
+@pytest.mark.parametrize("seed,n,calibrated", [(0, 40, False), (1, 1000, False), (2, 3000, True), (3, 5000, False)])
+def test_smooth_ece_equals_relplot(seed, n, calibrated):
+    import relplot
+
+    p, y = _random_probs(seed, n, calibrated=calibrated)
+    confidence = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(float)
+    assert metrics.smooth_ece(p, y) == pytest.approx(relplot.smECE(confidence, correct), rel=1e-12, abs=1e-15)
+
+
+def test_smooth_ece_sits_at_its_own_bandwidth():
+    """smECE's definition: at sigma*, the smoothed error equals sigma* (within the 10 bisection steps)."""
+    import relplot
+
+    p, y = _random_probs(4, 2000)
+    confidence, correct = p.max(axis=1), (p.argmax(axis=1) == y).astype(float)
+    value, sigma = relplot.smECE(confidence, correct, return_width=True)
+    assert metrics.smooth_ece(p, y) == pytest.approx(value)
+    assert abs(value - sigma) < 2 ** -10 + 1e-9
+
+
+@pytest.mark.parametrize("seed,n,calibrated", [(0, 60, False), (1, 1000, False), (2, 4000, True), (5, 4999, False)])
+@pytest.mark.parametrize("n_bins", [15, 10])
+def test_debiased_ece_equals_uncertainty_calibration(seed, n, calibrated, n_bins):
+    import calibration
+
+    p, y = _random_probs(seed, n, calibrated=calibrated)
+    want = calibration.lower_bound_scaling_top_ce(p, y, p=2, debias=True, num_bins=n_bins)
+    assert metrics.debiased_ece(p, y, n_bins=n_bins) == pytest.approx(want, rel=1e-9, abs=1e-12)
+    if n_bins == 15:  # the package's entry point picks the same estimator for continuous probabilities
+        assert metrics.debiased_ece(p, y) == pytest.approx(
+            calibration.get_calibration_error(p, y, p=2, debias=True, mode="top-label"), rel=1e-9, abs=1e-12)
+
+
+def test_debiased_ece_of_a_calibrated_model_is_near_zero_where_the_plugin_is_not():
+    """The plug-in L2 error of a calibrated model is biased upwards at small n; the debiased one, averaged over
+    draws, is close to 0 in its square."""
+    import calibration
+
+    debiased, plugin = [], []
+    for seed in range(10):
+        p, y = _random_probs(100 + seed, 500, calibrated=True)
+        debiased.append(metrics.debiased_ece(p, y) ** 2)
+        plugin.append(calibration.lower_bound_scaling_top_ce(p, y, p=2, debias=False) ** 2)
+    assert np.mean(debiased) < 0.25 * np.mean(plugin)
+
+
+def test_aurc_and_augrc_by_hand():
+    # confidences 0.9 (right), 0.8 (wrong), 0.7 (right), 0.6 (wrong): E = 0, 1, 1, 2
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    labels = np.array([0, 0, 0, 0])
+    assert metrics.aurc(probs, labels) == pytest.approx((0 / 1 + 1 / 2 + 1 / 3 + 2 / 4) / 4)
+    assert metrics.augrc(probs, labels) == pytest.approx((0 + 1 + 1 + 2) / 4 / 4)
+    # a tie between the right 0.9 and the wrong 0.8 made 0.85 each: every order of the pair, averaged
+    probs[0], probs[1] = [0.85, 0.15], [0.15, 0.85]
+    orders = [(0 / 1 + 1 / 2 + 1 / 3 + 2 / 4) / 4, (1 / 1 + 1 / 2 + 1 / 3 + 2 / 4) / 4]
+    assert metrics.aurc(probs, labels) == pytest.approx(sum(orders) / 2)
+    assert metrics.augrc(probs, labels) == pytest.approx(((0 + 1 + 1 + 2) + (1 + 1 + 1 + 2)) / 2 / 16)
+
+
+@pytest.mark.parametrize("seed,n", [(0, 30), (1, 2000), (2, 5000)])
+def test_augrc_matches_the_auroc_identity(seed, n):
+    """AUGRC = (1 - AUROC) acc (1 - acc) + (1 - acc)^2 / 2 + (1 - acc) / (2N), AUROC from scikit-learn: an independent
+    computation through the ranking of right against wrong predictions (ties counted one half)."""
+    from sklearn.metrics import roc_auc_score
+
+    p, y = _random_probs(seed, n)
+    confidence = np.round(p.max(axis=1), 2)  # ties, so their handling is checked too
+    k = p.shape[1]
+    # column 0 holds the confidence, the rest share 1 - confidence: class 0 is predicted, right when the label is 0
+    p2 = np.concatenate([confidence[:, None], np.repeat(((1 - confidence) / (k - 1))[:, None], k - 1, axis=1)], 1)
+    correct = (p.argmax(axis=1) == y)
+    labels = np.where(correct, 0, 1)
+    acc = correct.mean()
+    auroc = roc_auc_score(correct, confidence)
+    want = (1 - auroc) * acc * (1 - acc) + (1 - acc) ** 2 / 2 + (1 - acc) / (2 * n)
+    assert metrics.augrc(p2, labels) == pytest.approx(want, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_aurc_matches_a_loop_over_every_coverage(seed):
+    p, y = _random_probs(seed, 300)
+    confidence = p.max(axis=1)
+    wrong = (p.argmax(axis=1) != y).astype(float)
+    order = sorted(range(len(y)), key=lambda i: -confidence[i])
+    risks = [sum(wrong[j] for j in order[:i]) / i for i in range(1, len(y) + 1)]
+    assert metrics.aurc(p, y) == pytest.approx(sum(risks) / len(risks), rel=1e-12)
+
+
+def test_bootstrap_intervals_equal_a_loop_over_the_same_resamples():
+    p, y = _random_probs(7, 800)
+    confidence, correct = p.max(axis=1), (p.argmax(axis=1) == y).astype(float)
+    got = metrics.bootstrap_intervals(confidence, correct, n_bins=15, resamples=200, seed=3)
+    idx = np.random.default_rng(3).integers(0, len(y), size=(200, len(y)))
+    edges = metrics.equal_mass_edges(confidence, 15)  # the full sample's bins, kept in every resample
+    eces, debiased = [], []
+    for row in idx:
+        c, k = confidence[row], correct[row]
+        eces.append(sum(abs(k[b].sum() - c[b].sum()) for b in
+                        (metrics.equal_width_bins(c, 15) == m for m in range(15))) / len(row))
+        bins = np.searchsorted(edges, c, side="left")
+        total = 0.0
+        for m in range(len(edges)):
+            members = bins == m
+            size = members.sum()
+            if size >= 2:
+                acc = k[members].mean()
+                total += size / len(row) * ((c[members].mean() - acc) ** 2 - acc * (1 - acc) / (size - 1))
+        debiased.append(math.sqrt(max(total, 0.0)))
+    for name, values, full in (("ece", eces, metrics.ece(p, y)), ("debiased_ece", debiased, metrics.debiased_ece(p, y))):
+        q_lo, q_hi = np.percentile(values, [2.5, 97.5])  # the basic bootstrap interval, clipped at 0
+        assert got[name] == pytest.approx((max(2 * full - q_hi, 0), max(2 * full - q_lo, 0)), rel=1e-12, abs=1e-15)
+        assert 0 <= got[name][0] <= got[name][1]
+
+
+def test_bootstrap_intervals_cover_the_true_ece_of_a_known_model():
+    """Models whose true top-label calibration error is known (confidence c ~ U(0.5, 1), right with probability
+    c - gap): the interval covers gap = 0.05 at n = 5000 in at least 85% of 40 draws (measured 94% over 100 draws,
+    bench/bench_ece_intervals.py), and a calibrated model's error 0 in at least a third (measured 60% at n = 2000),
+    which a percentile interval of the plug-in ECE never does (its lower end is above 0)."""
+    rng = np.random.default_rng(11)
+
+    def covered(gap, n, draws=40):
+        hits = 0
+        for _ in range(draws):
+            confidence = rng.uniform(0.5, 1.0, n)
+            correct = (rng.uniform(size=n) < confidence - gap).astype(float)
+            lo, hi = metrics.bootstrap_intervals(confidence, correct, seed=int(rng.integers(1 << 30)))["ece"]
+            hits += lo <= gap <= hi
+        return hits
+
+    assert covered(0.05, 5000) >= 34
+    assert covered(0.0, 2000) >= 14
+
+
+def test_summary_reports_the_new_measures_and_intervals():
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(600, 5, generator=g) * 2, torch.randint(0, 5, (600,), generator=g)
+    out = metrics.summary(logits, labels, intervals=True)
+    probs = torch.softmax(logits.double(), dim=1)
+    assert out["smece"] == pytest.approx(metrics.smooth_ece(probs, labels))
+    assert out["debiased_ece"] == pytest.approx(metrics.debiased_ece(probs, labels))
+    assert out["aurc"] == pytest.approx(metrics.aurc(probs, labels))
+    assert out["augrc"] == pytest.approx(metrics.augrc(probs, labels))
+    assert 0 <= out["ece_lo"] <= out["ece_hi"] and out["ece_lo"] <= out["ece"]
+    assert out["debiased_ece_lo"] <= out["debiased_ece_hi"]
+    assert "ece_lo" not in metrics.summary(logits, labels)
