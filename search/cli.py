@@ -22,6 +22,7 @@ COMMANDS = {
     "tensorboard": ("gce_search.search.tensorboard", "cmd_tensorboard"),
     "dashboard": ("gce_search.search.dashboard", "cmd_dashboard"),
     "study": ("gce_search.search.study", "cmd_study"),
+    "recalibrate": ("gce_search.search.recalibrate", "cmd_recalibrate"),
 }
 
 
@@ -80,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
     st.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override by dotted path, e.g. --set seeds=3 or --set base.train.epochs=5")
+    rc = sub.add_parser("recalibrate", help="refit every complete trial's calibrator on its checkpoint, without "
+                                            "retraining; writes EXPERIMENT_DIR/recalibrated/NAME/")
+    rc.add_argument("experiment_dir")
+    rc.add_argument("--calibration", default="refine",
+                    help="refine (default: the cross-validated choice per model) | ts | ats | none | a YAML file "
+                         "with a calibration: section | an inline mapping '{method: ats, breakpoints: [...]}'")
+    rc.add_argument("--name", default=None, help="NAME of the new directory (default: the preset or file name)")
     return p
 
 

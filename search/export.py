@@ -52,6 +52,17 @@ def select_trials(exp, selector: str) -> list:
 
 
 def _calibrator_state(trial) -> dict | None:
+    refitted = trial.path / "calibrator.json"  # a trial of `gce-search recalibrate`: its new calibrator
+    if refitted.is_file():
+        import json
+
+        try:
+            return _plain(json.loads(refitted.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as err:
+            message = f"{refitted}: unreadable ({type(err).__name__}: {err}); the export has no calibrator state"
+            trial.notes.append(message)
+            warn(message)
+            return None
     ckpt = latest_checkpoint(trial)
     if ckpt is None:
         return None
@@ -90,11 +101,14 @@ def export_document(exp, trial, selector: str, rank: int) -> dict:
     config = resolve(trial.config, source=f"{trial.path}/{RESULT_FILE} (config.trial_config)")
     pin_precision(config, trial.final)  # `auto` becomes what the trial ran with, so a retrain does the same
     calibration = config["calibration"]
+    method = trial.calibration_method or calibration["method"]  # with refinement: the winner
     calibrator = {
-        "method": calibration["method"],
-        "breakpoints": list(calibration["breakpoints"]) if calibration["method"] == "ats" else None,
+        "method": method,
+        "breakpoints": trial.breakpoints if method == "ats" else None,
         "temperatures": trial.temperatures,
     }
+    if isinstance(calibration.get("breakpoints"), dict):  # a retrain refines again, with the same seed
+        calibrator["refined_by"] = dict(calibration["breakpoints"])
     state = _calibrator_state(trial)
     if state is not None:
         calibrator["state"] = state

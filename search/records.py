@@ -111,8 +111,18 @@ class TrialRecord:
 
     @property
     def breakpoints(self) -> list[float]:
+        """The ATS breakpoints the trial's final calibrator used: the configured ones, or with
+        `breakpoints: {refine: cv}` those of the calibrator the refinement chose ([] for none or TS)."""
         bps = self.config.get("calibration", {}).get("breakpoints")
+        if isinstance(bps, dict):
+            bps = self.final.get("calibration/breakpoints")
         return [float(b) for b in bps] if isinstance(bps, (list, tuple)) else []
+
+    @property
+    def calibration_method(self) -> str:
+        """none | ts | ats: what the final calibrator was (with refinement, the winner)."""
+        chosen = self.final.get("calibration/method")
+        return str(chosen) if isinstance(chosen, str) else str(self.config.get("calibration", {}).get("method", ""))
 
     def metric(self, key: str) -> float:
         """The final value of a metric key; NaN when absent or not a finite number."""

@@ -46,7 +46,7 @@ def pareto_row(trial: TrialRecord) -> dict:
         "loss": trial.loss,
         "loss.lam": "" if lam is None else float(lam),
         "loss.params": " ".join(f"{k}={v}" for k, v in sorted(loss_cfg.items())),
-        "calibration.method": trial.config.get("calibration", {}).get("method", ""),
+        "calibration.method": trial.calibration_method,
         "calibration.breakpoints": _fmt_list(trial.breakpoints),
         "calibration/temperatures": _fmt_list(trial.temperatures),
         "epoch": trial.final.get("epoch", ""),

@@ -58,7 +58,9 @@ def _value_problem(path: str, value: Any) -> str | None:
                 f"{more}")
     if path == BREAKPOINTS_PATH:
         bp = check_breakpoints(value)
-        return None if bp is None else f"{bp}; valid: a strictly increasing list inside (0, 1)"
+        if bp is None or isinstance(value, dict):  # a refinement request's problem names what is valid
+            return bp
+        return f"{bp}; valid: a strictly increasing list inside (0, 1), or {{refine: cv, ...}}"
     param = SCHEMA.get(path)
     if param is None:
         return None

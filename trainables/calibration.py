@@ -375,6 +375,18 @@ class PiecewiseTemperatureScaling(Calibrator):
     @classmethod
     def from_config(cls, cal_cfg: dict[str, Any], path: str = "calibration") -> "PiecewiseTemperatureScaling":
         defaults = DEFAULTS["calibration"]
+        breakpoints = cal_cfg.get("breakpoints")
+        if isinstance(breakpoints, dict):  # {refine: cv, ...}: the calibrator is chosen per model
+            from gce_search.trainables.config import check_refine
+            from gce_search.trainables.refine import RefinedCalibrator
+
+            problem = check_refine(breakpoints)
+            if problem is not None:
+                raise ValueError(f"{path}.breakpoints: refinement {problem}")
+            return RefinedCalibrator(breakpoints.get("pieces", [2, 6]), breakpoints.get("candidates", 200),
+                                     breakpoints.get("folds", 5), breakpoints.get("seed", 0),
+                                     cal_cfg.get("min_samples", defaults["min_samples"]),
+                                     cal_cfg.get("prior_samples", 10.0))
         return cls(cal_cfg.get("breakpoints", defaults["breakpoints"]),
                    cal_cfg.get("min_samples", defaults["min_samples"]),
                    cal_cfg.get("prior_samples", 10.0), _path=f"{path}.")

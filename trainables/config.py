@@ -87,7 +87,9 @@ SCHEMA: dict[str, Param] = {
                            doc="torch intra-op threads per process; null: torch's default"),
     "calibration.method": Param("ats", kind="str", doc="trainables.catalog.CALIBRATORS key"),
     "calibration.breakpoints": Param([0.5, 0.8, 0.95], kind="list",
-                                     doc="ATS: confidence breakpoints, strictly increasing in (0, 1)"),
+                                     doc="ATS: confidence breakpoints, strictly increasing in (0, 1); or "
+                                         "{refine: cv, pieces: [2, 6], candidates: 200, folds: 5}: the "
+                                         "calibrator chosen per model by cross-validation (trainables.refine)"),
     "calibration.min_samples": Param(50, low=1, kind="int",
                                      doc="ATS: pieces with fewer calibration samples use the global temperature"),
     "calibration.prior_samples": Param(10.0, low=0.0, doc="ATS: each piece's 1/T is shrunk toward the global 1/T "
@@ -215,8 +217,46 @@ def _registry_params(kind: str, section: dict, path: str, problems: list[str]) -
             problems.append(f"{path}.{key}: {p}; valid: {params[key].describe()}")
 
 
+REFINE_FORM = ("{refine: cv, pieces: [LO, HI], candidates: N, folds: K} (pieces 1 <= LO <= HI <= 16, candidates "
+               "2..5000, folds 2..20, optional seed)")
+REFINE_KEYS = {"refine", "pieces", "candidates", "folds", "seed"}
+
+
+def is_refine(value: Any) -> bool:
+    """Whether calibration.breakpoints asks for the cross-validated refinement (trainables.refine)."""
+    return isinstance(value, dict)
+
+
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def check_refine(value: dict) -> str | None:
+    """None if `value` is a valid refinement request, else what is wrong (ending in what would be valid)."""
+    unknown = sorted(set(value) - REFINE_KEYS)
+    if unknown:
+        return f"unknown key {unknown[0]!r}; valid: {REFINE_FORM}"
+    if value.get("refine") != "cv":
+        return f"refine: got {value.get('refine')!r}; valid: cv (k-fold cross-validation inside the calib split)"
+    pieces = value.get("pieces", [2, 6])
+    if not (isinstance(pieces, (list, tuple)) and len(pieces) == 2 and all(_int_in(p, 1, 16) for p in pieces)
+            and pieces[0] <= pieces[1]):
+        return f"pieces: got {pieces!r}; valid: [LO, HI] with 1 <= LO <= HI <= 16"
+    if not _int_in(value.get("candidates", 200), 2, 5000):
+        return f"candidates: got {value.get('candidates')!r}; valid: an integer in 2..5000"
+    if not _int_in(value.get("folds", 5), 2, 20):
+        return f"folds: got {value.get('folds')!r}; valid: an integer in 2..20"
+    if not _int_in(value.get("seed", 0), 0, 2**32 - 1):
+        return f"seed: got {value.get('seed')!r}; valid: an integer >= 0"
+    return None
+
+
 def check_breakpoints(value: Any) -> str | None:
-    """None if `value` is a strictly increasing list of numbers inside (0, 1), else what is wrong."""
+    """None if `value` is a strictly increasing list of numbers inside (0, 1) or a refinement request (REFINE_FORM),
+    else what is wrong."""
+    if is_refine(value):
+        problem = check_refine(value)
+        return None if problem is None else f"refinement {problem}"
     if not isinstance(value, (list, tuple)):
         return f"got {value!r}"
     for b in value:
@@ -238,6 +278,8 @@ def problems_of(cfg: dict) -> list[str]:
             continue  # reported as a structural problem above
         if value is None and path in NULLABLE:
             continue
+        if path == "calibration.breakpoints" and is_refine(value):
+            continue  # a refinement request: check_breakpoints below
         p = param.problem(value)
         if p is not None:
             problems.append(f"{path}: {p}; valid: {param.describe()}")
@@ -268,9 +310,12 @@ def problems_of(cfg: dict) -> list[str]:
         if method not in CALIBRATORS:
             problems.append(f"calibration.method: unknown calibrator {method!r}; "
                             f"valid: {', '.join(CALIBRATORS.names())}")
-        bp = check_breakpoints(cfg["calibration"].get("breakpoints"))
+        value = cfg["calibration"].get("breakpoints")
+        bp = check_breakpoints(value)
         if bp is not None:
-            problems.append(f"calibration.breakpoints: {bp}; valid: a strictly increasing list inside (0, 1)")
+            problems.append(f"calibration.breakpoints: {bp}" if is_refine(value) else
+                            f"calibration.breakpoints: {bp}; valid: a strictly increasing list inside (0, 1), or "
+                            f"{REFINE_FORM}")
     if isinstance(cfg.get("trainable"), str) and form_problem(cfg["trainable"]) is not None:
         problems.append(f"trainable: {form_problem(cfg['trainable'])}; valid: {TRAINABLE_FORM}")
     if isinstance(cfg.get("train"), dict):

@@ -82,6 +82,12 @@ def score_epoch(cfg: dict, calib: tuple, val: tuple, num_classes: int) -> tuple[
 
     metrics["score"] = float(obj["w_acc"] * metrics["val/acc"] - obj["w_ece"] * metrics[objective_ece_key(obj)])
     metrics["calibration/temperatures"] = [float(t) for t in calibrator.temperatures]
+    info = getattr(calibrator, "refine_info", None)
+    if info:  # calibration.breakpoints {refine: cv}: which calibrator won, and how it scored inside calib
+        metrics["calibration/method"] = info["method"]
+        metrics["calibration/breakpoints"] = [float(b) for b in info["breakpoints"]]
+        metrics["calibration/cv_ece"] = float(info["cv_ece"])
+        metrics["calibration/refine_s"] = float(info["seconds"])
     metrics["status"] = "ok"
     return metrics, calibrator
 
