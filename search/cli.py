@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write one retraining YAML per chosen trial")
     e.add_argument("experiment_dir")
-    e.add_argument("--select", default="pareto", help="pareto | best | top:K (default: pareto)")
+    e.add_argument("--select", default="pareto", help="pareto | pareto-robust (the front plus the trials tied with it "
+                                                      "within noise) | best | top:K (default: pareto)")
     e.add_argument("--out", default=None, help="output directory (default: EXPERIMENT_DIR/export)")
 
     t = sub.add_parser("train", help="full retrain from a config YAML (an exported one or your own)")

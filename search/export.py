@@ -23,14 +23,14 @@ from gce_search.trainables.config import resolve
 
 __all__ = ["parse_selector", "select_trials", "export_document", "write_exports", "cmd_export"]
 
-SELECTOR_HELP = "pareto | best | top:K (K an integer >= 1)"
+SELECTOR_HELP = "pareto | pareto-robust | best | top:K (K an integer >= 1)"
 _TOP = re.compile(r"^top:(\d+)$")
 
 
 def parse_selector(text: str) -> tuple[str, int | None]:
     """'pareto' -> ('pareto', None); 'best' -> ('best', 1); 'top:K' -> ('top', K); anything else: UsageError."""
     text = str(text).strip()
-    if text in ("pareto", "best"):
+    if text in ("pareto", "best", "pareto-robust"):
         return text, (1 if text == "best" else None)
     match = _TOP.match(text)
     if match and int(match.group(1)) >= 1:
@@ -48,6 +48,11 @@ def select_trials(exp, selector: str) -> list:
     complete = require_complete(exp)
     if kind == "pareto":
         return exp.front()
+    if kind == "pareto-robust":  # the front plus every trial tied with it within noise (search.robust)
+        from gce_search.search.robust import robust_front
+
+        members = robust_front(exp)["members"]
+        return [t for tid in members for t in complete if t.trial_id == tid]
     return rank_by_score(complete)[:k]  # finite scores only
 
 

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gce_search.errors import UsageError
 from gce_search.search.figures import pareto_figure
 from gce_search.search.pareto import MODES, REFERENCE_POINT
 from gce_search.search.records import (STATUSES, Experiment, TrialRecord, _finite, chance_accuracy_bound, chosen_metrics,
@@ -174,6 +175,27 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
 
 
+def _print_robust(exp: Experiment) -> None:
+    """The robust set (search.robust) on the console and in robust.json; a line saying why when it cannot be
+    computed (no checkpoints, trials on different val splits)."""
+    from gce_search.search.robust import robust_front
+
+    try:
+        robust = robust_front(exp)
+    except UsageError as err:
+        print(f"robust set not computed: {err}")
+        return
+    _atomic_write(exp.path / "robust.json", (json.dumps(_json_safe(robust), indent=2) + "\n").encode("utf-8"))
+    print(f"robust set: {len(robust['members'])} trial(s) no other trial dominates in >= "
+          f"{robust['level']:.0%} of {robust['resamples']} paired bootstrap resamples of the val samples "
+          f"({robust['error']}); `gce-search export --select pareto-robust` exports them")
+    for trial_id, with_front in robust["tied"].items():
+        print(f"  {trial_id}: tied within noise with {', '.join(with_front) if with_front else 'no front member'}")
+    if robust["note"]:
+        print(f"  ({robust['note']})")
+    print(f"wrote {exp.path / 'robust.json'}")
+
+
 def cmd_pareto(args) -> int:
     """`gce-search pareto EXPERIMENT_DIR`: print the front and write the result files."""
     exp = load_experiment(args.experiment_dir)
@@ -186,7 +208,8 @@ def cmd_pareto(args) -> int:
     print(f"\nfront: {len(rows)} of {counts['complete']} complete trials"
           + (f" ({others})" if any(counts.get(s) for s in STATUSES if s != "complete") else "")
           + f"; hypervolume {summary['hypervolume']:.4f} against reference "
-          f"(val/acc {ref['val/acc']:g}, val/ece {ref['val/ece']:g}); val n = {summary['val_n']}")
+          f"(val/acc {ref['val/acc']:g}, {exp.ece_key} {ref[exp.ece_key]:g}); val n = {summary['val_n']}")
+    _print_robust(exp)
     print(f"wrote {exp.path / 'pareto.csv'}, {exp.path / 'pareto.png'}, {exp.path / 'summary.json'}, "
           f"{exp.path / 'tensorboard'}")
     return 0

@@ -26,7 +26,7 @@ def test_parse_selector():
     assert parse_selector("best") == ("best", 1)
     assert parse_selector("top:3") == ("top", 3)
     for bad in ("top:0", "top:", "top:x", "worst", "Pareto", ""):
-        with pytest.raises(UsageError, match="valid: pareto \\| best \\| top:K"):
+        with pytest.raises(UsageError, match="valid: pareto \\| pareto-robust \\| best \\| top:K"):
             parse_selector(bad)
 
 
