@@ -10,6 +10,9 @@ trial's result reaches a rung it has not been recorded at, bookkeeping on comple
   exclusive hypervolume contribution (see its docstring for why not crowding distance).
 - `ScalarizedRanking(weights)`: plain ASHA on w_acc·acc − w_ece·ece, bit-for-bit Ray's percentile cutoff.
 - `EpsilonNetRanking`: non-dominated sorting with the ε-net order of Syne Tune's MOASHA inside a front.
+- `RobustRanking`: noise-aware: two trials tie on an objective when their difference is within the noise of both
+  results (the reported bootstrap interval of the ECE, the binomial interval of the accuracy); ties inside a level
+  broken by hypervolume contribution.
 
 Objective directions are normalised once, on arrival (`search.pareto.to_minimization`); strategies see points in
 minimisation space only.
@@ -29,6 +32,7 @@ __all__ = [
     "NonDominatedRanking",
     "ScalarizedRanking",
     "EpsilonNetRanking",
+    "RobustRanking",
     "RANKINGS",
     "MultiObjectiveASHA",
 ]
@@ -152,6 +156,45 @@ def epsilon_net_order(points: np.ndarray) -> list[int]:
     return order
 
 
+class RobustRanking(NonDominatedRanking):
+    """Noise-aware promotion. Each point carries its objectives and then one noise half-width per objective
+    (MultiObjectiveASHA appends them from the result: the 95% interval of the ECE, `<ece>_lo`/`<ece>_hi`, and
+    1.96·sqrt(acc (1 − acc) / n) for the accuracy). Point i *robustly dominates* j when it is better than j beyond
+    sqrt(w_i² + w_j²) on some objective and worse beyond it on none: a difference within the noise of both results
+    is a tie. The points are sorted into levels by that relation (level 0: robustly dominated by none; a cycle, which
+    the tolerance allows, puts the remaining points in one level); inside the candidate's level the tie-break is the
+    exclusive hypervolume contribution, as NonDominatedRanking's. With zero widths this is NonDominatedRanking.
+
+    The widths are those of each result on its own; two trials scored on the same val samples have correlated
+    errors, so the paired interval of their difference (search.robust) is narrower, and this rule ties more often.
+    """
+
+    name = "robust"
+
+    def rank_of_candidate(self, candidate, recorded) -> int:
+        m = len(candidate) // 2
+        points = np.vstack([np.asarray(recorded, dtype=float).reshape(-1, 2 * m),
+                            np.asarray(candidate, dtype=float)[None, :]])
+        values, widths = points[:, :m], np.abs(points[:, m:])
+        diff = values[:, None, :] - values[None, :, :]  # i minus j, minimisation space
+        threshold = np.sqrt(widths[:, None, :] ** 2 + widths[None, :, :] ** 2)
+        dominates = (diff < -threshold).any(axis=2) & ~(diff > threshold).any(axis=2)  # [i, j]: i over j
+        remaining = list(range(points.shape[0]))
+        candidate_index = points.shape[0] - 1
+        ahead = 0
+        while remaining:
+            sub = dominates[np.ix_(remaining, remaining)]
+            level = [remaining[i] for i in np.flatnonzero(~sub.any(axis=0))] or list(remaining)
+            if candidate_index in level:
+                return ahead + self.ahead_in_front(values[level], level.index(candidate_index))
+            ahead += len(level)
+            remaining = [i for i in remaining if i not in level]
+        raise AssertionError("candidate missing from every level")
+
+    def __repr__(self) -> str:
+        return f"RobustRanking(reference_point={self.reference_point})"
+
+
 class ScalarizedRanking(RankingStrategy):
     """Plain ASHA on the weighted score Σ_i w_i·(±metric_i), '+' for a 'max' objective, '−' for a 'min' one.
 
@@ -189,7 +232,26 @@ class ScalarizedRanking(RankingStrategy):
 
 
 RANKINGS = {"nondominated": NonDominatedRanking, "scalarized": ScalarizedRanking,
-            "epsnet": EpsilonNetRanking}
+            "epsnet": EpsilonNetRanking, "robust": RobustRanking}
+
+
+def noise_half_width(result: dict, metric: str) -> float:
+    """The 95% noise half-width of one result's metric for RobustRanking: half its bootstrap interval
+    (`<metric>_lo`, `<metric>_hi`) when the result has one; for an accuracy, 1.96·sqrt(acc (1 − acc) / n) with
+    `<split>/n`; for an ECE without an interval, 1.96·0.13/sqrt(n) (the std of a 15-bin ECE at n samples); else 0."""
+    lo, hi = result.get(f"{metric}_lo"), result.get(f"{metric}_hi")
+    if all(isinstance(v, (int, float)) and math.isfinite(v) for v in (lo, hi)):
+        return abs(float(hi) - float(lo)) / 2
+    split = metric.split("/")[0]
+    n = result.get(f"{split}/n")
+    value = result.get(metric)
+    if not (isinstance(n, (int, float)) and n > 0 and isinstance(value, (int, float)) and math.isfinite(value)):
+        return 0.0
+    if metric.endswith("/acc"):
+        return 1.96 * math.sqrt(max(value * (1 - value), 0.0) / n)
+    if "ece" in metric:
+        return 1.96 * 0.13 / math.sqrt(n)
+    return 0.0
 
 
 class _Bracket:
@@ -241,7 +303,7 @@ class MultiObjectiveASHA(FIFOScheduler):
         brackets: number of brackets; a new trial joins one at random with softmax weights on the bracket sizes,
             as in Ray (drawn from this scheduler's own generator, seeded by `seed`, so a restored scheduler
             continues the same sequence).
-        ranking: "nondominated", "scalarized", "epsnet", or a `RankingStrategy` instance.
+        ranking: "nondominated", "scalarized", "epsnet", "robust", or a `RankingStrategy` instance.
         metrics / modes: the objectives and their directions; default ("val/acc", "val/ece"), ("max", "min").
         reference_point: hypervolume reference in the raw metric space, for the non-dominated tie-break; None
             uses `search.pareto.REFERENCE_POINT` for the default objectives and crowding distance otherwise.
@@ -324,6 +386,8 @@ class MultiObjectiveASHA(FIFOScheduler):
                 raise ValueError(f"reference_point: {reference_point!r} is not valid; valid: one value per "
                                  f"metric of {self._metrics!r}")
             reference_point = tuple(pareto.to_minimization(reference_point, self._modes))
+        if ranking == "robust":
+            return RobustRanking(reference_point)
         return NonDominatedRanking(reference_point)
 
     @property
@@ -368,7 +432,10 @@ class MultiObjectiveASHA(FIFOScheduler):
                              f"{list(self._metrics)}: {error}") from None
         if not all(math.isfinite(v) for v in values):
             return None
-        return tuple(float(v) for v in pareto.to_minimization(values, self._modes))
+        point = tuple(float(v) for v in pareto.to_minimization(values, self._modes))
+        if isinstance(self._ranking, RobustRanking):
+            point += tuple(noise_half_width(result, m) for m in self._metrics)
+        return point
 
     def _diverged(self, result: dict) -> bool:
         if result.get("status") == "diverged":

@@ -26,5 +26,5 @@ _ASHA_PARAMS = {
 SCHEDULERS.add("fifo", "no early stopping: every trial runs its full budget")
 SCHEDULERS.add("asha", "asynchronous successive halving on the scalar score", dict(_ASHA_PARAMS))
 SCHEDULERS.add("moasha", "multi-objective ASHA: promotes by Pareto rank on (val/acc max, val/ece min)",
-               {**_ASHA_PARAMS, "ranking": Param("nondominated", choices=("nondominated", "scalarized", "epsnet"),
+               {**_ASHA_PARAMS, "ranking": Param("nondominated", choices=("nondominated", "scalarized", "epsnet", "robust"),
                                                  doc="how trials at a rung are ranked")})

@@ -448,3 +448,60 @@ def test_epsnet_is_a_scheduler_option():
     scheduler = build_scheduler({"name": "moasha", "ranking": "epsnet", "grace_period": 1, "reduction_factor": 3},
                                 max_t=9)
     assert isinstance(scheduler.ranking, EpsilonNetRanking)
+
+
+# --- the noise-aware ranking ------------------------------------------------------------------------------------------
+
+def test_robust_ranking_with_zero_noise_is_the_nondominated_ranking():
+    from gce_search.search.moasha import RobustRanking
+
+    rng = np.random.default_rng(5)
+    plain = NonDominatedRanking(pareto.to_minimization(pareto.REFERENCE_POINT, pareto.MODES))
+    robust = RobustRanking(plain.reference_point)
+    for _ in range(300):
+        recorded = _random_rung(rng, int(rng.integers(0, 12)))
+        (candidate,) = _random_rung(rng, 1)
+        assert robust.rank_of_candidate(candidate + (0.0, 0.0), [r + (0.0, 0.0) for r in recorded]) == \
+            plain.rank_of_candidate(candidate, recorded)
+
+
+def test_robust_ranking_by_hand():
+    """A = (acc 0.80, ECE 0.0300), F = (0.60, 0.0295): F is on the exact front (a better ECE by 0.0005) but A
+    is better beyond the noise in accuracy and not worse beyond it in ECE, so F is robustly dominated. A candidate
+    C = (0.70, 0.0400) behind both exactly is ahead of F once F drops a level."""
+    from gce_search.search.moasha import RobustRanking
+
+    ref = pareto.to_minimization(pareto.REFERENCE_POINT, pareto.MODES)
+    a, f, c = ((0.80, 0.0300), (0.60, 0.0295), (0.70, 0.0400))
+    mins = [tuple(pareto.to_minimization(p, pareto.MODES)) for p in (a, f, c)]
+    noise = (0.011, 0.004)  # acc at n = 5000; a +-0.004 ECE interval
+    plain = NonDominatedRanking(ref)
+    robust = RobustRanking(ref)
+    assert plain.rank_of_candidate(mins[2], mins[:2]) == 2
+    assert robust.rank_of_candidate(mins[2] + noise, [m + noise for m in mins[:2]]) == 1
+
+
+def test_noise_half_width_from_a_result():
+    from gce_search.search.moasha import noise_half_width
+
+    assert noise_half_width({"val/ece": 0.03, "val/ece_lo": 0.02, "val/ece_hi": 0.036}, "val/ece") == \
+        pytest.approx(0.008)
+    assert noise_half_width({"val/acc": 0.8, "val/n": 5000}, "val/acc") == pytest.approx(1.96 * (0.16 / 5000) ** 0.5)
+    assert noise_half_width({"val/ece": 0.03, "val/n": 5000}, "val/ece") == pytest.approx(1.96 * 0.13 / 5000 ** 0.5)
+    assert noise_half_width({"val/acc": 0.8}, "val/acc") == 0.0
+
+
+def test_robust_is_a_scheduler_option_whose_points_carry_the_noise():
+    from gce_search.search.moasha import RobustRanking
+
+    scheduler = build_scheduler({"name": "moasha", "ranking": "robust", "grace_period": 1, "reduction_factor": 3},
+                                max_t=9, objective={"w_acc": 1.0, "w_ece": 1.0})
+    assert isinstance(scheduler.ranking, RobustRanking)
+    trial = make_trial("t1")
+    scheduler.on_trial_add(None, trial)
+    out = scheduler.on_trial_result(None, trial, result(1, 0.8, 0.03, **{"val/n": 5000, "val/ece_lo": 0.02,
+                                                                          "val/ece_hi": 0.036}))
+    assert out == CONTINUE
+    assert scheduler.rung_records()[0][1]["t1"] == pytest.approx((0.8, 0.03))  # the objectives, raw space
+    stored = next(recorded for _, recorded in scheduler._brackets[0].rungs if recorded)["t1"]
+    assert stored == pytest.approx((-0.8, 0.03, 1.96 * (0.16 / 5000) ** 0.5, 0.008))  # + the noise widths
