@@ -139,3 +139,37 @@ def reliability_figure(trial, front_rank: int | None = None) -> Any | None:
     counts_ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     fig.subplots_adjust(left=0.08, right=0.68, top=0.93, bottom=0.09)
     return fig
+
+
+def smooth_reliability_figure(trial) -> Any | None:
+    """relplot's smooth reliability diagram (Błasiok & Nakkiran 2024: the kernel-smoothed accuracy against the
+    confidence, its bootstrap band, the smECE with its interval, the confidences as ticks) of a complete trial's
+    calibrated validation predictions, rebuilt from its last checkpoint; None without one."""
+    import matplotlib  # matplotlib, relplot and torch: imported when a figure is drawn, not at start-up
+
+    matplotlib.use("Agg")
+    import relplot
+    import torch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    preds = val_predictions(trial)
+    if preds is None:
+        return None
+    probs = torch.softmax(preds["calibrated"].double(), dim=1)
+    conf, pred = probs.max(dim=1)
+    correct = (pred == preds["labels"]).double()
+    fig = Figure(figsize=(4.5, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    import warnings
+
+    with warnings.catch_warnings():  # relplot 1.0's pandas call is deprecated in pandas 3 (one warning per sample)
+        warnings.simplefilter("ignore")
+        diagram = relplot.prepare_rel_diagram(conf.numpy(), correct.numpy())
+    relplot.plot_rel_diagram(diagram, fig=fig, ax=ax, use_default_style=False)  # no global style changes
+    ax.set_xlabel("confidence (after calibration)")
+    ax.set_ylabel("accuracy (smoothed)")
+    ax.set_title(f"trial {trial.trial_id} ({trial.loss}), val n = {conf.shape[0]}", fontsize=9)
+    fig.tight_layout()
+    return fig

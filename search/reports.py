@@ -196,6 +196,29 @@ def _print_robust(exp: Experiment) -> None:
     print(f"wrote {exp.path / 'robust.json'}")
 
 
+def _smooth_diagrams(exp: Experiment) -> None:
+    """relplot's smooth reliability diagram of each front member, in EXP/reliability_smooth/<trial>.png."""
+    from gce_search.search.figures import smooth_reliability_figure
+
+    folder = exp.path / "reliability_smooth"
+    written = 0
+    for trial in exp.front():
+        try:
+            fig = smooth_reliability_figure(trial)
+        except Exception as err:  # a figure must not cost the result files
+            print(f"smooth reliability diagram of trial {trial.trial_id} not drawn: {type(err).__name__}: {err}")
+            continue
+        if fig is None:
+            continue
+        folder.mkdir(exist_ok=True)
+        png = io.BytesIO()
+        fig.savefig(png, format="png")
+        _atomic_write(folder / f"{trial.trial_id}.png", png.getvalue())
+        written += 1
+    if written:
+        print(f"wrote {written} smooth reliability diagram(s) (smECE, relplot) to {folder}")
+
+
 def cmd_pareto(args) -> int:
     """`gce-search pareto EXPERIMENT_DIR`: print the front and write the result files."""
     exp = load_experiment(args.experiment_dir)
@@ -210,6 +233,7 @@ def cmd_pareto(args) -> int:
           + f"; hypervolume {summary['hypervolume']:.4f} against reference "
           f"(val/acc {ref['val/acc']:g}, {exp.ece_key} {ref[exp.ece_key]:g}); val n = {summary['val_n']}")
     _print_robust(exp)
+    _smooth_diagrams(exp)
     print(f"wrote {exp.path / 'pareto.csv'}, {exp.path / 'pareto.png'}, {exp.path / 'summary.json'}, "
           f"{exp.path / 'tensorboard'}")
     return 0

@@ -54,5 +54,8 @@ def test_pareto_reports_the_robust_set_and_export_selects_it(tiny_experiment, tm
     out = capsys.readouterr().out
     robust = json.loads((exp_dir / "robust.json").read_text())
     assert f"robust set: {len(robust['members'])} trial(s)" in out
+    front = [t.trial_id for t in load_experiment(exp_dir).front()]
+    assert sorted(p.stem for p in (exp_dir / "reliability_smooth").glob("*.png")) == sorted(front)
+    assert "smooth reliability diagram" in out
     assert main(["export", str(exp_dir), "--select", "pareto-robust", "--out", str(tmp_path / "e")]) == 0
     assert sorted(p.stem for p in (tmp_path / "e").glob("*.yaml")) == sorted(robust["members"])
