@@ -76,7 +76,10 @@ def score_epoch(cfg: dict, calib: tuple, val: tuple, num_classes: int) -> tuple[
     from gce_search.trainables.calibration import build_calibrator
 
     obj = cfg["objective"]
-    calibrator = build_calibrator(cfg["calibration"]).fit(calib[0], calib[1])
+    calibrator = build_calibrator(cfg["calibration"])
+    if hasattr(calibrator, "n_bins"):  # a refinement scores its candidates with the objective's ECE bins
+        calibrator.n_bins = int(obj["n_bins"])
+    calibrator.fit(calib[0], calib[1])
     metrics = split_metrics("val", val[0], val[1], calibrator, num_classes, obj["n_bins"])
     from gce_search.trainables.config import objective_ece_key
 

@@ -69,7 +69,9 @@ def _tables(logits: torch.Tensor, labels: torch.Tensor, betas: np.ndarray) -> tu
 def _ece_rows(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> np.ndarray:
     """15-bin ECE of each row of `conf` [R, n] (one candidate's held-out confidences) against `correct` [n]."""
     r, n = conf.shape
-    edges = np.arange(1, n_bins, dtype=np.float64) / n_bins
+    from gce_search.trainables.metrics import equal_width_edges
+
+    edges = equal_width_edges(n_bins)[1:-1]  # m / M correctly rounded, as trainables.metrics bins
     bins = np.searchsorted(edges, conf, side="left")  # ((m-1)/M, m/M], as trainables.metrics bins
     flat = (bins + n_bins * np.arange(r)[:, None]).ravel()
     diff = np.broadcast_to(correct, conf.shape).ravel() - conf.ravel()

@@ -134,3 +134,15 @@ def test_a_trial_refines_at_every_evaluation():
                                                       if m["calibration/method"] == "ats" else 1)
         assert m["calibration/refine_s"] > 0 and m["calibration/cv_ece"] >= 0
     assert "test/ece" in final and final["score"] == pytest.approx(final["val/acc"] - final["val/ece"])
+
+
+def test_the_refinement_scores_with_the_objectives_bins():
+    from gce_search.trainables.loop import score_epoch
+
+    z, y = _logits(6, 1500)
+    cfg = resolve({"objective": {"n_bins": 10},
+                   "calibration": {"method": "ats", "breakpoints": {"refine": "cv", "candidates": 20, "folds": 3}}})
+    _, calibrator = score_epoch(cfg, (z, y), (z[:300], y[:300]), 10)
+    assert calibrator.n_bins == 10
+    _, info = refine(z, y, candidates=20, folds=3, n_bins=10)
+    assert calibrator.refine_info["cv_ece"] == pytest.approx(info["cv_ece"])
