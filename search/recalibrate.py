@@ -105,7 +105,10 @@ def recalibrate(exp_dir: str | os.PathLike, calibration: str = "refine", name: s
         cfg = resolve({**trial.config, "calibration": {**trial.config.get("calibration", {}), **section}},
                       source=f"--calibration {calibration} on trial {trial.trial_id}")
         state["config"] = {**state.get("config", trial.config), "calibration": cfg["calibration"]}
-        logits = split_logits(state, ("calib", "val", "test"))
+        try:
+            logits = split_logits(state, ("calib", "val", "test"))
+        except (ValueError, OSError) as err:  # a checkpoint without some split's logits, data moved away
+            raise UsageError(f"{ckpt}: trial {trial.trial_id}: {err}") from None
         num_classes = int(logits["val"][0].shape[1])
         metrics, calibrator = score_epoch(cfg, logits["calib"], logits["val"], num_classes)
         metrics.update(split_metrics("test", logits["test"][0], logits["test"][1], calibrator, num_classes,
