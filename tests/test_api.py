@@ -66,7 +66,7 @@ def test_export_writes_the_chosen_trials(experiment, tmp_path):
     assert sorted(p.stem for p in pareto) == sorted(t.trial_id for t in experiment.front())
     with pytest.raises(UsageError, match="would overwrite"):
         experiment.export()
-    with pytest.raises(UsageError, match=r"valid: pareto \| best \| top:K"):
+    with pytest.raises(UsageError, match=r"valid: pareto \| pareto-robust \| best \| top:K"):
         experiment.export("worst")
 
 

@@ -32,6 +32,7 @@ Pieces with fewer than `min_samples` calibration samples use the global temperat
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,8 @@ __all__ = [
     "TemperatureScaling",
     "build_calibrator",
     "calibrator_from_state",
+    "RefinedCalibrator",
+    "refine",
 ]
 
 # Bounds of every fitted temperature, symmetric in log T. Mukhoti et al.'s grid spans 0.1..10; fitted CIFAR
@@ -378,7 +381,6 @@ class PiecewiseTemperatureScaling(Calibrator):
         breakpoints = cal_cfg.get("breakpoints")
         if isinstance(breakpoints, dict):  # {refine: cv, ...}: the calibrator is chosen per model
             from gce_search.trainables.config import check_refine
-            from gce_search.trainables.refine import RefinedCalibrator
 
             problem = check_refine(breakpoints)
             if problem is not None:
@@ -466,6 +468,86 @@ class PiecewiseTemperatureScaling(Calibrator):
             fresh.breakpoints, fresh.min_samples, fresh.prior_samples
         fit_info = state.get("fit_info") or {}
         self.global_temperature = float(fit_info.get("global_temperature", 1.0))
+
+
+def refine(logits: Any, labels: Any, pieces=(2, 6), candidates: int = 200, folds: int = 5, min_samples: int = 50,
+           prior_samples: float = 10.0, n_bins: int = 15, seed: int = 0) -> tuple[Calibrator, dict]:
+    """The calibrator trainables.refine.choose picks for these calib logits by cross-validation inside them, fitted
+    on all of them, and what the choice found: {"method", "breakpoints", "cv_ece", "cv_nll", "evaluated",
+    "seconds"}."""
+    from gce_search.trainables.refine import choose  # numpy work; refine imports nothing of this module
+
+    started = time.perf_counter()
+    info = choose(logits, labels, pieces, candidates, folds, min_samples, prior_samples, n_bins, seed)
+    if info["method"] == "none":
+        winner: Calibrator = IdentityCalibrator()
+    elif info["method"] == "ts":
+        winner = TemperatureScaling()
+    else:
+        winner = PiecewiseTemperatureScaling(info["breakpoints"], min_samples, prior_samples)
+    winner.fit(logits, labels)
+    info["seconds"] = time.perf_counter() - started
+    return winner, info
+
+
+class RefinedCalibrator(Calibrator):
+    """`calibration.breakpoints: {refine: cv, ...}`: the calibrator chosen by cross-validation inside the logits it
+    is fitted on (`refine`; trainables.refine says how). After `fit` it acts as the winner (a fitted
+    IdentityCalibrator, TemperatureScaling or PiecewiseTemperatureScaling), and `refine_info` says which it is and
+    how it scored; `n_bins` (the ECE bins the candidates are scored on) follows objective.n_bins in a trial."""
+
+    def __init__(self, pieces=(2, 6), candidates: int = 200, folds: int = 5, seed: int = 0, min_samples: int = 50,
+                 prior_samples: float = 10.0, n_bins: int = 15) -> None:
+        super().__init__()
+        self.options = {"pieces": [int(pieces[0]), int(pieces[1])], "candidates": int(candidates),
+                        "folds": int(folds), "seed": int(seed)}
+        self.min_samples, self.prior_samples, self.n_bins = int(min_samples), float(prior_samples), int(n_bins)
+        self.winner: Calibrator | None = None
+        self.refine_info: dict = {}
+
+    @property
+    def name(self) -> str:
+        return self.winner.name if self.winner is not None else "ats"
+
+    def fit(self, logits: Any, labels: Any) -> "RefinedCalibrator":
+        o = self.options
+        self.winner, self.refine_info = refine(logits, labels, o["pieces"], o["candidates"], o["folds"],
+                                               self.min_samples, self.prior_samples, self.n_bins, o["seed"])
+        self.fit_info = dict(self.winner.fit_info)
+        return self
+
+    def transform(self, logits: Any) -> torch.Tensor:
+        self._require_fitted()
+        return self.winner.transform(logits)
+
+    @property
+    def fitted(self) -> bool:
+        return self.winner is not None and self.winner.fitted
+
+    @property
+    def temperatures(self) -> list[float]:
+        self._require_fitted()
+        return self.winner.temperatures
+
+    def state_dict(self) -> dict[str, Any]:
+        """The winner's state (its method, breakpoints and temperatures) plus `refine`: the options and the info."""
+        self._require_fitted()
+        state = self.winner.state_dict()
+        state["refine"] = {**self.options, **self.refine_info}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> "RefinedCalibrator":
+        self.winner = calibrator_from_state({k: v for k, v in state.items() if k != "refine"})
+        self.refine_info = {k: v for k, v in (state.get("refine") or {}).items() if k not in self.options}
+        return self
+
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise NotFittedError("RefinedCalibrator is not fitted; call fit(calib_logits, calib_labels) or "
+                                 "load_state_dict(state) first")
+
+    def __repr__(self) -> str:
+        return f"RefinedCalibrator(winner={self.winner!r}, options={self.options!r})"
 
 
 CALIBRATORS.implements("none")(IdentityCalibrator)

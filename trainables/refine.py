@@ -6,9 +6,10 @@ evaluation (each epoch's val metrics, the test split at the end) fits a `Refined
 
 1. The candidates: no calibration, plain temperature scaling, ATS with equal-mass (quantile) breakpoints for each
    piece count in `pieces`, ATS with random breakpoints (equal-mass quantiles of uniform draws, so no piece is
-   empty), and breakpoints proposed by an inner Optuna TPE sampler that has seen the scores of all the others.
+   empty), and breakpoints proposed by an inner tree-structured Parzen estimator (TPE) that has seen the scores
+   of all the others.
 2. Each candidate is scored by k-fold cross-validation inside the calib split: its temperatures fitted on k − 1
-   folds, the 15-bin ECE of the held-out fold (NLL breaks ties), averaged over folds.
+   folds, the ECE of the held-out fold (objective.n_bins bins; NLL breaks ties), averaged over folds.
 3. The winner is refitted on the whole calib split with the exact fitter of its class (trainables.calibration).
 
 Step 2 is vectorised across candidates and folds. Each sample's NLL and calibrated confidence are tabulated on a
@@ -27,17 +28,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from gce_search.trainables.calibration import (T_MAX, T_MIN, Calibrator, IdentityCalibrator,
-                                               PiecewiseTemperatureScaling, TemperatureScaling,
-                                               calibrator_from_state, _check_logits)
-from gce_search.trainables.validation import check_labels
+from gce_search.trainables.validation import check_labels, check_scores
 
-__all__ = ["REFINE_DEFAULTS", "RefinedCalibrator", "refine_candidates", "score_candidates", "refine"]
+__all__ = ["REFINE_DEFAULTS", "refine_candidates", "score_candidates", "choose"]
+
+# The temperature bounds of trainables.calibration (T_MIN, T_MAX); kept equal by a test. This module does not import
+# calibration (calibration imports it, for RefinedCalibrator).
+T_MIN, T_MAX = 0.05, 20.0
 
 REFINE_DEFAULTS = {"refine": "cv", "pieces": [2, 6], "candidates": 200, "folds": 5, "seed": 0}
 GRID_POINTS = 256  # log-spaced inverse temperatures over [1/T_MAX, 1/T_MIN]
 _MAX_GRID_BYTES = 256 * 2**20  # the [N, G] tables are built in row chunks below this size
 TPE_SHARE = 0.12  # of the candidates, proposed by the inner TPE after the others are scored
+
+
+def _check_logits(logits: Any, name: str = "logits") -> torch.Tensor:
+    z = torch.as_tensor(logits)
+    if not z.is_floating_point():
+        raise ValueError(f"{name}: expected floating-point logits; got dtype {z.dtype}")
+    return check_scores(z, name, empty="empty split", finite="finite logits (a diverged model cannot be calibrated)")
 
 
 def _beta_grid() -> np.ndarray:
@@ -222,10 +231,10 @@ def score_candidates(logits: Any, labels: Any, candidates: list[tuple[str, list[
     return scorer.score([m for m, _ in candidates], [b for _, b in candidates])
 
 
-def refine(logits: Any, labels: Any, pieces=(2, 6), candidates: int = 200, folds: int = 5, min_samples: int = 50,
-           prior_samples: float = 10.0, n_bins: int = 15, seed: int = 0) -> tuple[Calibrator, dict]:
-    """The refined calibrator for these calib logits (fitted on all of them) and what the search found:
-    {"method", "breakpoints", "cv_ece", "cv_nll", "evaluated", "seconds"}."""
+def choose(logits: Any, labels: Any, pieces=(2, 6), candidates: int = 200, folds: int = 5, min_samples: int = 50,
+           prior_samples: float = 10.0, n_bins: int = 15, seed: int = 0) -> dict:
+    """The calibrator these calib logits should get, by cross-validation inside them: {"method" (none | ts | ats),
+    "breakpoints", "cv_ece", "cv_nll", "evaluated", "seconds"}. trainables.calibration.refine fits it."""
     started = time.perf_counter()
     z = _check_logits(logits, "logits").detach().cpu()
     y = check_labels(labels, z.shape[0], z.shape[1])
@@ -237,129 +246,87 @@ def refine(logits: Any, labels: Any, pieces=(2, 6), candidates: int = 200, folds
     pool = refine_candidates(scorer.conf_sorted, (lo, hi), max(2, candidates - n_tpe), rng)
     eces, nlls = scorer.score([m for m, _ in pool], [b for _, b in pool])
     if n_tpe > 0:
-        extra, extra_eces, extra_nlls = _tpe_candidates(scorer, pool, eces, nlls, (lo, hi), n_tpe, seed)
+        extra, extra_eces, extra_nlls = _tpe_candidates(scorer, pool, eces, (lo, hi), n_tpe, rng)
         pool += extra
         eces = np.concatenate([eces, extra_eces])
         nlls = np.concatenate([nlls, extra_nlls])
     # lowest held-out ECE; NLL breaks ties (ECEs within 1e-12)
     best = min(range(len(pool)), key=lambda i: (round(float(eces[i]), 12), float(nlls[i]), i))
     method, breakpoints = pool[best]
-    if method == "none":
-        winner: Calibrator = IdentityCalibrator()
-    elif method == "ts":
-        winner = TemperatureScaling()
-    else:
-        winner = PiecewiseTemperatureScaling(breakpoints, min_samples, prior_samples)
-    winner.fit(z, y)
-    info = {"method": method, "breakpoints": list(breakpoints or []), "cv_ece": float(eces[best]),
+    return {"method": method, "breakpoints": list(breakpoints or []), "cv_ece": float(eces[best]),
             "cv_nll": float(nlls[best]), "evaluated": len(pool), "seconds": time.perf_counter() - started}
-    return winner, info
 
 
-def _tpe_candidates(scorer: _Scorer, pool, eces, nlls, pieces: tuple[int, int], count: int, seed: int):
-    """`count` ATS candidates from an Optuna TPE sampler over (piece count, quantile positions), told the scores
-    of the pool first; proposed and scored in batches of 8."""
-    import optuna
-    from optuna.distributions import FloatDistribution, IntDistribution
+TPE_GAMMA = 0.15  # the best 15% of the evaluated candidates form TPE's "good" density
+TPE_DRAWS = 24  # proposals drawn from the good density per candidate; the best l/g ratio is kept
+TPE_BATCH = 8  # candidates proposed between two scorings
 
+
+def _log_parzen(x: np.ndarray, centres: np.ndarray, width: float) -> np.ndarray:
+    """log of a Gaussian mixture (one component per centre row, equal weights, the same width in every dimension,
+    plus a uniform prior component) at each row of x; [D, dims] and [C, dims]."""
+    if centres.shape[0] == 0:
+        return np.zeros(x.shape[0])
+    d2 = ((x[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)  # [D, C]
+    dims = x.shape[1]
+    log_k = -0.5 * d2 / width ** 2 - dims * math.log(width * math.sqrt(2 * math.pi))
+    log_prior = np.zeros((x.shape[0], 1))  # the uniform density on the unit cube: log 1
+    stacked = np.concatenate([log_k, log_prior], axis=1)
+    top = stacked.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(stacked - top).mean(axis=1, keepdims=True))).ravel()
+
+
+def _tpe_candidates(scorer: _Scorer, pool, eces, pieces: tuple[int, int], count: int, rng: np.random.Generator):
+    """`count` ATS candidates proposed by a tree-structured Parzen estimator (Bergstra et al. 2011) over (piece
+    count, quantile positions of the breakpoints), from the scores of every candidate so far; proposed in batches
+    of TPE_BATCH and scored between batches. The piece count is drawn from its frequency among the good candidates
+    (with one pseudo-count each); the positions, sorted, from a Gaussian mixture on the good candidates of that
+    piece count, keeping the draw with the highest l(x) / g(x)."""
     lo, hi = max(pieces[0], 2), pieces[1]
-    dists = {"pieces": IntDistribution(lo, hi), **{f"q{j}": FloatDistribution(0.02, 0.98) for j in range(hi - 1)}}
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=0, multivariate=True),
-                                direction="minimize")
     sorted_conf = scorer.conf_sorted
-    trials = []
+    n = len(sorted_conf)
+    history: list[tuple[int, np.ndarray, float]] = []
     for (method, bps), e in zip(pool, eces):
-        if method != "ats" or not bps:
-            continue
-        qs = np.searchsorted(sorted_conf, bps, side="right") / len(sorted_conf)
-        params = {"pieces": len(bps) + 1, **{f"q{j}": float(np.clip(q, 0.02, 0.98)) for j, q in enumerate(qs)}}
-        params.update({f"q{j}": 0.5 for j in range(len(bps), hi - 1)})
-        trials.append(optuna.trial.create_trial(params=params, distributions=dists, value=float(e)))
-    study.add_trials(trials)
+        if method == "ats" and bps:
+            q = np.searchsorted(sorted_conf, bps, side="right") / n
+            history.append((len(bps) + 1, np.clip(q, 0.02, 0.98), float(e)))
     seen = {tuple(b) for m, b in pool if b}
     out, out_e, out_n = [], [], []
-    while len(out) < count:
-        batch, asked = [], []
-        for _ in range(min(8, count - len(out))):
-            trial = study.ask(dists)
-            p = trial.params["pieces"]
-            fractions = np.sort([trial.params[f"q{j}"] for j in range(p - 1)])
-            bps = _quantile_breakpoints(sorted_conf, fractions)
-            if bps is None or tuple(bps) in seen:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                continue
-            seen.add(tuple(bps))
-            batch.append(("ats", bps))
-            asked.append(trial)
+    tries = 0
+    while len(out) < count and tries < 20 * count:
+        batch = []
+        values = np.array([h[2] for h in history])
+        cut = np.quantile(values, TPE_GAMMA) if len(values) else np.inf
+        good = [h for h in history if h[2] <= cut]
+        bad = [h for h in history if h[2] > cut]
+        weights = np.array([1.0 + sum(h[0] == p for h in good) for p in range(lo, hi + 1)])
+        while len(batch) < min(TPE_BATCH, count - len(out)) and tries < 20 * count:
+            tries += 1
+            p = int(rng.choice(np.arange(lo, hi + 1), p=weights / weights.sum()))
+            g_pts = np.array([h[1] for h in good if h[0] == p]).reshape(-1, p - 1)
+            b_pts = np.array([h[1] for h in bad if h[0] == p]).reshape(-1, p - 1)
+            width = max(0.02, 0.5 * (len(g_pts) + 1) ** (-1.0 / (p + 3)) * 0.5)
+            if len(g_pts):
+                centres = g_pts[rng.integers(0, len(g_pts), TPE_DRAWS)]
+                draws = centres + rng.normal(0.0, width, centres.shape)
+            else:
+                draws = rng.uniform(0.02, 0.98, (TPE_DRAWS, p - 1))
+            draws = np.sort(np.clip(draws, 0.02, 0.98), axis=1)
+            score = _log_parzen(draws, g_pts, width) - _log_parzen(draws, b_pts, width)
+            for k in np.argsort(-score, kind="stable"):
+                bps = _quantile_breakpoints(sorted_conf, draws[k])
+                if bps is not None and tuple(bps) not in seen:
+                    seen.add(tuple(bps))
+                    batch.append(("ats", bps, draws[k], p))
+                    break
         if not batch:
             break
-        e, n = scorer.score([m for m, _ in batch], [b for _, b in batch])
-        for trial, value in zip(asked, e):
-            study.tell(trial, float(value))
-        out += batch
+        e, nl = scorer.score([m for m, *_ in batch], [b for _, b, *_ in batch])
+        for (m, b, q, p), value in zip(batch, e):
+            history.append((p, q, float(value)))
+            out.append((m, b))
         out_e.append(e)
-        out_n.append(n)
+        out_n.append(nl)
     if not out:
         return [], np.zeros(0), np.zeros(0)
     return out, np.concatenate(out_e), np.concatenate(out_n)
-
-
-class RefinedCalibrator(Calibrator):
-    """The calibrator chosen by `refine` on the logits it is fitted on (module docstring); after `fit` it acts
-    as the winner (a fitted IdentityCalibrator, TemperatureScaling or PiecewiseTemperatureScaling), and
-    `refine_info` says which it is and how it scored."""
-
-    def __init__(self, pieces=(2, 6), candidates: int = 200, folds: int = 5, seed: int = 0, min_samples: int = 50,
-                 prior_samples: float = 10.0, n_bins: int = 15) -> None:
-        super().__init__()
-        self.options = {"pieces": [int(pieces[0]), int(pieces[1])], "candidates": int(candidates),
-                        "folds": int(folds), "seed": int(seed)}
-        self.min_samples, self.prior_samples, self.n_bins = int(min_samples), float(prior_samples), int(n_bins)
-        self.winner: Calibrator | None = None
-        self.refine_info: dict = {}
-
-    @property
-    def name(self) -> str:
-        return self.winner.name if self.winner is not None else "ats"
-
-    def fit(self, logits: Any, labels: Any) -> "RefinedCalibrator":
-        o = self.options
-        self.winner, self.refine_info = refine(logits, labels, o["pieces"], o["candidates"], o["folds"],
-                                               self.min_samples, self.prior_samples, self.n_bins, o["seed"])
-        self.fit_info = dict(self.winner.fit_info)
-        return self
-
-    def transform(self, logits: Any) -> torch.Tensor:
-        self._require_fitted()
-        return self.winner.transform(logits)
-
-    @property
-    def fitted(self) -> bool:
-        return self.winner is not None and self.winner.fitted
-
-    @property
-    def temperatures(self) -> list[float]:
-        self._require_fitted()
-        return self.winner.temperatures
-
-    def state_dict(self) -> dict[str, Any]:
-        """The winner's state (its method, breakpoints and temperatures) plus `refine`: the options and info."""
-        self._require_fitted()
-        state = self.winner.state_dict()
-        state["refine"] = {**self.options, **self.refine_info}
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> "RefinedCalibrator":
-        self.winner = calibrator_from_state({k: v for k, v in state.items() if k != "refine"})
-        self.refine_info = {k: v for k, v in (state.get("refine") or {}).items() if k not in self.options}
-        return self
-
-    def _require_fitted(self) -> None:
-        if not self.fitted:
-            from gce_search.trainables.calibration import NotFittedError
-
-            raise NotFittedError("RefinedCalibrator: call fit(logits, labels) or load_state_dict(state) first")
-
-    def __repr__(self) -> str:
-        return f"RefinedCalibrator(winner={self.winner!r}, options={self.options!r})"

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from gce_search.trainables import metrics
-from gce_search.trainables.calibration import (IdentityCalibrator, PiecewiseTemperatureScaling, TemperatureScaling,
-                                               build_calibrator, calibrator_from_state)
+from gce_search.trainables.calibration import (IdentityCalibrator, PiecewiseTemperatureScaling, RefinedCalibrator,
+                                               TemperatureScaling, build_calibrator, calibrator_from_state, refine)
 from gce_search.trainables.config import resolve
-from gce_search.trainables.refine import RefinedCalibrator, refine, score_candidates
+from gce_search.trainables.refine import score_candidates
 from gce_search.trainables.registry import ConfigError
 
 
@@ -146,3 +146,30 @@ def test_the_refinement_scores_with_the_objectives_bins():
     assert calibrator.n_bins == 10
     _, info = refine(z, y, candidates=20, folds=3, n_bins=10)
     assert calibrator.refine_info["cv_ece"] == pytest.approx(info["cv_ece"])
+
+
+def test_the_refinement_uses_the_calibrators_temperature_bounds():
+    from gce_search.trainables import calibration
+    from gce_search.trainables import refine as refine_module
+
+    assert (refine_module.T_MIN, refine_module.T_MAX) == (calibration.T_MIN, calibration.T_MAX)
+    betas = refine_module._beta_grid()
+    assert betas.min() >= 1 / calibration.T_MAX - 1e-12 and betas.max() <= 1 / calibration.T_MIN + 1e-12
+    assert np.isclose(betas, 1.0, rtol=0, atol=1e-12).sum() == 1
+
+
+def test_the_inner_tpe_proposes_new_candidates_better_than_random_ones():
+    """The TPE phase's proposals, scored like the others, are on average better than the random candidates they
+    learned from (the point of a model-based phase)."""
+    from gce_search.trainables.refine import _Scorer, _tpe_candidates, refine_candidates
+
+    z, y = _logits(7, 4000)
+    scorer = _Scorer(z, y, 5, 50, 10.0, 15, 0)
+    rng = np.random.default_rng(0)
+    pool = refine_candidates(scorer.conf_sorted, (2, 6), 120, rng)
+    eces, _ = scorer.score([m for m, _ in pool], [b for _, b in pool])
+    extra, extra_eces, _ = _tpe_candidates(scorer, pool, eces, (2, 6), 40, rng)
+    assert len(extra) == 40 and all(m == "ats" for m, _ in extra)
+    assert not {tuple(b) for _, b in extra} & {tuple(b) for _, b in pool if b}  # never a repeat
+    random_ats = eces[[m == "ats" for m, _ in pool]]
+    assert np.median(extra_eces) < np.median(random_ats)
