@@ -500,6 +500,7 @@ def test_worker_node_then_driver_killed_search_resumes_and_accounts_for_every_tr
     for trial_id, finals in done_before.items():
         assert finals == 1 and sum(r.get("final") is True for r in rows[trial_id]) == 1
     # the trials moved off the removed node: victim lines (past a checkpoint), then the survivor's, continuing
+    past_a_checkpoint = 0
     for trial_id in moved:
         lines = rows[trial_id]
         switch = next(i for i, r in enumerate(lines) if r["node_id"] != victim)
@@ -509,5 +510,13 @@ def test_worker_node_then_driver_killed_search_resumes_and_accounts_for_every_tr
         assert lines[switch]["node_id"] in {survivor} | replacement
         assert all(r["node_id"] == victim for r in lines[:switch])
         assert victim not in {r["node_id"] for r in lines[switch:]}, "a trial went back to the removed node"
-        assert lines[switch - 1]["epoch"] >= 2 and lines[switch]["epoch"] >= lines[switch - 1]["epoch"]
+        if lines[switch - 1]["epoch"] >= 2:  # past its first checkpoints: it goes on from one of them
+            past_a_checkpoint += 1
+            assert lines[switch]["epoch"] >= lines[switch - 1]["epoch"]
+        else:
+            # Its first result can reach the file between the poll that chose the node and the kill (a trial that
+            # started late on a loaded machine is not in the poll's rows at all): it resumes from its one
+            # checkpoint or starts again, never beyond
+            assert lines[switch]["epoch"] in (1, 2)
         assert lines[switch]["cuda_visible_devices"] == sim.gpu_of()[lines[switch]["node_id"]]
+    assert past_a_checkpoint >= 1, "no moved trial was past its first checkpoints when its node died"
