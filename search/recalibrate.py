@@ -25,13 +25,14 @@ from pathlib import Path
 from gce_search.errors import ConfigError, UsageError
 from gce_search.search.records import Experiment, load_experiment, require_complete
 from gce_search.trainables.checkpoints import RESULT_FILE
+from gce_search.trainables.config import REFINE_DEFAULTS
 from gce_search.yamlio import dump_yaml, parse_yaml_value, read_yaml
 
 __all__ = ["PRESETS", "parse_calibration", "recalibrate", "cmd_recalibrate", "CALIBRATOR_FILE"]
 
 CALIBRATOR_FILE = "calibrator.json"
 PRESETS: dict[str, dict] = {
-    "refine": {"method": "ats", "breakpoints": {"refine": "cv", "pieces": [2, 6], "candidates": 200, "folds": 5}},
+    "refine": {"method": "ats", "breakpoints": {k: v for k, v in REFINE_DEFAULTS.items() if k != "seed"}},
     "ts": {"method": "ts"},
     "ats": {"method": "ats", "breakpoints": [0.5, 0.8, 0.95]},
     "none": {"method": "none"},

@@ -380,13 +380,13 @@ class PiecewiseTemperatureScaling(Calibrator):
         defaults = DEFAULTS["calibration"]
         breakpoints = cal_cfg.get("breakpoints")
         if isinstance(breakpoints, dict):  # {refine: cv, ...}: the calibrator is chosen per model
-            from gce_search.trainables.config import check_refine
+            from gce_search.trainables.config import check_refine, refine_options
 
             problem = check_refine(breakpoints)
             if problem is not None:
                 raise ValueError(f"{path}.breakpoints: refinement {problem}")
-            return RefinedCalibrator(breakpoints.get("pieces", [2, 6]), breakpoints.get("candidates", 200),
-                                     breakpoints.get("folds", 5), breakpoints.get("seed", 0),
+            options = refine_options(breakpoints)
+            return RefinedCalibrator(options["pieces"], options["candidates"], options["folds"], options["seed"],
                                      cal_cfg.get("min_samples", defaults["min_samples"]),
                                      cal_cfg.get("prior_samples", 10.0))
         return cls(cal_cfg.get("breakpoints", defaults["breakpoints"]),

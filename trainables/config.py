@@ -219,7 +219,13 @@ def _registry_params(kind: str, section: dict, path: str, problems: list[str]) -
 
 REFINE_FORM = ("{refine: cv, pieces: [LO, HI], candidates: N, folds: K} (pieces 1 <= LO <= HI <= 16, candidates "
                "2..5000, folds 2..20, optional seed)")
-REFINE_KEYS = {"refine", "pieces", "candidates", "folds", "seed"}
+REFINE_DEFAULTS = {"refine": "cv", "pieces": [2, 6], "candidates": 200, "folds": 5, "seed": 0}
+REFINE_KEYS = set(REFINE_DEFAULTS)
+
+
+def refine_options(value: dict) -> dict:
+    """A refinement request with REFINE_DEFAULTS filled in where it is silent."""
+    return {**REFINE_DEFAULTS, **value}
 
 
 def is_refine(value: Any) -> bool:
@@ -238,15 +244,16 @@ def check_refine(value: dict) -> str | None:
         return f"unknown key {unknown[0]!r}; valid: {REFINE_FORM}"
     if value.get("refine") != "cv":
         return f"refine: got {value.get('refine')!r}; valid: cv (k-fold cross-validation inside the calib split)"
-    pieces = value.get("pieces", [2, 6])
+    value = refine_options(value)
+    pieces = value["pieces"]
     if not (isinstance(pieces, (list, tuple)) and len(pieces) == 2 and all(_int_in(p, 1, 16) for p in pieces)
             and pieces[0] <= pieces[1]):
         return f"pieces: got {pieces!r}; valid: [LO, HI] with 1 <= LO <= HI <= 16"
-    if not _int_in(value.get("candidates", 200), 2, 5000):
+    if not _int_in(value["candidates"], 2, 5000):
         return f"candidates: got {value.get('candidates')!r}; valid: an integer in 2..5000"
-    if not _int_in(value.get("folds", 5), 2, 20):
+    if not _int_in(value["folds"], 2, 20):
         return f"folds: got {value.get('folds')!r}; valid: an integer in 2..20"
-    if not _int_in(value.get("seed", 0), 0, 2**32 - 1):
+    if not _int_in(value["seed"], 0, 2**32 - 1):
         return f"seed: got {value.get('seed')!r}; valid: an integer >= 0"
     return None
 

@@ -30,13 +30,12 @@ import torch
 
 from gce_search.trainables.validation import check_labels, check_scores
 
-__all__ = ["REFINE_DEFAULTS", "refine_candidates", "score_candidates", "choose"]
+__all__ = ["refine_candidates", "score_candidates", "choose"]
 
 # The temperature bounds of trainables.calibration (T_MIN, T_MAX); kept equal by a test. This module does not import
 # calibration (calibration imports it, for RefinedCalibrator).
 T_MIN, T_MAX = 0.05, 20.0
 
-REFINE_DEFAULTS = {"refine": "cv", "pieces": [2, 6], "candidates": 200, "folds": 5, "seed": 0}
 GRID_POINTS = 256  # log-spaced inverse temperatures over [1/T_MAX, 1/T_MIN]
 _MAX_GRID_BYTES = 256 * 2**20  # the [N, G] tables are built in row chunks below this size
 TPE_SHARE = 0.12  # of the candidates, proposed by the inner TPE after the others are scored
@@ -172,9 +171,9 @@ class _Scorer:
         h1, h2 = b[i] - b[i - 1], b[i + 1] - b[i]
         return max(0.0, 2 * (values[i + 1] * h1 - values[i] * (h1 + h2) + values[i - 1] * h2) / (h1 * h2 * (h1 + h2)))
 
-    def piece_betas(self, breakpoints: np.ndarray, n_pieces: np.ndarray) -> np.ndarray:
+    def piece_betas(self, breakpoints: np.ndarray) -> np.ndarray:
         """Grid index of each piece's β per fold: [F, C, P] for C candidates padded to P pieces (breakpoints [C,
-        P - 1] padded with 1.0; n_pieces [C])."""
+        P - 1] padded with 1.0, a breakpoint no confidence exceeds)."""
         c, p_max = breakpoints.shape[0], breakpoints.shape[1] + 1
         # piece j is b_{j-1} < conf <= b_j: boundaries are the sorted positions searchsorted(side="right")
         cuts = np.searchsorted(self.conf_sorted, breakpoints, side="right")  # [C, P - 1]
@@ -198,12 +197,10 @@ class _Scorer:
         c = len(methods)
         p_max = max([len(b) + 1 if b else 1 for b in breakpoints] + [1])
         bps = np.ones((c, p_max - 1))
-        n_pieces = np.ones(c, dtype=np.int64)
         for i, (m, b) in enumerate(zip(methods, breakpoints)):
             if m == "ats" and b:
                 bps[i, :len(b)] = b
-                n_pieces[i] = len(b) + 1
-        index = self.piece_betas(bps, n_pieces)  # [F, C, P]
+        index = self.piece_betas(bps)  # [F, C, P]
         one = int(np.argmin(np.abs(self.betas - 1.0)))
         none = np.array([m == "none" for m in methods])
         ts = np.array([m == "ts" for m in methods])
