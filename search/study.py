@@ -173,9 +173,12 @@ def posthoc_rows(logits: dict, posthoc: dict[str, dict], num_classes: int) -> tu
         z = cal.transform(test_logits)
         s = summary(z, test_labels, n_bins=15, num_classes=num_classes)
         p = torch.softmax(z.double(), dim=-1)
+        state = cal.state_dict()  # a refined calibrator's is its winner's: the method and breakpoints it chose
         rows.append({"posthoc": name, "acc": s["acc"], "ece": s["ece"], "ece20": ece(p, test_labels, n_bins=20),
                      "adaece": s["adaece"], "cece": s["cece"], "nll": s["nll"], "brier": s["brier"],
-                     "n": int(test_labels.shape[0]), "temperatures": [float(t) for t in cal.temperatures]})
+                     "n": int(test_labels.shape[0]), "temperatures": [float(t) for t in cal.temperatures],
+                     "calibrator": state.get("method", section.get("method")),
+                     "breakpoints": [float(b) for b in state.get("breakpoints") or []]})
         probs[name] = p.float().numpy()
     return rows, probs
 
