@@ -7,6 +7,12 @@ on the run's calibration split and scored on its test split, which no step of th
 
 Seeds: a run's `seed` (initialisation, batch order, augmentation) varies; the data split (`data.split_seed`) is
 fixed, so all methods are compared on the same calibration and test samples and differences can be paired by seed.
+
+Resuming: each finished run is written to `OUT/runs/<method>__seed<seed>.json` (its resolved trial config, its
+post-hoc rows, its time) the moment it ends, and the first seed's reliability diagrams are drawn then. Running the
+same study into the same `--out` again runs only the runs that have no record there: an interrupted study picks up
+where it stopped, and `--set seeds=N` with a larger N adds seeds to a finished one. A record made with another
+config is refused, naming the run and the setting that differs; nothing in OUT is changed then.
 """
 from __future__ import annotations
 
@@ -30,6 +36,8 @@ METRICS = ("acc", "ece", "ece20", "adaece", "cece", "nll", "brier")
 TOP_KEYS = ("name", "description", "base", "seeds", "methods", "posthoc", "bins", "resources", "diagrams",
             "compare")
 PREDICTIONS_FILE = "predictions.npz"
+RUNS_DIR = "runs"  # OUT/runs/<method>__seed<seed>.json: one finished run's record (run_key)
+INVOCATIONS_FILE = "invocations.json"  # OUT/runs/invocations.json: each `gce-search study` into OUT, its runs, wall
 
 
 @dataclass
@@ -56,6 +64,79 @@ class StudySpec:
         return {"name": self.name, "description": self.description, "base": self.base, "seeds": self.seeds,
                 "methods": self.methods, "posthoc": self.posthoc, "resources": self.resources,
                 "diagrams": self.diagrams, "compare": self.compare}
+
+
+def run_key(method: str, seed: int) -> str:
+    """The file stem of one run's record in OUT/runs/."""
+    return f"{method}__seed{seed}"
+
+
+def grid_runs(spec: StudySpec) -> list[tuple[str, int]]:
+    """Every (method, seed) of the study, seed by seed: an interrupted study has whole seeds first."""
+    return [(m, s) for s in spec.seeds for m in spec.methods]
+
+
+def _normal(value: Any) -> Any:
+    """A value as it reads back from JSON (tuples -> lists, keys -> str), for comparing a record with a spec."""
+    return json.loads(json.dumps(value))
+
+
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Dotted paths where two JSON values differ, with both values (at most a few)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in a or key not in b:
+                out.append(f"{sub}: {a.get(key, '(absent)')!r} in the record, {b.get(key, '(absent)')!r} now")
+            else:
+                out.extend(_differences(a[key], b[key], sub))
+        return out
+    return [] if a == b else [f"{path or '(value)'}: {a!r} in the record, {b!r} now"]
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write atomically: a record is whole or absent, even when the study is killed while writing it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
+def read_records(spec: StudySpec, out: Path) -> dict[tuple[str, int], dict]:
+    """The finished runs recorded in OUT/runs/ that belong to this study's grid, checked against the spec.
+
+    A record whose resolved trial config or post-hoc calibrators differ from what the spec gives that run now is
+    refused (UsageError naming the record and the settings that differ): its numbers would be mixed into a table
+    they do not belong to. Records of methods or seeds the spec no longer has are left alone and not used.
+    """
+    from gce_search.errors import UsageError
+
+    runs_dir = out / RUNS_DIR
+    records: dict[tuple[str, int], dict] = {}
+    problems = []
+    for method, seed in grid_runs(spec):
+        path = runs_dir / f"{run_key(method, seed)}.json"
+        if not path.is_file():
+            continue
+        try:
+            record = json.loads(path.read_text())
+            stored = (record["trial_config"], record["posthoc"], record["rows"])
+        except (ValueError, KeyError, TypeError) as err:
+            problems.append(f"{path}: not a run record this command wrote ({type(err).__name__}: {err}); valid: "
+                            "delete it to run that run again")
+            continue
+        diffs = _differences(stored[0], _normal(spec.run_config(method, seed)))
+        diffs += [f"posthoc.{d}" for d in _differences(stored[1], _normal(spec.posthoc))]
+        if diffs:
+            problems.append(f"{path}: made with another config than {method} seed {seed} has now: "
+                            + "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else ""))
+            continue
+        records[(method, seed)] = record
+    if problems:
+        raise UsageError("\n".join(problems + [
+            f"--out {out}: holds runs of another study config; valid: the same study and settings (more seeds "
+            "may be added with --set seeds=N), or a new --out directory"]))
+    return records
 
 
 def resolve_study_path(name_or_path: str) -> Path:
@@ -307,53 +388,70 @@ def markdown_tables(spec: StudySpec, table: list[dict], rows: list[dict], status
     return "\n".join(lines)
 
 
-def draw_diagrams(spec: StudySpec, predictions: dict[str, dict], out: Path) -> list[Path]:
-    """Reliability diagrams (raw vs each post-hoc calibrator) of the diagram methods' first seed."""
+def draw_diagrams(spec: StudySpec, method: str, pred: dict, out: Path) -> list[Path]:
+    """Reliability diagrams (raw vs each post-hoc calibrator) of one run's test predictions: the diagram
+    methods' first seed, drawn when that run finishes."""
     from gce_search.trainables.metrics import reliability_diagram
 
     paths = []
-    for method in spec.diagrams:
-        pred = predictions.get(method)
-        if pred is None:
+    for posthoc in spec.posthoc:
+        if posthoc == "none" or f"probs_{posthoc}" not in pred or "probs_none" not in pred:
             continue
-        for posthoc in spec.posthoc:
-            if posthoc == "none" or f"probs_{posthoc}" not in pred or "probs_none" not in pred:
-                continue
-            path = out / f"reliability_{method}_{posthoc}.png"
-            reliability_diagram(pred["probs_none"], pred["labels"], n_bins=15,
-                                calibrated_probs=pred[f"probs_{posthoc}"], names=("no calibration", posthoc),
-                                title=f"{spec.name}: {method}, test", path=str(path))
-            paths.append(path)
+        path = out / f"reliability_{method}_{posthoc}.png"
+        reliability_diagram(pred["probs_none"], pred["labels"], n_bins=15,
+                            calibrated_probs=pred[f"probs_{posthoc}"], names=("no calibration", posthoc),
+                            title=f"{spec.name}: {method}, test", path=str(path))
+        paths.append(path)
     return paths
 
 
 # ----------------------------------------------------------------------------------------------------- the command
 
 
-def _progress_callback(total: int):
-    """One line per finished run: method, seed, wall time, and its test accuracy/ECE before and after TS."""
+def _recording_callback(spec: StudySpec, out: Path, total: int, done_before: int):
+    """On the driver, as each run ends: its record into OUT/runs/ (so an interrupted study resumes from there), the
+    diagrams of a first-seed diagram run, and one progress line (method, seed, time, test accuracy/ECE)."""
+    import numpy as np
     from ray import tune
 
-    class StudyProgress(tune.Callback):
-        done = 0
+    runs_dir = out / RUNS_DIR
+
+    class StudyRecorder(tune.Callback):
+        done = done_before
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            StudyProgress.done += 1
-            rows = {r["posthoc"]: r for r in json.loads(result.get("rows", "[]"))}
             run = trial.config.get("run", {})
-            head = f"[{StudyProgress.done}/{total}] {run.get('method')} seed {run.get('seed')}: " \
-                   f"{result.get('train_s', math.nan):.0f} s"
+            method, seed = run.get("method"), run.get("seed")
+            rows = json.loads(result.get("rows", "[]"))
+            record = {"method": method, "seed": seed, "status": result.get("status", "ok"),
+                      "train_s": result.get("train_s"), "images_per_s": result.get("images_per_s"),
+                      "trial_config": run.get("trial_config"), "posthoc": run.get("posthoc"), "rows": rows}
+            _write_json(runs_dir / f"{run_key(method, seed)}.json", _normal(record))
+            StudyRecorder.done += 1
+            head = f"[{StudyRecorder.done}/{total}] {method} seed {seed}: {result.get('train_s', math.nan):.0f} s"
             if not rows:
                 print(f"{head}, {result.get('status', 'failed')}", flush=True)
                 return
-            parts = [f"{name} acc {r['acc']:.4f} ece {r['ece']:.4f}" for name, r in rows.items()]
+            parts = [f"{r['posthoc']} acc {r['acc']:.4f} ece {r['ece']:.4f}" for r in rows]
             print(f"{head}, test " + "; ".join(parts), flush=True)
 
-    return StudyProgress()
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            run = trial.config.get("run", {})
+            method, seed = run.get("method"), run.get("seed")
+            if method not in spec.diagrams or seed != spec.seeds[0] or trial.checkpoint is None:
+                return
+            with trial.checkpoint.as_directory() as d:
+                with np.load(os.path.join(d, PREDICTIONS_FILE)) as f:
+                    pred = {k: f[k] for k in f.files}
+            np.savez_compressed(runs_dir / f"{run_key(method, seed)}.npz", **pred)
+            for path in draw_diagrams(spec, method, pred, out):
+                print(f"reliability diagram: {path}", flush=True)
+
+    return StudyRecorder()
 
 
 def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
-    import numpy as np
+    """Run every (method, seed) that has no record in OUT/runs/ yet, then write the tables from all the records."""
     from ray import tune
 
     from gce_search.search.cluster import JsonLoggerKeepingLocal
@@ -362,65 +460,83 @@ def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
     from gce_search.search.step_board import close_board
 
     out.mkdir(parents=True, exist_ok=True)
+    (out / RUNS_DIR).mkdir(exist_ok=True)
+    done = read_records(spec, out)
+    pending = [(m, s) for m, s in grid_runs(spec) if (m, s) not in done]
     (out / "study.yaml").write_text(dump_yaml(spec.to_dict(), sort_keys=False))
-    grid = [{"method": m, "seed": s, "trial_config": spec.run_config(m, s), "posthoc": spec.posthoc}
-            for m in spec.methods for s in spec.seeds]
-    notices = quiet_ray_notices(str(out))
-    say_starting_ray(address)
-    started = connect_ray(address)
-    previous_environment = configure_tune_environment()  # quiet console: the progress lines replace Ray's
-    try:
-        resources = {"CPU": spec.resources["cpus_per_trial"], "GPU": spec.resources["gpus_per_trial"]}
-        # The grid is nested under "run" so that Ray does not flatten the run configs into its search space.
-        trainable = tune.with_resources(study_trainable_entry, tune.PlacementGroupFactory([resources]))
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"run": tune.grid_search(grid)},
-            tune_config=tune.TuneConfig(reuse_actors=True),
-            run_config=tune.RunConfig(storage_path=str((out / "ray").resolve()), name=spec.name, verbose=0,
-                                      # result.json per run: Ray's result grid reads it (and warns without it)
-                                      callbacks=[_progress_callback(len(grid)), JsonLoggerKeepingLocal()]),
-        )
+    wall = 0.0
+    if pending:
+        grid = [{"method": m, "seed": s, "trial_config": spec.run_config(m, s), "posthoc": spec.posthoc}
+                for m, s in pending]
+        notices = quiet_ray_notices(str(out))
+        say_starting_ray(address)
+        started = connect_ray(address)
+        previous_environment = configure_tune_environment()  # quiet console: the progress lines replace Ray's
         t0 = time.perf_counter()
-        print("gce-search: first runs starting (a run process imports torch first: seconds)...", flush=True)
-        results = list(tuner.fit())
-        wall = time.perf_counter() - t0
-    finally:
-        notices.log_in(None)
-        restore_environment(previous_environment)
-        close_board(spec.name)  # a run with a long epoch put its progress there (trainables.step_progress)
-        if started:
-            import ray
+        try:
+            resources = {"CPU": spec.resources["cpus_per_trial"], "GPU": spec.resources["gpus_per_trial"]}
+            # The grid is nested under "run" so that Ray does not flatten the run configs into its search space.
+            trainable = tune.with_resources(study_trainable_entry, tune.PlacementGroupFactory([resources]))
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"run": tune.grid_search(grid)},
+                tune_config=tune.TuneConfig(reuse_actors=True),
+                run_config=tune.RunConfig(
+                    storage_path=str((out / "ray").resolve()), name=spec.name, verbose=0,
+                    # result.json per run: Ray's result grid reads it (and warns without it)
+                    callbacks=[_recording_callback(spec, out, len(grid_runs(spec)), len(done)),
+                               JsonLoggerKeepingLocal()]),
+            )
+            print("gce-search: first runs starting (a run process imports torch first: seconds)...", flush=True)
+            tuner.fit()
+        finally:
+            wall = time.perf_counter() - t0
+            notices.log_in(None)
+            restore_environment(previous_environment)
+            close_board(spec.name)  # a run with a long epoch put its progress there (trainables.step_progress)
+            if started:
+                import ray
 
-            ray.shutdown()
-    rows, statuses, predictions = [], {}, {}
-    for result in results:
-        m = result.metrics or {}
-        status = m.get("status", "error") if result.error is None else "error"
+                ray.shutdown()
+            records_after = read_records(spec, out)
+            invocations_path = out / RUNS_DIR / INVOCATIONS_FILE
+            invocations = json.loads(invocations_path.read_text()) if invocations_path.is_file() else []
+            invocations.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() - wall)),
+                                "runs": len(records_after) - len(done), "wall_s": wall})
+            _write_json(invocations_path, invocations)
+    return write_tables(spec, out, wall)
+
+
+def write_tables(spec: StudySpec, out: Path, wall: float | None = None) -> dict:
+    """runs.json, table.json, table.md and throughput.json from every record in OUT/runs/ of this study's grid."""
+    records = read_records(spec, out)
+    rows, statuses = [], {}
+    for method, seed in grid_runs(spec):
+        record = records.get((method, seed))
+        status = record["status"] if record is not None else "not run"
         statuses[status] = statuses.get(status, 0) + 1
-        run = (result.config or {}).get("run", {})
-        for row in json.loads(m.get("rows", "[]")):
-            rows.append({"method": run.get("method"), "seed": run.get("seed"), "train_s": m.get("train_s"),
-                         "images_per_s": m.get("images_per_s"), **row})
-        if result.checkpoint is not None and run.get("seed") == spec.seeds[0] and run.get("method") in spec.diagrams:
-            with result.checkpoint.as_directory() as d:
-                with np.load(os.path.join(d, PREDICTIONS_FILE)) as f:
-                    predictions[run["method"]] = {k: f[k] for k in f.files}
+        for row in (record or {}).get("rows", []):
+            rows.append({"method": method, "seed": seed, "train_s": record.get("train_s"),
+                         "images_per_s": record.get("images_per_s"), **row})
     rows.sort(key=lambda r: (list(spec.methods).index(r["method"]), r["seed"], list(spec.posthoc).index(r["posthoc"])))
     table = aggregate(rows)
     (out / "runs.json").write_text(json.dumps(rows, indent=1))
     (out / "table.json").write_text(json.dumps(table, indent=1))
     md = markdown_tables(spec, table, rows, statuses)
     (out / "table.md").write_text(md + "\n")
-    diagrams = draw_diagrams(spec, predictions, out)
-    train_s = [m for m in {(r["method"], r["seed"]): r["train_s"] for r in rows}.values() if m is not None]
-    speed = [r["images_per_s"] for r in rows if r.get("images_per_s") is not None and r["posthoc"] == rows[0]["posthoc"]]
-    throughput = {"runs": len(train_s), "wall_s": wall, "mean_run_s": sum(train_s) / max(len(train_s), 1),
-                  "mean_images_per_s_per_run": sum(speed) / max(len(speed), 1)}
+    invocations_path = out / RUNS_DIR / INVOCATIONS_FILE
+    invocations = json.loads(invocations_path.read_text()) if invocations_path.is_file() else []
+    train_s = [r["train_s"] for r in records.values() if r.get("train_s") is not None]
+    speed = [r["images_per_s"] for r in records.values() if r.get("images_per_s") is not None]
+    throughput = {"runs": len(train_s), "wall_s": sum(i["wall_s"] for i in invocations),
+                  "mean_run_s": sum(train_s) / max(len(train_s), 1),
+                  "mean_images_per_s_per_run": sum(speed) / max(len(speed), 1),
+                  "invocations": invocations}
     (out / "throughput.json").write_text(json.dumps(throughput, indent=1))
-    return {"rows": rows, "table": table, "markdown": md, "statuses": statuses, "wall_s": wall,
-            "throughput": throughput,
-            "diagrams": [str(p) for p in diagrams]}
+    diagrams = sorted(str(p) for p in out.glob("reliability_*.png"))
+    return {"rows": rows, "table": table, "markdown": md, "statuses": statuses,
+            "wall_s": wall if wall is not None else throughput["wall_s"], "throughput": throughput,
+            "diagrams": diagrams, "records": len(records)}
 
 
 def study_trainable_entry(config: dict) -> None:
@@ -433,17 +549,28 @@ def cmd_study(args) -> int:
 
     spec = load_study(args.study, args.overrides)
     out = Path(args.out or f"gce-study-{spec.name}").resolve()
-    if (out / "table.md").exists():
-        raise UsageError(f"--out {out}: already holds a finished study (table.md); valid: a new directory")
-    n = len(spec.methods) * len(spec.seeds)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file; valid: a new directory, or a study's output directory to resume")
+    n = len(grid_runs(spec))
+    done = read_records(spec, out) if out.is_dir() else {}  # a mismatched record is refused before anything runs
+    if len(done) == n and (out / "table.md").exists():
+        raise UsageError(f"--out {out}: already holds a finished study (table.md and all {n} runs); valid: a new "
+                         "directory, or more seeds into it with --set seeds=N")
     print(f"study {spec.name}: {len(spec.methods)} methods x {len(spec.seeds)} seeds = {n} runs, "
           f"post-hoc: {', '.join(spec.posthoc)}; writing to {out}")
+    if done:
+        print(f"resuming: {len(done)} of {n} runs are recorded in {out / RUNS_DIR}; running the other {n - len(done)}")
     summary = run_study(spec, out, args.address)
     print(summary["markdown"])
     t = summary["throughput"]
     print(f"\nthroughput: {t['mean_run_s']:.1f} s per run, {t['mean_images_per_s_per_run']:.0f} training images/s "
           f"per run")
-    print(f"{n} runs in {summary['wall_s']:.0f} s; tables: {out / 'table.md'}; per run: {out / 'runs.json'}")
+    print(f"{summary['records']} of {n} runs recorded; this command: {summary['wall_s']:.0f} s; tables: "
+          f"{out / 'table.md'}; per run: {out / RUNS_DIR}")
     for p in summary["diagrams"]:
         print(f"reliability diagram: {p}")
+    if summary["records"] < n:
+        print(f"{n - summary['records']} runs have no record (failed or interrupted): the same command again runs "
+              "only those", flush=True)
+        return 1
     return 0 if summary["rows"] else 1

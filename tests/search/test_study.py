@@ -147,6 +147,74 @@ def test_tiny_study_end_to_end(tmp_path, capsys):
     assert "| gce |" in table_md and "gce − ce" in table_md
     assert (out / "reliability_ce_ts.png").stat().st_size > 1000
     assert (out / "reliability_ce_ats.png").exists()
+    # Every run has its record, written as it ended; the first seed's diagrams were drawn then.
+    records = {p.name: p.read_bytes() for p in (out / "runs").glob("*.json") if p.name != "invocations.json"}
+    assert set(records) == {f"{m}__seed{s}.json" for m in ("ce", "gce") for s in (0, 1)}
+    assert (out / "runs" / "ce__seed0.npz").exists() and not (out / "runs" / "gce__seed0.npz").exists()
+    throughput = json.loads((out / "throughput.json").read_text())
+    assert throughput["runs"] == 4 and len(throughput["invocations"]) == 1
     # A finished study is never overwritten.
+    capsys.readouterr()
     assert main(["study", path, "--out", str(out)]) == 2
     assert "already holds a finished study" in capsys.readouterr().err
+    # Another config into the same directory is refused, naming the run and the setting; nothing there changes.
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "ray" not in p.relative_to(out).parts}
+    assert main(["study", path, "--out", str(out), "--set", "base.train.epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert "ce__seed0.json" in err and "train.epochs: 2 in the record, 3 now" in err and "new --out" in err
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (out / "runs" / "ce__seed2.json").exists()
+    # More seeds into a finished study: only the new runs run, the recorded ones are kept as they are.
+    assert main(["study", path, "--out", str(out), "--set", "seeds=3"]) == 0
+    text = capsys.readouterr().out
+    assert "resuming: 4 of 6 runs are recorded" in text and "[5/6]" in text and "[1/6]" not in text
+    for name, data in records.items():
+        assert (out / "runs" / name).read_bytes() == data
+    rows = json.loads((out / "runs.json").read_text())
+    assert {(r["method"], r["seed"]) for r in rows} == {(m, s) for m in ("ce", "gce") for s in (0, 1, 2)}
+    assert all(t["seeds"] == 3 for t in json.loads((out / "table.json").read_text()))
+    throughput = json.loads((out / "throughput.json").read_text())
+    assert throughput["runs"] == 6 and [i["runs"] for i in throughput["invocations"]] == [4, 2]
+
+
+@pytest.mark.slow
+def test_study_killed_midway_resumes_with_only_the_missing_runs(tmp_path):
+    """SIGKILL a study once its first run is recorded: the same command again runs only the runs without a
+    record, keeps the recorded ones byte for byte, and writes the whole table."""
+    import subprocess
+    import sys
+
+    from tests.waiting import kill_tree, run_to_end, wait_until
+
+    spec = json.loads(json.dumps(TINY))
+    spec["base"]["train"].update(epochs=6, batch_size=16)  # a few seconds a run: most of the study is ahead
+    path = write(tmp_path, spec)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "gce_search", "study", path, "--out", str(out)]
+    log = open(tmp_path / "study.log", "w")
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+
+    def recorded():
+        return sorted(p.name for p in (out / "runs").glob("*__seed*.json")) if (out / "runs").is_dir() else []
+
+    try:
+        first = wait_until(recorded, what="a first run record", proc=proc, output=tmp_path / "study.log",
+                           watch=[out])
+        kill_tree(proc)
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc)
+        log.close()
+    kept = {name: (out / "runs" / name).read_bytes() for name in recorded()}
+    assert first and set(first) <= set(kept)
+    assert len(kept) < 4, "every run finished before the kill; nothing left to resume"
+    assert not (out / "table.md").exists()
+    resumed = run_to_end(argv, cwd=tmp_path, watch=[out])
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resuming: {len(kept)} of 4 runs are recorded" in resumed.stdout
+    assert resumed.stdout.count(" seed ") >= 4 - len(kept)
+    for name, data in kept.items():
+        assert (out / "runs" / name).read_bytes() == data
+    rows = json.loads((out / "runs.json").read_text())
+    assert {(r["method"], r["seed"]) for r in rows} == {(m, s) for m in ("ce", "gce") for s in (0, 1)}
+    assert "runs: ok 4" in (out / "table.md").read_text()
