@@ -82,13 +82,16 @@ def _normal(value: Any) -> Any:
 
 
 def _differences(a: Any, b: Any, path: str = "") -> list[str]:
-    """Dotted paths where two JSON values differ, with both values (at most a few)."""
+    """Dotted paths where a record's value `a` and the spec's value `b` differ, with both values; a key only the
+    spec has is a setting newer than the record and is not a difference."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for key in sorted(set(a) | set(b)):
             sub = f"{path}.{key}" if path else str(key)
-            if key not in a or key not in b:
-                out.append(f"{sub}: {a.get(key, '(absent)')!r} in the record, {b.get(key, '(absent)')!r} now")
+            if key not in a:
+                continue  # a setting added to the config since the record was made: the run had its default
+            if key not in b:
+                out.append(f"{sub}: {a[key]!r} in the record, absent now")
             else:
                 out.extend(_differences(a[key], b[key], sub))
         return out

@@ -218,3 +218,13 @@ def test_study_killed_midway_resumes_with_only_the_missing_runs(tmp_path):
     rows = json.loads((out / "runs.json").read_text())
     assert {(r["method"], r["seed"]) for r in rows} == {(m, s) for m in ("ce", "gce") for s in (0, 1)}
     assert "runs: ok 4" in (out / "table.md").read_text()
+
+
+def test_record_differences_name_the_setting_and_skip_newer_defaults():
+    from gce_search.search.study import _differences
+
+    record = {"train": {"epochs": 30, "lr": 0.05}, "loss": {"name": "gce", "lam": 1.0}}
+    now = {"train": {"epochs": 30, "lr": 0.1, "added_since": 4}, "loss": {"name": "gce"}}
+    assert _differences(record, now) == ["loss.lam: 1.0 in the record, absent now",
+                                         "train.lr: 0.05 in the record, 0.1 now"]
+    assert _differences(record, json.loads(json.dumps(record))) == []
