@@ -453,6 +453,19 @@ def _recording_callback(spec: StudySpec, out: Path, total: int, done_before: int
     return StudyRecorder()
 
 
+def _machine() -> str:
+    """The driver machine, for throughput.json: a study resumed elsewhere says which runs' times came from where."""
+    import platform
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+
+
 def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
     """Run every (method, seed) that has no record in OUT/runs/ yet, then write the tables from all the records."""
     from ray import tune
@@ -505,7 +518,7 @@ def run_study(spec: StudySpec, out: Path, address: str | None = None) -> dict:
             invocations_path = out / RUNS_DIR / INVOCATIONS_FILE
             invocations = json.loads(invocations_path.read_text()) if invocations_path.is_file() else []
             invocations.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() - wall)),
-                                "runs": len(records_after) - len(done), "wall_s": wall})
+                                "runs": len(records_after) - len(done), "wall_s": wall, "machine": _machine()})
             _write_json(invocations_path, invocations)
     return write_tables(spec, out, wall)
 
