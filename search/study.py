@@ -81,19 +81,21 @@ def _normal(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _differences(a: Any, b: Any, path: str = "") -> list[str]:
-    """Dotted paths where a record's value `a` and the spec's value `b` differ, with both values; a key only the
-    spec has is a setting newer than the record and is not a difference."""
+def _differences(a: Any, b: Any, path: str = "", newer_keys_ok: bool = True) -> list[str]:
+    """Dotted paths where a record's value `a` and the spec's value `b` differ, with both values. With
+    `newer_keys_ok`, a key only the spec has is a setting newer than the record (the run had its default) and is
+    not a difference; without it (post-hoc calibrators: a new one has no rows in the record), it is."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for key in sorted(set(a) | set(b)):
             sub = f"{path}.{key}" if path else str(key)
             if key not in a:
-                continue  # a setting added to the config since the record was made: the run had its default
-            if key not in b:
+                if not newer_keys_ok:
+                    out.append(f"{sub}: absent in the record, {b[key]!r} now")
+            elif key not in b:
                 out.append(f"{sub}: {a[key]!r} in the record, absent now")
             else:
-                out.extend(_differences(a[key], b[key], sub))
+                out.extend(_differences(a[key], b[key], sub, newer_keys_ok))
         return out
     return [] if a == b else [f"{path or '(value)'}: {a!r} in the record, {b!r} now"]
 
@@ -129,7 +131,7 @@ def read_records(spec: StudySpec, out: Path) -> dict[tuple[str, int], dict]:
                             "delete it to run that run again")
             continue
         diffs = _differences(stored[0], _normal(spec.run_config(method, seed)))
-        diffs += [f"posthoc.{d}" for d in _differences(stored[1], _normal(spec.posthoc))]
+        diffs += [f"posthoc.{d}" for d in _differences(stored[1], _normal(spec.posthoc), newer_keys_ok=False)]
         if diffs:
             problems.append(f"{path}: made with another config than {method} seed {seed} has now: "
                             + "; ".join(diffs[:4]) + ("; ..." if len(diffs) > 4 else ""))

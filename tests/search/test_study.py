@@ -228,3 +228,6 @@ def test_record_differences_name_the_setting_and_skip_newer_defaults():
     assert _differences(record, now) == ["loss.lam: 1.0 in the record, absent now",
                                          "train.lr: 0.05 in the record, 0.1 now"]
     assert _differences(record, json.loads(json.dumps(record))) == []
+    # A post-hoc calibrator added since: the record has no rows for it, so it is a difference.
+    assert _differences({"ts": {"method": "ts"}}, {"ts": {"method": "ts"}, "ats": {"method": "ats"}},
+                        newer_keys_ok=False) == ["ats: absent in the record, {'method': 'ats'} now"]
