@@ -36,6 +36,7 @@ SHIPPED = sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
 CNN_STUDIES = {
     "fashion_mnist_lt100_cnn": {"cross_entropy", "gce", "gce_half", "flsd53", "focal", "dual_focal", "adafocal"},
     "fashion_mnist_lt100_gapcnn": {"cross_entropy", "gce", "gce_half", "flsd53"},
+    "fashion_mnist_cnn": {"cross_entropy", "gce", "gce_half", "flsd53"},
 }
 
 
