@@ -91,6 +91,13 @@ def estimate_minutes(seconds: float) -> int:
     return max(1, int(round(seconds / 60)))
 
 
+def step_words(step: dict) -> str:
+    """A report from inside an epoch (trainables.step_progress) in words, for a search's or a study's console."""
+    pct = 100.0 * step["step"] / max(1, step["steps"])
+    return (f"epoch {step['epoch']}/{step['epochs']}: step {step['step']}/{step['steps']} ({pct:.0f}%), "
+            f"{step['images_per_s']:.0f} img/s, epoch ends in {about(step['eta_s'])}")
+
+
 @dataclass
 class TrialView:
     """What the console knows of one trial."""
@@ -164,8 +171,7 @@ class ProgressPrinter(Callback):
         self.estimate_printed = False
         self._view = None
         self._live = None
-        self._board = None
-        self._board_request = None  # the board's answer still to come
+        self._board = None  # a BoardReader once a poll has needed one
         self._board_polled = 0.0
 
     def __getstate__(self) -> dict:
@@ -290,11 +296,6 @@ class ProgressPrinter(Callback):
             return ""
         return f"{about(left)} left"
 
-    def _step_words(self, step: dict) -> str:
-        pct = 100.0 * step["step"] / max(1, step["steps"])
-        return (f"epoch {step['epoch']}/{step['epochs']}: step {step['step']}/{step['steps']} ({pct:.0f}%), "
-                f"{step['images_per_s']:.0f} img/s, epoch ends in {about(step['eta_s'])}")
-
     def _print_estimate(self) -> None:
         left = self.time_left()
         if left is None:
@@ -399,32 +400,16 @@ class ProgressPrinter(Callback):
             if self._live is None and now - view.step_line_at >= _STEP_LINE_S:
                 view.step_line_at = now
                 self._emit("  ".join([time.strftime("%H:%M:%S"), self._counter(), f"trial {trial_id}",
-                                      "training ", view.loss, self._step_words(step)]))
+                                      "training ", view.loss, step_words(step)]))
         self._refresh()
 
     def _poll_board(self) -> dict[str, dict]:
-        """The reports the board has collected since the last poll; never waits (Tune's loop runs this): the
-        answer to one request is picked up at the next poll, when the next request goes out."""
-        import ray
+        """The reports the board has collected since the last poll; never waits (Tune's loop runs this)."""
+        from gce_search.search.step_board import BoardReader
 
-        from gce_search.search.step_board import get_board
-
-        try:
-            if self._board is None:
-                self._board = get_board(self.experiment)
-            if self._board is None:
-                return {}
-            reports = {}
-            if self._board_request is not None:
-                ready, _ = ray.wait([self._board_request], timeout=0)
-                if not ready:
-                    return {}  # the board is still starting, or busy
-                reports = ray.get(self._board_request)
-            self._board_request = self._board.take.remote()
-            return reports
-        except Exception:  # the console never stops a search: a lost board is looked up again
-            self._board = self._board_request = None
-            return {}
+        if self._board is None:
+            self._board = BoardReader(self.experiment)
+        return self._board.take()
 
     def on_experiment_end(self, trials, **info):
         self.close()
@@ -436,13 +421,10 @@ class ProgressPrinter(Callback):
             self._live.stop()
             self._live = None
         if self.experiment is not None:
-            try:
-                from gce_search.search.step_board import close_board
+            from gce_search.search.step_board import BoardReader
 
-                close_board(self.experiment)
-            except Exception:  # Ray already shut down: the board went with it
-                pass
-            self._board = self._board_request = None
+            (self._board or BoardReader(self.experiment)).close()
+            self._board = None
 
 
 def _epoch_seconds(result: dict) -> float | None:
@@ -485,7 +467,7 @@ class LiveView:
             table = Table(box=None, show_header=False, padding=(0, 1), pad_edge=False)
             for trial in sorted(running, key=lambda t: t.started):
                 if trial.step is not None:
-                    where = p._step_words(trial.step)
+                    where = step_words(trial.step)
                 elif trial.epoch:
                     where = f"epoch {trial.epoch}/{p.max_t or '?'} done"
                 else:

@@ -2,7 +2,8 @@
 
 A Tune result is an epoch, so a report from inside an epoch goes through a side channel: a small detached Ray actor
 per experiment that keeps each trial's latest report (trainables.step_progress decides when a step reports), which
-the driver polls (search.progress). The board is created by the first trial that has something to say, so a search
+the driver polls (search.progress for a search, search.study for a study; both read it through BoardReader). The
+board is created by the first trial that has something to say, so a search
 whose epochs are short never starts it; the driver kills it when the search ends.
 """
 from __future__ import annotations
@@ -40,6 +41,50 @@ def get_board(experiment: str):
         return ray.get_actor(board_name(experiment), namespace=BOARD_NAMESPACE)
     except ValueError:
         return None
+
+
+class BoardReader:
+    """The driver's side of one experiment's board: the reports put on it since the last read, never waiting (Tune's
+    loop calls `take`): the answer to one request is picked up by the next call, when the next request goes out."""
+
+    def __init__(self, experiment: str):
+        self.experiment = experiment
+        self._board = None
+        self._request = None  # the board's answer still to come
+
+    def __getstate__(self) -> dict:
+        return {"experiment": self.experiment}  # the actor handle and the pending answer belong to one process
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["experiment"])
+
+    def take(self) -> dict[str, dict]:
+        import ray
+
+        try:
+            if self._board is None:
+                self._board = get_board(self.experiment)
+            if self._board is None:
+                return {}
+            reports = {}
+            if self._request is not None:
+                ready, _ = ray.wait([self._request], timeout=0)
+                if not ready:
+                    return {}  # the board is still starting, or busy
+                reports = ray.get(self._request)
+            self._request = self._board.take.remote()
+            return reports
+        except Exception:  # the console never stops a run: a lost board is looked up again
+            self._board = self._request = None
+            return {}
+
+    def close(self) -> None:
+        """Kill the board (idempotent; nothing to do once Ray has shut down)."""
+        try:
+            close_board(self.experiment)
+        except Exception:  # Ray already shut down: the board went with it
+            pass
+        self._board = self._request = None
 
 
 def close_board(experiment: str) -> None:

@@ -288,8 +288,12 @@ def study_trainable(config: dict) -> None:
                 final_state["state"] = load_checkpoint(checkpoint_dir)
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
+    from gce_search.search.step_board import tune_sink
+    from gce_search.trainables.step_progress import reporting_to
+
     t0 = time.perf_counter()
-    metrics = run_trial(config["trial_config"], reporter=keep_final)
+    with reporting_to(tune_sink()):  # progress from inside a long epoch, to the study's console
+        metrics = run_trial(config["trial_config"], reporter=keep_final)
     train_s = time.perf_counter() - t0
     base = {"method": config["method"], "seed": config["seed"], "train_s": train_s,
             "status": metrics.get("status", "ok"), "images_per_s": metrics.get("train/images_per_s", math.nan)}
@@ -413,18 +417,51 @@ def draw_diagrams(spec: StudySpec, method: str, pred: dict, out: Path) -> list[P
 # ----------------------------------------------------------------------------------------------------- the command
 
 
+# Seconds between two polls of the progress board, and between two progress lines of one run.
+_BOARD_POLL_S = 2.0
+_STEP_LINE_S = 60.0
+
+
 def _recording_callback(spec: StudySpec, out: Path, total: int, done_before: int):
     """On the driver, as each run ends: its record into OUT/runs/ (so an interrupted study resumes from there), the
-    diagrams of a first-seed diagram run, and one progress line (method, seed, time, test accuracy/ECE)."""
+    diagrams of a first-seed diagram run, and one progress line (method, seed, time, test accuracy/ECE). While a run
+    is in an epoch longer than about 20 s (trainables.step_progress), a line with its epoch, step, images/s and the
+    epoch's time left, at most once a minute per run."""
     import numpy as np
     from ray import tune
+
+    from gce_search.search.progress import step_words
+    from gce_search.search.step_board import BoardReader
+    from gce_search.trainables.step_progress import threshold_s
 
     runs_dir = out / RUNS_DIR
 
     class StudyRecorder(tune.Callback):
         done = done_before
 
+        def __init__(self):
+            self.board = BoardReader(spec.name)
+            self.polled = 0.0
+            self.line_at: dict[str, float] = {}  # trial id -> when its last progress line was printed
+            self.ended: set[str] = set()
+
+        def on_step_begin(self, iteration, trials, **info):
+            now = time.time()
+            if now - self.polled < min(_BOARD_POLL_S, threshold_s() / 2):
+                return
+            self.polled = now
+            by_id = {t.trial_id: t for t in trials}
+            for trial_id, step in self.board.take().items():
+                trial = by_id.get(trial_id)
+                if trial is None or trial_id in self.ended or now - self.line_at.get(trial_id, 0.0) < _STEP_LINE_S:
+                    continue  # a report overtaken by the run's end, or too soon after the last line
+                self.line_at[trial_id] = now
+                run = trial.config.get("run", {})
+                print(f"{time.strftime('%H:%M:%S')} [{StudyRecorder.done}/{total} done] {run.get('method')} seed "
+                      f"{run.get('seed')}: {step_words(step)}", flush=True)
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.ended.add(trial.trial_id)
             run = trial.config.get("run", {})
             method, seed = run.get("method"), run.get("seed")
             rows = json.loads(result.get("rows", "[]"))

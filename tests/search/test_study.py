@@ -221,6 +221,39 @@ def test_study_killed_midway_resumes_with_only_the_missing_runs(tmp_path):
     assert "runs: ok 4" in (out / "table.md").read_text()
 
 
+def test_a_run_in_a_long_epoch_says_where_it_is(tmp_path):
+    """A study's runs report from inside their epochs like a search's trials (trainables.step_progress), and the
+    study's console prints them: method, seed, epoch, step, images/s and the epoch's time left. The threshold is
+    0.5 ms here, so every epoch counts as long; each run gets at most one such line a minute."""
+    import os
+    import sys
+
+    from tests.waiting import run_to_end
+
+    spec = json.loads(json.dumps(TINY))
+    spec["seeds"] = 1
+    spec["base"]["data"]["max_train"] = 600
+    spec["base"]["model"].update(width=2048, depth=2)  # epochs of about a second: 150 steps of 4 images
+    spec["base"]["train"].update(epochs=3, batch_size=4, lr=0.005)  # GCE at lr 0.05 on batches of 4 can diverge
+    out = tmp_path / "out"
+    env = {**os.environ, "GCE_SEARCH_STEP_PROGRESS_S": "0.0005"}
+    env.pop("RAY_ADDRESS", None)
+    proc = run_to_end([sys.executable, "-m", "gce_search", "study", write(tmp_path, spec), "--out", str(out)],
+                      cwd=tmp_path, env=env, watch=[out])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    steps = [ln for ln in lines if ": epoch " in ln]
+    assert steps, "no progress from inside an epoch:\n" + proc.stdout
+    line = (r"^\d\d:\d\d:\d\d \[[01]/2 done\] (ce|gce) seed 0: epoch [1-3]/3: step \d+/150 \(\d+%\), \d+ img/s, "
+            r"epoch ends in (about|under) ")
+    assert all(re.match(line, ln) for ln in steps), steps
+    for method in ("ce", "gce"):  # at most one line a minute per run: runs of a few seconds have one at most
+        assert sum(f"] {method} seed 0:" in ln for ln in steps) <= 1, steps
+    # the runs' own lines and the table are as without progress
+    assert sum(bool(re.match(r"\[\d/2\] (ce|gce) seed 0: \d+ s, test \w+ acc", ln)) for ln in lines) == 2, proc.stdout
+    assert "runs: ok 2" in (out / "table.md").read_text()
+
+
 def test_record_differences_name_the_setting_and_skip_newer_defaults():
     from gce_search.search.study import _differences
 
