@@ -3,8 +3,8 @@
 A Tune result is an epoch, so a report from inside an epoch goes through a side channel: a small detached Ray actor
 per experiment that keeps each trial's latest report (trainables.step_progress decides when a step reports), which
 the driver polls (search.progress for a search, search.study for a study; both read it through BoardReader). The
-board is created by the first trial that has something to say, so a search
-whose epochs are short never starts it; the driver kills it when the search ends.
+board is created by the first trial that has something to say, so a search whose epochs are short never starts it;
+the driver kills it when the search ends.
 """
 from __future__ import annotations
 
