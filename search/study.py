@@ -316,13 +316,25 @@ def study_trainable(config: dict) -> None:
 
 
 def mean_std(values: list[float]) -> tuple[float, float, int]:
+    """Mean, sample std (n − 1) and count of the finite values; the std of a single value is undefined (NaN), not 0."""
     vals = [v for v in values if v is not None and math.isfinite(v)]
     n = len(vals)
     if n == 0:
         return math.nan, math.nan, 0
     mean = sum(vals) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else math.nan
     return mean, std, n
+
+
+def _finite_or_none(value: Any) -> Any:
+    """For JSON: NaN (a std over one seed, a metric no run has) as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -348,7 +360,7 @@ def paired_difference(rows: list[dict], a: str, b: str, posthoc: str, metric: st
     seeds = sorted(set(by_seed_a) & set(by_seed_b))
     diffs = [by_seed_a[s] - by_seed_b[s] for s in seeds]
     mean, std, n = mean_std(diffs)
-    # With identical differences on every seed (std 0) the t statistic is undefined: no p-value is given.
+    # With identical differences on every seed (std 0) or one seed, the t statistic is undefined: no p-value.
     p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if n >= 2 and std > 0 else math.nan
     return {"a": a, "b": b, "posthoc": posthoc, "metric": metric, "mean": mean, "std": std, "n": n, "p": p}
 
@@ -356,14 +368,17 @@ def paired_difference(rows: list[dict], a: str, b: str, posthoc: str, metric: st
 def _fmt(mean: float, std: float, scale: float, digits: int) -> str:
     if not math.isfinite(mean):
         return "—"
+    if not math.isfinite(std):  # one seed: no spread to show
+        return f"{mean * scale:.{digits}f}"
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
 def markdown_tables(spec: StudySpec, table: list[dict], rows: list[dict], statuses: dict[str, int]) -> str:
     """The report's tables: one per post-hoc calibrator, accuracy/ECE in %, NLL and Brier as is."""
     n_test = rows[0]["n"] if rows else 0
+    spread = f"mean ± std over {len(spec.seeds)} seeds" if len(spec.seeds) > 1 else "one seed, so no std"
     lines = [f"### {spec.name}", "", spec.description.strip(), "",
-             f"Test split n = {n_test}; mean ± std over {len(spec.seeds)} seeds "
+             f"Test split n = {n_test}; {spread} "
              f"(runs: {', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}). "
              "Accuracy, ECE (15 and 20 equal-width bins), AdaECE and classwise ECE in %.", ""]
     cols = [("acc", 100, 2), ("ece", 100, 2), ("ece20", 100, 2), ("adaece", 100, 2), ("cece", 100, 3),
@@ -576,7 +591,7 @@ def write_tables(spec: StudySpec, out: Path, wall: float | None = None) -> dict:
     rows.sort(key=lambda r: (list(spec.methods).index(r["method"]), r["seed"], list(spec.posthoc).index(r["posthoc"])))
     table = aggregate(rows)
     (out / "runs.json").write_text(json.dumps(rows, indent=1))
-    (out / "table.json").write_text(json.dumps(table, indent=1))
+    (out / "table.json").write_text(json.dumps(_finite_or_none(table), indent=1))
     md = markdown_tables(spec, table, rows, statuses)
     (out / "table.md").write_text(md + "\n")
     invocations_path = out / RUNS_DIR / INVOCATIONS_FILE

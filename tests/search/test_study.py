@@ -98,6 +98,8 @@ def test_unknown_study_name_lists_the_shipped_ones():
 def test_mean_std_and_paired_difference_by_hand():
     from scipy import stats
 
+    mean, std, n = mean_std([0.25])
+    assert (mean, n) == (0.25, 1) and math.isnan(std)  # one value has no sample std
     assert mean_std([1.0, 2.0, 4.0]) == pytest.approx((7 / 3, math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2
                                                                           + (4 - 7 / 3) ** 2) / 2), 3))
     rows = [{"method": m, "seed": s, "posthoc": "none", "acc": a}
@@ -251,7 +253,14 @@ def test_a_run_in_a_long_epoch_says_where_it_is(tmp_path):
         assert sum(f"] {method} seed 0:" in ln for ln in steps) <= 1, steps
     # the runs' own lines and the table are as without progress
     assert sum(bool(re.match(r"\[\d/2\] (ce|gce) seed 0: \d+ s, test \w+ acc", ln)) for ln in lines) == 2, proc.stdout
-    assert "runs: ok 2" in (out / "table.md").read_text()
+    table_md = (out / "table.md").read_text()
+    assert "one seed, so no std" in table_md and "runs: ok 2" in table_md
+    # one seed has no spread: the table shows the value alone, table.json has null, not a std of 0
+    assert re.search(r"^\| ce \| \d+\.\d\d \| \d+\.\d\d \|", table_md, re.M), table_md
+    assert not any("±" in ln for ln in table_md.splitlines() if ln.startswith("| ce |"))
+    entry = next(t for t in json.loads((out / "table.json").read_text())
+                 if t["method"] == "ce" and t["posthoc"] == "none")
+    assert entry["seeds"] == 1 and entry["acc_std"] is None and 0 < entry["acc"] <= 1
 
 
 def test_record_differences_name_the_setting_and_skip_newer_defaults():
