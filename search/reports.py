@@ -76,14 +76,15 @@ def _csv_text(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN/inf become null: summary.json stays strict JSON."""
+def json_safe(value: Any) -> Any:
+    """NaN/inf become null, so a JSON file stays strict JSON (summary.json, robust.json, a study's table.json,
+    metrics.json of `gce-search train`)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -106,7 +107,7 @@ def summary_dict(exp: Experiment) -> dict:
             "node": row["node"],
             "path": str(t.path),
         })
-    return _json_safe({
+    return json_safe({
         "experiment": str(exp.path.resolve()),
         "objectives": {k: m for k, m in zip(exp.objectives, MODES)},
         "reference_point": dict(zip(exp.objectives, REFERENCE_POINT)),
@@ -185,7 +186,7 @@ def _print_robust(exp: Experiment) -> None:
     except UsageError as err:
         print(f"robust set not computed: {err}")
         return
-    _atomic_write(exp.path / "robust.json", (json.dumps(_json_safe(robust), indent=2) + "\n").encode("utf-8"))
+    _atomic_write(exp.path / "robust.json", (json.dumps(json_safe(robust), indent=2) + "\n").encode("utf-8"))
     print(f"robust set: {len(robust['members'])} trial(s) no other trial dominates in >= "
           f"{robust['level']:.0%} of {robust['resamples']} paired bootstrap resamples of the val samples "
           f"({robust['error']}); `gce-search export --select pareto-robust` exports them")

@@ -326,17 +326,6 @@ def mean_std(values: list[float]) -> tuple[float, float, int]:
     return mean, std, n
 
 
-def _finite_or_none(value: Any) -> Any:
-    """For JSON: NaN (a std over one seed, a metric no run has) as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite_or_none(v) for v in value]
-    return value
-
-
 def aggregate(rows: list[dict]) -> list[dict]:
     """Mean ± std (sample std, n−1) over seeds for every (method, posthoc) and metric."""
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -591,7 +580,9 @@ def write_tables(spec: StudySpec, out: Path, wall: float | None = None) -> dict:
     rows.sort(key=lambda r: (list(spec.methods).index(r["method"]), r["seed"], list(spec.posthoc).index(r["posthoc"])))
     table = aggregate(rows)
     (out / "runs.json").write_text(json.dumps(rows, indent=1))
-    (out / "table.json").write_text(json.dumps(_finite_or_none(table), indent=1))
+    from gce_search.search.reports import json_safe
+
+    (out / "table.json").write_text(json.dumps(json_safe(table), indent=1))  # a std over one seed is null
     md = markdown_tables(spec, table, rows, statuses)
     (out / "table.md").write_text(md + "\n")
     invocations_path = out / RUNS_DIR / INVOCATIONS_FILE

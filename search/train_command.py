@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import shutil
 import sys
 import time
-from typing import Any, Iterable
+from typing import Iterable
 
 
 from gce_search.errors import ConfigError, UsageError
+from gce_search.search.reports import json_safe
 from gce_search.spaces.overrides import apply_overrides
 from gce_search.trainables.checkpoints import CHECKPOINT_FILE
 from gce_search.trainables.config import anchor_paths, resolve, trial_problems
@@ -46,17 +46,6 @@ def _epoch_line(m: dict, epochs: int) -> str:
     return (f"epoch {m['epoch']}/{epochs}  train/loss {m['train/loss']:.4f}  val/acc {m['val/acc']:.4f}  "
             f"val/ece {m['val/ece']:.4f} (raw {m['val/ece_raw']:.4f}, n={m['val/n']})  score {m['score']:.4f}  "
             f"{m['time/train_s'] + m['time/eval_s']:.1f}s")
-
-
-def _json_safe(obj: Any) -> Any:
-    """Non-finite floats as null, so metrics.json is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def train(config: str | os.PathLike | dict, out: str | os.PathLike | None = None, overrides: Iterable[str] = ()
@@ -151,7 +140,7 @@ def train(config: str | os.PathLike | dict, out: str | os.PathLike | None = None
     result["config_source"] = source if isinstance(config, dict) else os.path.abspath(source)
     tmp = os.path.join(out, "metrics.json.tmp")
     with open(tmp, "w") as fh:
-        json.dump(_json_safe(result), fh, indent=2)
+        json.dump(json_safe(result), fh, indent=2)
     os.replace(tmp, os.path.join(out, "metrics.json"))
     if final.get("status") == "diverged":
         print(f"gce-search train: diverged at epoch {final.get('diverged_epoch')}; metrics in {out}",
